@@ -1,0 +1,78 @@
+"""Request and response bodies of the worker <-> orchestrator calls (progress, claim, heartbeat, status).
+
+Shared by the worker (sender) and orchestrator_stub (receiver). Receivers ignore unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker_app_fastwan.schema import JobError, JobId, JobResult, Stage, WorkerId
+
+WorkerState = Literal["starting", "idle", "busy", "draining"]
+JobStatus = Literal["running", "completed", "failed"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ProgressUpdate(_Body):
+    worker_id: str
+    stage: Stage
+    progress: float = Field(ge=0.0, le=1.0)
+    step: int | None = None
+    total_steps: int | None = None
+    message: str = ""
+
+
+class Capabilities(_Body):
+    modes: list[Literal["t2v", "i2v"]] = ["t2v", "i2v"]
+    max_width: int = 1280
+    max_height: int = 1280
+    max_frames: int = 241
+
+
+class ClaimRequest(_Body):
+    worker_id: WorkerId
+    gpu_class: str = "unknown"
+    capabilities: Capabilities = Capabilities()
+
+
+class ClaimedJob(_Body):
+    job_id: JobId
+    input: dict[str, Any]
+    attempt: int = 1
+    lease_seconds: float = 30
+
+
+class ClaimResponse(_Body):
+    job: ClaimedJob
+
+
+class GpuInfo(_Body):
+    name: str = "unknown"
+    memory_used_mb: int = 0
+    memory_total_mb: int = 0
+
+
+class HeartbeatRequest(_Body):
+    gpu_class: str = "unknown"
+    state: WorkerState
+    job_id: str | None = None
+    stage: Stage | None = None
+    progress: float = 0.0
+    gpu: GpuInfo = GpuInfo()
+
+
+class HeartbeatResponse(_Body):
+    cancel_job_ids: list[str] = []
+
+
+class StatusUpdate(_Body):
+    worker_id: WorkerId
+    status: JobStatus
+    result: JobResult | None = None
+    error: JobError | None = None

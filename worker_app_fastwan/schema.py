@@ -1,0 +1,150 @@
+"""The job objects of the protocol (../shared/orchestrator-protocol.md): input, result, error.
+
+This module is the single definition used by queue mode, buffer mode, the job runner and the stub.
+It imports nothing heavy so that every process can afford it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+WorkerId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+MAX_PROMPT_CHARS = 4000
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 1280, 32
+MIN_FRAMES, MAX_FRAMES = 5, 241
+MAX_SEED = 2**63
+
+
+class Stage(str, Enum):
+    """Where a job is; the order is the order a job passes through them."""
+
+    queued = "queued"
+    downloading = "downloading"
+    encoding_prompt = "encoding_prompt"
+    denoising = "denoising"
+    decoding = "decoding"
+    encoding_video = "encoding_video"
+    uploading = "uploading"
+
+
+class ErrorCode(str, Enum):
+    invalid_input = "invalid_input"
+    image_download_failed = "image_download_failed"
+    out_of_memory = "out_of_memory"
+    generation_failed = "generation_failed"
+    upload_failed = "upload_failed"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    internal = "internal"
+
+
+class JobInput(BaseModel):
+    """The job input; unknown fields are ignored, every rule names its field when broken."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    image_url: str | None = None
+    width: int = Field(default=1280, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int = Field(default=704, ge=MIN_SIDE, le=MAX_SIDE)
+    num_frames: int = Field(default=121, ge=MIN_FRAMES, le=MAX_FRAMES)
+    fps: int = Field(default=24, ge=1, le=60)
+    seed: int | None = Field(default=None, ge=0, lt=MAX_SEED)
+    num_inference_steps: int = Field(default=3, ge=1, le=8)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_trimmed(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= MAX_PROMPT_CHARS:
+            raise ValueError(f"must be 1-{MAX_PROMPT_CHARS} characters after trimming (got {len(value)})")
+        return value
+
+    @field_validator("image_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        return value.strip()
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % SIDE_MULTIPLE:
+            raise ValueError(f"must be a multiple of {SIDE_MULTIPLE} (got {value})")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int) -> int:
+        if (value - 1) % 4:
+            raise ValueError(f"must be 4k+1, e.g. 81 or 121 (got {value})")
+        return value
+
+    @property
+    def mode(self) -> Literal["t2v", "i2v"]:
+        return "i2v" if self.image_url else "t2v"
+
+
+class Timings(BaseModel):
+    queue_s: float = 0.0
+    download_s: float = 0.0
+    inference_s: float = 0.0
+    encode_s: float = 0.0
+    upload_s: float = 0.0
+    total_s: float = 0.0
+
+
+class JobResult(BaseModel):
+    job_id: str
+    status: Literal["completed"] = "completed"
+    video_url: str
+    storage_key: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    seed: int
+    mode: Literal["t2v", "i2v"]
+    bytes: int
+    sha256: str
+    timings: Timings
+
+
+class JobError(BaseModel):
+    code: ErrorCode
+    message: str
+    retryable: bool
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming every bad field, e.g. ``width: must be a multiple of 32 (got 500)``."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_job_input(data: Any) -> JobInput:
+    """Validate a job input; raises ``JobFailure(invalid_input)`` naming the fields."""
+    from worker_app_fastwan.errors import JobFailure
+
+    if not isinstance(data, dict):
+        raise JobFailure(ErrorCode.invalid_input, "body: the job input must be a JSON object")
+    try:
+        return JobInput.model_validate(data)
+    except ValidationError as exc:
+        raise JobFailure(ErrorCode.invalid_input, describe_validation_error(exc)) from None

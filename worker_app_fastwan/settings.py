@@ -1,0 +1,125 @@
+"""All worker settings, read from the environment (and an optional `.env`) in one place.
+
+Nothing reads the environment at import time: `load_settings()` is called once by the CLI and the
+resulting `Settings` object is passed down. A bad setting raises `SettingsError` with one line that
+names the variable; secrets are `SecretStr`, so they never show in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
+DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-Diffusers"
+
+
+class SettingsError(ValueError):
+    """A bad or contradictory setting; str() is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True, populate_by_name=True
+    )
+
+    WORKER_MODE: Literal["queue", "buffer"] = "queue"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    HOST: str = "0.0.0.0"
+
+    ORCHESTRATOR_BASE_URL: str | None = None
+    INTERNAL_API_KEY: SecretStr | None = None
+
+    STORAGE_BACKEND: Literal["auto", "b2", "local"] = "auto"
+    B2_KEY_ID: str | None = None
+    B2_APP_KEY: SecretStr | None = None
+    B2_BUCKET_NAME: str | None = None
+    B2_PREFIX: str = ""
+    B2_URL_TTL_S: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    LOCAL_OUTPUT_DIR: Path = Path("outputs")
+
+    BUFFER_WORKER_ID: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    GPU_CLASS: str | None = None
+    STATE_DIR: Path = Path.home() / ".local" / "state" / "fastwan-worker"
+
+    PIPELINE_BACKEND: Literal["diffusers", "fastvideo", "tiny"] = "diffusers"
+    MODEL_ID: str = DEFAULT_MODEL_ID
+    MODEL_PATH: Path | None = None
+    OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
+    TORCH_COMPILE: bool = False
+    ENCODER_PRESET: str = "veryfast"
+    ENCODER_CRF: int = Field(default=23, ge=0, le=51)
+
+    HEARTBEAT_INTERVAL_S: float = Field(default=5.0, gt=0)
+    CLAIM_POLL_S: float = Field(default=1.5, gt=0)
+    PROGRESS_MIN_INTERVAL_S: float = Field(default=1.0, ge=0)
+    JOB_TIMEOUT_S: float = Field(default=900.0, gt=0)
+    DRAIN_TIMEOUT_S: float = Field(default=120.0, ge=0)
+    RETRY_MAX_S: float = Field(default=60.0, gt=0)
+
+    ALLOW_PRIVATE_IMAGE_URLS: bool = False
+    MAX_IMAGE_BYTES: int = Field(default=20 * 1024 * 1024, gt=0)
+    IMAGE_TIMEOUT_S: float = Field(default=20.0, gt=0)
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        b2_set = [name for name in B2_VARS if getattr(self, name)]
+        if b2_set and len(b2_set) < len(B2_VARS):
+            missing = [name for name in B2_VARS if name not in b2_set]
+            raise ValueError(f"{missing[0]}: is required because {', '.join(b2_set)} is set (B2 needs all of {', '.join(B2_VARS)})")
+        if self.STORAGE_BACKEND == "b2" and not b2_set:
+            raise ValueError(f"B2_KEY_ID: STORAGE_BACKEND=b2 needs {', '.join(B2_VARS)}")
+        if self.ORCHESTRATOR_BASE_URL and not self.INTERNAL_API_KEY:
+            raise ValueError("INTERNAL_API_KEY: is required when ORCHESTRATOR_BASE_URL is set")
+        if self.ORCHESTRATOR_BASE_URL and not self.ORCHESTRATOR_BASE_URL.startswith(("http://", "https://")):
+            raise ValueError("ORCHESTRATOR_BASE_URL: must start with http:// or https://")
+        if self.MODEL_PATH is not None and not self.MODEL_PATH.is_dir():
+            raise ValueError(f"MODEL_PATH: {self.MODEL_PATH} is not a folder")
+        return self
+
+    @property
+    def storage(self) -> Literal["b2", "local"]:
+        """`auto` means B2 when its credentials are set, else the local folder."""
+        if self.STORAGE_BACKEND == "auto":
+            return "b2" if self.B2_KEY_ID else "local"
+        return self.STORAGE_BACKEND
+
+    @property
+    def orchestrator_url(self) -> str | None:
+        return self.ORCHESTRATOR_BASE_URL.rstrip("/") if self.ORCHESTRATOR_BASE_URL else None
+
+    def api_key(self) -> str:
+        return self.INTERNAL_API_KEY.get_secret_value() if self.INTERNAL_API_KEY else ""
+
+    def require_orchestrator(self) -> None:
+        """Buffer mode cannot run without an orchestrator to claim from."""
+        if not self.ORCHESTRATOR_BASE_URL:
+            raise SettingsError("ORCHESTRATOR_BASE_URL: is required in buffer mode")
+
+    def summary(self) -> dict[str, object]:
+        """What start-up logs: every setting, secrets masked."""
+        return {
+            key: ("***" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
+            for key, value in self.model_dump().items()
+            if value is not None
+        }
+
+
+def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
+    """Read the settings once; a bad one becomes a `SettingsError` naming the variable."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # the model validator puts the variable name first
+            raise SettingsError(f"invalid setting {msg}") from None
+        got = err.get("input")
+        shown = "" if loc in ("B2_APP_KEY", "INTERNAL_API_KEY") or isinstance(got, dict) else f" (got {got!r})"
+        raise SettingsError(f"invalid setting {loc}: {msg}{shown}") from None
