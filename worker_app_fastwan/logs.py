@@ -48,7 +48,7 @@ def setup_logging(level: str = "INFO", process: str = "worker") -> None:
 
 
 @contextlib.contextmanager
-def job_context(job_id: str) -> Iterator[None]:
+def job_context(job_id: str | None) -> Iterator[None]:
     """Every log line inside carries `job_id`."""
     token = _job_id.set(job_id)
     try:

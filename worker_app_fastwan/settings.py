@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     MODEL_PATH: Path | None = None
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
+    VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
     ENCODER_PRESET: str = "veryfast"
     ENCODER_CRF: int = Field(default=23, ge=0, le=51)
 

@@ -1,0 +1,150 @@
+"""The job runner with its real GPU child process (tiny backend) and local storage."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers_loop import LoopThread
+from helpers_video import read_video
+from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.runner import Busy, JobRunner, RunnerState
+from worker_app_fastwan.schema import ErrorCode
+from worker_app_fastwan.settings import load_settings
+from worker_app_fastwan.storage import LocalStorage
+
+SMALL = {"width": 256, "height": 256, "num_frames": 9}
+# ~2 s per denoising step on 2 cores: long enough to cancel or time out mid-job.
+SLOW = {"width": 768, "height": 768, "num_frames": 41, "num_inference_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="module")
+def runner(loop, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state",
+                             LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600)
+    runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
+    loop.run(runner.start())
+    assert runner.state is RunnerState.ready
+    yield runner
+    loop.run(runner.close())
+
+
+def _wait_ready(runner: JobRunner, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while runner.state is not RunnerState.ready:
+        assert time.monotonic() < deadline, f"runner stuck in {runner.state}"
+        time.sleep(0.1)
+
+
+def test_t2v_job_result_matches_the_stored_video(loop, runner):
+    seen = []
+    runner.listeners.append(lambda p: seen.append((p.stage.value, p.progress)))
+    try:
+        result = loop.run(runner.run("t2v-1", {"prompt": "a lighthouse at dusk", **SMALL, "seed": 4}))
+    finally:
+        runner.listeners.clear()
+    path = Path(result.video_url.removeprefix("file://"))
+    data = path.read_bytes()
+    assert result.storage_key == "videos/t2v-1.mp4" and path.name == "t2v-1.mp4"
+    assert result.bytes == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
+    assert (result.seed, result.mode, result.num_frames) == (4, "t2v", 9)
+    frames, _ = read_video(path)
+    assert frames.shape == (9, 256, 256, 3)
+    assert result.timings.inference_s > 0 and result.timings.total_s >= result.timings.inference_s
+    stages = [s for s, _ in seen]
+    assert stages.index("encoding_prompt") < stages.index("denoising") < stages.index("decoding") < stages.index("uploading")
+    progress = [p for _, p in seen]
+    assert progress == sorted(progress) and progress[-1] >= 0.95
+
+
+def test_seed_is_picked_and_reported_when_absent(loop, runner):
+    a = loop.run(runner.run("seedless-1", {"prompt": "waves", **SMALL}))
+    b = loop.run(runner.run("seedless-2", {"prompt": "waves", **SMALL}))
+    assert 0 <= a.seed < 2**63 and a.seed != b.seed
+
+
+def test_invalid_input_names_the_field_and_never_reaches_the_gpu(loop, runner):
+    start = time.monotonic()
+    with pytest.raises(JobFailure) as err:
+        loop.run(runner.run("bad-1", {"prompt": "x", "num_frames": 10}))
+    assert err.value.code is ErrorCode.invalid_input and "num_frames" in err.value.message
+    assert not err.value.retryable
+    assert time.monotonic() - start < 0.5
+
+
+def test_out_of_memory_is_reported_and_the_worker_stays_usable(loop, runner):
+    with pytest.raises(JobFailure) as err:
+        loop.run(runner.run("oom-1", {"prompt": "a cat [tiny:oom]", **SMALL}))
+    assert err.value.code is ErrorCode.out_of_memory and err.value.retryable
+    assert loop.run(runner.run("after-oom", {"prompt": "a cat", **SMALL})).num_frames == 9
+
+
+def test_second_job_while_busy_is_refused(loop, runner):
+    first = loop.submit(runner.run("long-1", {"prompt": "a forest", "width": 512, "height": 512, "num_frames": 17}))
+    deadline = time.monotonic() + 30
+    while not runner.busy:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(Busy):
+        loop.run(runner.run("long-2", {"prompt": "a forest", **SMALL}))
+    assert first.result(120).job_id == "long-1"
+
+
+def test_cancel_stops_within_one_step(loop, runner):
+    steps = []
+    runner.listeners.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
+    try:
+        future = loop.submit(runner.run("cancel-1", {"prompt": "a storm", **SLOW}))
+        deadline = time.monotonic() + 60
+        while not any(s == "denoising" and step == 1 for s, step, _ in steps):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        asked = time.monotonic()
+        assert loop.run(_call(runner.cancel, "cancel-1"))
+        with pytest.raises(JobFailure) as err:
+            future.result(60)
+    finally:
+        runner.listeners.clear()
+    assert err.value.code is ErrorCode.cancelled and not err.value.retryable
+    step_times = [t for s, step, t in steps if s == "denoising" and step]
+    assert max(step for s, step, _ in steps if s == "denoising") <= 2, "stopped at the next safe point"
+    assert time.monotonic() - asked < 2 * (step_times[0] - min(t for s, _, t in steps if s == "denoising")) + 5
+    assert runner.state is RunnerState.ready
+
+
+def test_timeout_ends_a_stuck_job_and_the_worker_recovers(loop, runner):
+    runner.settings.JOB_TIMEOUT_S = 3.0
+    try:
+        with pytest.raises(JobFailure) as err:
+            loop.run(runner.run("slow-1", {"prompt": "a storm", **SLOW}))
+    finally:
+        runner.settings.JOB_TIMEOUT_S = 600
+    assert err.value.code is ErrorCode.timeout and err.value.retryable
+    _wait_ready(runner)
+    assert loop.run(runner.run("after-timeout", {"prompt": "calm", **SMALL})).num_frames == 9
+
+
+def test_crashed_gpu_process_is_reported_with_its_exit_code_and_restarted(loop, runner):
+    old_pid = runner.child.pid
+    with pytest.raises(JobFailure) as err:
+        loop.run(runner.run("crash-1", {"prompt": "a cat [tiny:crash]", **SMALL}))
+    assert err.value.code is ErrorCode.generation_failed and "exited with code 86" in err.value.message
+    assert err.value.retryable
+    _wait_ready(runner)
+    assert runner.child.pid != old_pid
+    assert loop.run(runner.run("after-crash", {"prompt": "a cat", **SMALL})).num_frames == 9
+
+
+async def _call(fn, *args):
+    return fn(*args)

@@ -1,0 +1,73 @@
+"""Typed messages between the parent (HTTP, heartbeats, uploads) and the GPU child process.
+
+They are small on purpose: the child writes the MP4 to disk and sends its path, never frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    backend: str
+    model: str
+    device: str = "cpu"
+    name: str = "cpu"
+    memory_used_mb: int = 0
+    memory_total_mb: int = 0
+    supports_i2v: bool = True
+    offload_profile: str = "none"
+
+
+# parent -> child
+@dataclass(frozen=True)
+class RunJob:
+    job_id: str
+    input: dict[str, Any]
+    seed: int
+    out_path: str
+    image_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# child -> parent
+@dataclass(frozen=True)
+class Ready:
+    device: DeviceInfo
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    stage: str
+    step: int | None = None
+    total_steps: int | None = None
+    memory_used_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Done:
+    job_id: str
+    seed: int
+    out_path: str
+    frames: int
+    inference_s: float
+    encode_s: float
+    encode_tail_s: float
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str | None
+    code: str
+    message: str
+    retryable: bool
+    fatal: bool = False  # the child exits after sending it (CUDA context unusable, or the model failed to load)

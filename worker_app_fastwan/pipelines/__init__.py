@@ -1,0 +1,25 @@
+"""Generation backends. Imported only in the GPU child process: this package pulls in torch."""
+
+from __future__ import annotations
+
+from worker_app_fastwan.pipelines.base import Backend
+from worker_app_fastwan.settings import Settings
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.PIPELINE_BACKEND == "tiny":
+        from worker_app_fastwan.pipelines.tiny import TinyBackend
+
+        return TinyBackend()
+    from worker_app_fastwan.model_fetch import resolve_model_source
+
+    source = resolve_model_source(settings)
+    name = str(settings.MODEL_PATH or settings.MODEL_ID)
+    if settings.PIPELINE_BACKEND == "fastvideo":
+        from worker_app_fastwan.pipelines.fastvideo_backend import FastVideoBackend
+
+        return FastVideoBackend(source, name)
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    return DiffusersBackend(source, name, offload_profile=settings.OFFLOAD_PROFILE,
+                            compile_transformer=settings.TORCH_COMPILE, vae_dtype=settings.VAE_DTYPE)

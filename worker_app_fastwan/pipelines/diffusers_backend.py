@@ -1,0 +1,103 @@
+"""The `diffusers` backend (production): the FastWan 2.2 TI2V-5B checkpoint in diffusers format.
+
+Loaded component by component: the checkpoint's model_index.json names FastVideo's `WanDMDPipeline`,
+which `DiffusionPipeline.from_pretrained` does not know, and the scheduler is always our DMD one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from PIL import Image
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from worker_app_fastwan.messages import DeviceInfo
+from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info
+from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
+from worker_app_fastwan.schema import JobInput
+
+log = logging.getLogger(__name__)
+
+# Tried in order; diffusers' native SDPA (PyTorch's flash kernel on Hopper) is the fallback.
+ATTENTION_BACKENDS = ("_flash_3", "flash")
+
+
+def load_parts(source: str | Path, dtype: torch.dtype, vae_dtype: torch.dtype) -> WanParts:
+    """The four components from a diffusers-format folder (the real loading code, also run on the tiny model)."""
+    return WanParts(
+        tokenizer=AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
+        text_encoder=UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype).eval(),
+        transformer=WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype).eval(),
+        vae=AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype).eval(),
+    )
+
+
+class DiffusersBackend(Backend):
+    name = "diffusers"
+
+    def __init__(self, source: str | Path, model_name: str, *, offload_profile: str = "auto",
+                 compile_transformer: bool = False, vae_dtype: str = "float32") -> None:
+        self.source, self.model_name = source, model_name
+        self.requested_profile = offload_profile
+        self.compile_transformer = compile_transformer
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.cuda else "cpu")
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.vae_dtype = getattr(torch, vae_dtype) if self.cuda else torch.float32
+        self.profile = "none"
+        self.generator: WanGenerator | None = None
+
+    def load(self) -> None:
+        from worker_app_fastwan.offload import choose_profile, describe, plan_for
+
+        parts = load_parts(self.source, self.dtype, self.vae_dtype)
+        self.profile = choose_profile(self.requested_profile, self.vram_total_gb())
+        plan = plan_for(self.profile)
+        log.info("offload profile", extra={"profile": self.profile, "why": describe(self.profile, self.vram_total_gb())})
+        self.generator = WanGenerator(parts, self.device, text_encoder_to_cpu=plan.text_encoder_off_gpu_after_encode)
+        self._place(parts, plan)
+        if self.cuda:
+            self._tune(parts)
+
+    def _place(self, parts: WanParts, plan) -> None:
+        assert self.generator is not None
+        if plan.vae_tiling:
+            parts.vae.enable_tiling()
+        if plan.model_cpu_offload and self.cuda:
+            self.generator.t2v.enable_model_cpu_offload(device=self.device)
+            return
+        for name in ("transformer", "vae", "text_encoder"):
+            if name == "text_encoder" and plan.text_encoder_off_gpu_after_encode:
+                continue
+            getattr(parts, name).to(self.device)
+
+    def _tune(self, parts: WanParts) -> None:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        for backend in ATTENTION_BACKENDS:
+            try:
+                parts.transformer.set_attention_backend(backend)
+                log.info("attention backend", extra={"backend": backend})
+                break
+            except Exception as exc:  # noqa: BLE001 - an optional kernel that is missing is not an error
+                log.info("attention backend unavailable", extra={"backend": backend, "why": str(exc)[:200]})
+        if self.compile_transformer:
+            parts.transformer.compile(fullgraph=False, dynamic=False)
+
+    def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
+        assert self.generator is not None, "load() first"
+        return self.generator.generate(job, image, progress)
+
+    def vram_total_gb(self) -> float | None:
+        return torch.cuda.get_device_properties(0).total_memory / 2**30 if self.cuda else None
+
+    def device_info(self) -> DeviceInfo:
+        return torch_device_info(self.name, self.model_name, offload_profile=self.profile)
+
+    def free_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()

@@ -1,0 +1,45 @@
+"""Few-step DMD sampling as FastWan was distilled: timesteps [1000, 757, 522], no CFG, x0 then re-noise."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import FlowMatchLCMScheduler
+
+DMD_TIMESTEPS = (1000, 757, 522)
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def dmd_timesteps(num_steps: int) -> list[float]:
+    """The distilled schedule for 3 steps; its prefix for fewer; spread over the same range for more."""
+    if num_steps <= len(DMD_TIMESTEPS):
+        return [float(t) for t in DMD_TIMESTEPS[:num_steps]]
+    first, last = DMD_TIMESTEPS[0], DMD_TIMESTEPS[-1]
+    return [first + (last - first) * i / (num_steps - 1) for i in range(num_steps)]
+
+
+def dmd_sigmas(num_steps: int) -> list[float]:
+    return [t / NUM_TRAIN_TIMESTEPS for t in dmd_timesteps(num_steps)]
+
+
+def make_scheduler() -> FlowMatchLCMScheduler:
+    """shift 1.0: the DMD timesteps are used as they are, not shifted."""
+    return DMDScheduler(shift=1.0, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+
+
+class DMDScheduler(FlowMatchLCMScheduler):
+    """FlowMatchLCMScheduler on the DMD schedule, with a seeded re-noise draw.
+
+    `WanPipeline.__call__` only passes `num_inference_steps` and calls `step()` without a generator, so the
+    schedule is set here and `generator` (set per job) seeds the re-noise; otherwise a seed would not
+    reproduce a video through the plain pipeline call.
+    """
+
+    generator: torch.Generator | None = None
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, **kwargs) -> None:  # type: ignore[override]
+        if sigmas is None and kwargs.get("timesteps") is None:
+            sigmas = dmd_sigmas(num_inference_steps or len(DMD_TIMESTEPS))
+        super().set_timesteps(num_inference_steps=None, device=device, sigmas=sigmas, **kwargs)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True):  # type: ignore[override]
+        return super().step(model_output, timestep, sample, generator=generator or self.generator, return_dict=return_dict)

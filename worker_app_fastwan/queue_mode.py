@@ -1,0 +1,239 @@
+"""Queue mode (Salad): FastAPI on PORT; Salad's job-queue binary POSTs each job to /generate.
+
+The model loads in the background while the server already answers (/health says `starting`). One job
+at a time: a second /generate gets 429, which Salad retries elsewhere. On SIGTERM the worker drains:
+/health and new jobs get 503, the job in flight finishes within DRAIN_TIMEOUT_S, then it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.metrics import Metrics
+from worker_app_fastwan.runner import Busy, JobProgress, JobRunner, NotReady, RunnerState
+from worker_app_fastwan.schema import ErrorCode, JobError, JobId, JobInput, JobResult
+from worker_app_fastwan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Salad retries 408/429/5xx elsewhere and takes any other status as final.
+RETRY_LATER_CODES = {ErrorCode.image_download_failed, ErrorCode.upload_failed, ErrorCode.timeout}
+_job_id_adapter = TypeAdapter(JobId)
+
+
+class ErrorBody(BaseModel):
+    error: JobError
+
+
+class GenerateRequest(JobInput):
+    """The job input, plus an optional `job_id` (else the `Salad-Job-Id` header, else a new UUID)."""
+
+    job_id: str | None = None
+
+
+class QueueWorker:
+    """The state the routes share: the runner, the drain flag and the progress reporter."""
+
+    def __init__(self, settings: Settings, runner: JobRunner, reporter: Any = None) -> None:
+        self.settings, self.runner, self.reporter = settings, runner, reporter
+        self.draining = False
+        self.drained = asyncio.Event()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        state = self.runner.state
+        body: dict[str, Any] = {"status": state.value}
+        if self.draining:
+            body["status"] = "draining"
+        elif state is RunnerState.busy and self.runner.current is not None:
+            body["job_id"] = self.runner.current.job_id
+        elif state is RunnerState.unhealthy:
+            body["reason"] = self.runner.unhealthy_reason
+        device = self.runner.device
+        if device is not None:
+            body.update(backend=device.backend, model=device.model, device=device.device,
+                        gpu={"name": device.name, "memory_used_mb": device.memory_used_mb,
+                             "memory_total_mb": device.memory_total_mb})
+        ok = not self.draining and state in (RunnerState.ready, RunnerState.busy)
+        return (200 if ok else 503), body
+
+    async def drain(self) -> None:
+        """Stop taking jobs, let the one in flight finish (or time it out), then let the server exit."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S})
+        if not await self._idle_within(self.settings.DRAIN_TIMEOUT_S):
+            current = self.runner.current
+            if current is not None:
+                log.warning("drain deadline reached; stopping the job", extra={"job_id": current.job_id})
+                self.runner.cancel(current.job_id, ErrorCode.timeout)
+            await self._idle_within(30.0)
+        self.drained.set()
+
+    async def _idle_within(self, timeout_s: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.runner.busy:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+
+def _error(status: int, code: ErrorCode, message: str, retryable: bool) -> JSONResponse:
+    body = ErrorBody(error=JobError(code=code, message=message, retryable=retryable))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+
+
+def _failure_status(exc: JobFailure) -> int:
+    if not exc.retryable:
+        return 422 if exc.code is ErrorCode.invalid_input else 400
+    return 503 if exc.code in RETRY_LATER_CODES else 500
+
+
+async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, dict[str, Any]]:
+    try:
+        body = json.loads(await request.body() or b"null")
+    except ValueError:
+        raise JobFailure(ErrorCode.invalid_input, "body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise JobFailure(ErrorCode.invalid_input, "body: the job input must be a JSON object")
+    job_id = body.get("job_id") or salad_job_id or str(uuid.uuid4())
+    try:
+        return _job_id_adapter.validate_python(job_id), body
+    except ValidationError:
+        raise JobFailure(ErrorCode.invalid_input, "job_id: must be 1-128 characters of [A-Za-z0-9._:-]") from None
+
+
+def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:
+    router = APIRouter()
+    error_responses = {code: {"model": ErrorBody} for code in (400, 422, 429, 500, 503)}
+
+    @router.get("/", summary="List the endpoints")
+    async def index() -> dict[str, Any]:
+        return {"service": "fastwan-worker", "mode": "queue", "endpoints": {
+            "GET /health": "starting | ready | busy | draining | unhealthy", "POST /generate": "run one job",
+            "GET /metrics": "Prometheus metrics", "GET /docs": "OpenAPI page"}}
+
+    @router.get("/health", summary="Readiness and liveness", responses={503: {"description": "not ready"}})
+    async def health() -> JSONResponse:
+        status, body = worker.health()
+        return JSONResponse(body, status_code=status)
+
+    @router.post("/generate", summary="Run one job and return its result", response_model=JobResult,
+                 responses=error_responses,
+                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                     "schema": GenerateRequest.model_json_schema()}}}})
+    async def generate(request: Request, salad_job_id: str | None = Header(None, alias="Salad-Job-Id")) -> Response:
+        return await _generate(worker, request, salad_job_id)
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _generate(worker: QueueWorker, request: Request, salad_job_id: str | None) -> Response:
+    if worker.draining:
+        return _error(503, ErrorCode.internal, "the worker is shutting down; retry elsewhere", True)
+    try:
+        job_id, body = await _read_job(request, salad_job_id)
+        result = await worker.runner.run(job_id, body)
+    except Busy as exc:
+        return _error(429, ErrorCode.internal, f"busy: {exc}", True)
+    except NotReady as exc:
+        return _error(503, ErrorCode.internal, f"not ready: {exc}", True)
+    except JobFailure as exc:
+        return _error(_failure_status(exc), exc.code, exc.message, exc.retryable)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+def create_app(settings: Settings, worker: QueueWorker, metrics: Metrics) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(worker.runner.start())  # HTTP answers while the model loads
+        yield
+        loading.cancel()
+        await worker.runner.close()
+        if worker.reporter is not None:
+            await worker.reporter.aclose()
+
+    app = FastAPI(title="FastWan video worker (queue mode)", version="1", lifespan=lifespan)
+    app.include_router(build_router(worker, metrics))
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains on SIGTERM/SIGINT and exits 0, instead of re-raising the signal (exit -15)."""
+
+    def __init__(self, config: uvicorn.Config, worker: QueueWorker) -> None:
+        super().__init__(config)
+        self.worker = worker
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self) -> None:
+        if self.worker.draining:  # a second signal: stop now
+            self.should_exit = True
+            return
+        asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        await self.worker.drain()
+        self.should_exit = True
+
+
+def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
+    from worker_app_fastwan.orchestrator_client import OrchestratorClient, ProgressReporter
+    from worker_app_fastwan.storage import make_storage
+
+    metrics = Metrics()
+    reporter = None
+    if settings.orchestrator_url:
+        client = OrchestratorClient(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S)
+        reporter = ProgressReporter(client, worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
+                                    min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
+    runner = JobRunner(settings, make_storage(settings), metrics=metrics)
+    worker = QueueWorker(settings, runner, reporter)
+    if reporter is not None:
+        runner.listeners.append(lambda p: _report(reporter, p))
+    return worker, metrics
+
+
+def _report(reporter: Any, p: JobProgress) -> None:
+    reporter.report(p.job_id, p.stage, p.progress, step=p.step, total_steps=p.total_steps)
+
+
+def serve(settings: Settings) -> int:
+    async def main() -> None:
+        worker, metrics = build_worker(settings)
+        app = create_app(settings, worker, metrics)
+        config = uvicorn.Config(app, host=settings.HOST, port=settings.PORT, log_config=None,
+                                timeout_graceful_shutdown=5)
+        await DrainingServer(config, worker).serve()
+
+    asyncio.run(main())
+    return 0
