@@ -1,0 +1,268 @@
+"""Queue mode over real HTTP: `python -m worker_app_fastwan serve` (uvicorn, tiny backend) on a loopback port."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from helpers_http import free_port, serve
+from helpers_video import gradient_image, png_bytes, read_video
+
+API_KEY = "queue-test-key"
+SMALL = {"width": 256, "height": 256, "num_frames": 9}
+SLOW = {"width": 512, "height": 512, "num_frames": 33}
+
+
+class Recorder:
+    """A loopback orchestrator that records progress POSTs, and an image host."""
+
+    def __init__(self) -> None:
+        self.progress: list[tuple[str, str | None, dict]] = []
+        self.app = FastAPI()
+        image = png_bytes(gradient_image(320, 240))
+
+        @self.app.post("/internal/videogen/jobs/{job_id}/progress")
+        async def progress(job_id: str, request: Request) -> Response:
+            self.progress.append((job_id, request.headers.get("x-internal-api-key"), await request.json()))
+            return Response(status_code=204)
+
+        @self.app.get("/image.png")
+        async def image_png() -> Response:
+            return Response(image, media_type="image/png")
+
+
+def start_worker(tmp: Path, port: int, orchestrator: str, **env: str) -> subprocess.Popen:
+    full_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "PIPELINE_BACKEND": "tiny",
+                "STORAGE_BACKEND": "local", "LOCAL_OUTPUT_DIR": str(tmp / "out"), "STATE_DIR": str(tmp / "state"),
+                "ALLOW_PRIVATE_IMAGE_URLS": "true", "ORCHESTRATOR_BASE_URL": orchestrator,
+                "INTERNAL_API_KEY": API_KEY, "PROGRESS_MIN_INTERVAL_S": "0.2", **env}
+    log = (tmp / f"worker-{port}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "worker_app_fastwan", "serve"], env=full_env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_status(base: str, want: str, timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"{base}/health", timeout=2).json()
+            if body["status"] == want:
+                return body
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"/health never said {want}")
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = Recorder()
+    with serve(rec.app) as url:
+        rec.url = url
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, recorder):
+    tmp = tmp_path_factory.mktemp("queue")
+    port = free_port()
+    proc = start_worker(tmp, port, recorder.url)
+    base = f"http://127.0.0.1:{port}"
+    first = wait_status(base, "starting", timeout_s=30)
+    ready = wait_status(base, "ready")
+    yield {"base": base, "proc": proc, "first": first, "ready": ready, "tmp": tmp}
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+def post(base: str, body: dict, **headers: str) -> httpx.Response:
+    return httpx.post(f"{base}/generate", json=body, headers=headers, timeout=120)
+
+
+def test_health_goes_from_starting_to_ready(worker):
+    assert worker["first"]["status"] == "starting"
+    assert worker["ready"]["backend"] == "tiny" and worker["ready"]["device"] == "cpu"
+    assert httpx.get(f"{worker['base']}/health").status_code == 200
+
+
+def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
+    resp = post(worker["base"], {"prompt": "a paper boat", **SMALL, "fps": 8, "seed": 3},
+                **{"Salad-Job-Id": "salad-t2v-1"})
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    assert result["job_id"] == "salad-t2v-1" and result["storage_key"] == "videos/salad-t2v-1.mp4"
+    frames, meta = read_video(result["video_url"].removeprefix("file://"))
+    assert frames.shape == (9, 256, 256, 3) and meta["fps"] == 8
+    assert (result["mode"], result["seed"], result["status"]) == ("t2v", 3, "completed")
+
+
+def test_i2v_job_from_a_loopback_image_host(worker, recorder):
+    body = {"prompt": "the picture comes alive", "image_url": f"{recorder.url}/image.png", "width": 320,
+            "height": 256, "num_frames": 13, "job_id": "i2v-1"}
+    resp = post(worker["base"], body)
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    assert result["mode"] == "i2v" and result["timings"]["download_s"] > 0
+    frames, _ = read_video(result["video_url"].removeprefix("file://"))
+    assert frames.shape == (13, 256, 320, 3)
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"width": 300}, "width"), ({"num_frames": 12}, "num_frames"), ({"prompt": ""}, "prompt"),
+    ({"image_url": "file:///etc/passwd"}, "image_url"), ({"fps": 0}, "fps"), ({"seed": -5}, "seed"),
+    ({"num_inference_steps": 20}, "num_inference_steps"), ({"job_id": "bad id!"}, "job_id"),
+])
+def test_each_invalid_field_is_a_422_naming_it(worker, patch, field):
+    resp = post(worker["base"], {"prompt": "ok", **SMALL, **patch})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_input" and error["retryable"] is False
+    assert error["message"].startswith(f"{field}:"), error["message"]
+
+
+def test_malformed_json_is_a_final_4xx(worker):
+    resp = httpx.post(f"{worker['base']}/generate", content=b"{not json", timeout=10,
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_input"
+
+
+def test_second_concurrent_job_gets_429(worker):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, worker["base"], {"prompt": "a long one", **SLOW, "job_id": "long-a"})
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{worker['base']}/health").json()["status"] != "busy":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        health = httpx.get(f"{worker['base']}/health").json()
+        second = post(worker["base"], {"prompt": "me too", **SMALL, "job_id": "long-b"})
+        assert first.result(120).status_code == 200
+    assert health["job_id"] == "long-a"
+    assert second.status_code == 429 and second.json()["error"]["retryable"] is True
+
+
+def test_unreachable_image_is_a_retryable_5xx(worker):
+    body = {"prompt": "x", **SMALL, "image_url": f"http://127.0.0.1:{free_port()}/gone.png"}
+    resp = post(worker["base"], body)
+    assert resp.status_code in (500, 503)
+    error = resp.json()["error"]
+    assert error["code"] == "image_download_failed" and error["retryable"] is True
+
+
+def test_progress_reaches_the_orchestrator_with_the_key_and_only_grows(worker, recorder):
+    resp = post(worker["base"], {"prompt": "progress please", **SMALL, "num_inference_steps": 6, "job_id": "prog-1"})
+    assert resp.status_code == 200
+    deadline = time.monotonic() + 10
+    while not any(b["stage"] == "uploading" for j, _, b in recorder.progress if j == "prog-1"):
+        assert time.monotonic() < deadline, recorder.progress
+        time.sleep(0.05)
+    mine = [(key, body) for job, key, body in recorder.progress if job == "prog-1"]
+    assert all(key == API_KEY for key, _ in mine)
+    values = [body["progress"] for _, body in mine]
+    assert values == sorted(values) and 0 <= values[0] and values[-1] <= 1
+    stages = [body["stage"] for _, body in mine]
+    assert stages[0] == "encoding_prompt" and "denoising" in stages and "uploading" in stages
+
+
+def _counter(base: str, labels: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(f"fastwan_jobs_total{{{labels}}}"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_jobs(worker):
+    base = worker["base"]
+    completed, invalid = _counter(base, 'code="",outcome="completed"'), _counter(base, 'code="invalid_input",outcome="failed"')
+    assert post(base, {"prompt": "count me", **SMALL}).status_code == 200
+    assert post(base, {"prompt": "count me", **SMALL, "width": 100}).status_code == 422
+    assert _counter(base, 'code="",outcome="completed"') == completed + 1
+    assert _counter(base, 'code="invalid_input",outcome="failed"') == invalid + 1
+    text = httpx.get(f"{base}/metrics").text
+    assert 'fastwan_stage_seconds_count{stage="denoising"}' in text and "fastwan_queue_wait_seconds" in text
+
+
+def test_index_and_openapi_document_the_endpoints(worker):
+    assert "POST /generate" in httpx.get(f"{worker['base']}/").json()["endpoints"]
+    spec = httpx.get(f"{worker['base']}/openapi.json").json()
+    generate = spec["paths"]["/generate"]["post"]
+    assert "prompt" in generate["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"200", "422", "429", "503"} <= set(generate["responses"])
+
+
+def test_sigterm_finishes_the_job_in_flight_then_exits_0(tmp_path, recorder):
+    port = free_port()
+    proc = start_worker(tmp_path, port, recorder.url, DRAIN_TIMEOUT_S="60")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_status(base, "ready")
+        results: dict = {}
+        thread = threading.Thread(target=lambda: results.update(r=post(base, {"prompt": "drain", **SLOW})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/health").json()["status"] != "busy":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        draining = wait_status(base, "draining", timeout_s=5)
+        refused = post(base, {"prompt": "too late", **SMALL})
+        thread.join(120)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert draining["status"] == "draining"
+    assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
+    assert results["r"].status_code == 200 and results["r"].json()["num_frames"] == 33
+
+
+def test_queue_mode_uploads_to_b2(tmp_path):
+    """The same app in-process (the simulator lives in this process's memory), GPU child and all."""
+    import hashlib
+    import urllib.parse
+
+    from helpers_b2 import download, new_api
+    from worker_app_fastwan.metrics import Metrics
+    from worker_app_fastwan.queue_mode import QueueWorker, create_app
+    from worker_app_fastwan.runner import JobRunner
+    from worker_app_fastwan.settings import load_settings
+    from worker_app_fastwan.storage import B2Storage
+
+    api, key_id, key = new_api()
+    api.authorize_account(realm="production", application_key_id=key_id, application_key=key)
+    api.create_bucket("videos-bucket", "allPrivate")
+    settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp_path / "state", B2_PREFIX="prod/")
+    storage = B2Storage(api, "videos-bucket", prefix=settings.B2_PREFIX)
+    metrics = Metrics()
+    worker = QueueWorker(settings, JobRunner(settings, storage, metrics=metrics))
+    app = create_app(settings, worker, metrics)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_status(base, "ready")
+        resp = post(base, {"prompt": "to the cloud", **SMALL}, **{"Salad-Job-Id": "b2-job-1"})
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    assert result["storage_key"] == "prod/videos/b2-job-1.mp4"
+    data = download(api, "videos-bucket", "prod/videos/b2-job-1.mp4")
+    assert len(data) == result["bytes"] and hashlib.sha256(data).hexdigest() == result["sha256"]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(result["video_url"]).query)
+    assert query.get("Authorization"), "a private bucket's URL carries a download authorization"
+    info = api.get_bucket_by_name("videos-bucket").get_file_info_by_name("prod/videos/b2-job-1.mp4")
+    assert info.content_type == "video/mp4" and info.file_info.get("job_id") == "b2-job-1"

@@ -1,0 +1,326 @@
+"""The worker's calls to the orchestrator (../shared/orchestrator-protocol.md) and best-effort progress.
+
+Which failures are retried, and how, is decided in one place (`RetryPolicy`, `is_retryable`): network
+errors and 408/429/5xx are retried with jittered exponential backoff; any other 4xx is final. Claim and
+status are retried; heartbeat and progress get one quick attempt, because the next one supersedes them.
+The API key lives only in the httpx client's default headers: never in logs, messages or reprs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_random_exponential,
+)
+
+from worker_app_fastwan.protocol import (
+    ClaimedJob,
+    ClaimRequest,
+    ClaimResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ProgressUpdate,
+    StatusUpdate,
+)
+from worker_app_fastwan.schema import Stage
+
+if TYPE_CHECKING:
+    from worker_app_fastwan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-Internal-Api-Key"
+RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class OrchestratorError(Exception):
+    """A call to the orchestrator failed; the message names the call, never the API key."""
+
+
+class RetryableStatus(OrchestratorError):
+    """408, 429 or 5xx: worth another attempt."""
+
+    def __init__(self, call: str, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(f"{call}: orchestrator answered HTTP {status_code}")
+
+
+class OrchestratorRejected(OrchestratorError):
+    """Any other 4xx (or an unreadable answer): retrying the same request cannot help."""
+
+    def __init__(self, call: str, status_code: int, detail: str = "") -> None:
+        self.status_code = status_code
+        super().__init__(f"{call}: orchestrator answered HTTP {status_code}" + (f": {detail}" if detail else ""))
+
+
+class HeartbeatFailed(OrchestratorError):
+    """One heartbeat did not get through; the next one, a few seconds later, supersedes it."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, RetryableStatus))
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for retried calls: random in [0, initial_s·2^n], capped at max_s (protocol: ~1 s up to ~60 s)."""
+
+    initial_s: float = 1.0
+    max_s: float = 60.0
+
+    def retrying(self, call: str, deadline_s: float | None = None) -> AsyncRetrying:
+        """Retry until success, a final answer, or `deadline_s` (None: no limit; cancel the task to stop)."""
+        return AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            wait=wait_random_exponential(multiplier=self.initial_s, max=self.max_s),
+            stop=stop_never if deadline_s is None else stop_after_delay(deadline_s),
+            before_sleep=lambda state: _log_retry(call, state),
+            reraise=True,
+        )
+
+
+def _log_retry(call: str, state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "orchestrator call failed, retrying",
+        extra={
+            "call": call,
+            "attempt": state.attempt_number,
+            "error": describe(exc) if exc else "",
+            "sleep_s": round(state.upcoming_sleep, 3),
+        },
+    )
+
+
+def _segment(value: str) -> str:
+    """A path segment; "." and ".." would be normalised away and hit another endpoint."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"invalid id for a URL path: {value!r}")
+    return quote(value, safe="")
+
+
+class OrchestratorClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 30.0,
+        quick_timeout_s: float = 3.0,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(initial_s=retry_initial_s, max_s=retry_max_s)
+        self._quick = httpx.Timeout(quick_timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers={API_KEY_HEADER: api_key}, timeout=timeout_s, transport=transport
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OrchestratorClient | None:
+        """None when no ORCHESTRATOR_BASE_URL is set (queue mode without progress reports)."""
+        if not settings.orchestrator_url:
+            return None
+        return cls(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S)
+
+    def __repr__(self) -> str:
+        return f"OrchestratorClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> OrchestratorClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def claim(self, req: ClaimRequest, *, deadline_s: float | None = None) -> ClaimedJob | None:
+        """The next job, or None when nothing is queued (204)."""
+        response = await self.retry.retrying("claim", deadline_s)(
+            self._post, "claim", "/internal/buffer/jobs/claim", req
+        )
+        if response.status_code == 204:
+            return None
+        return _parse(ClaimResponse, response, "claim").job
+
+    async def heartbeat(self, worker_id: str, hb: HeartbeatRequest) -> HeartbeatResponse:
+        """One quick attempt; raises `HeartbeatFailed` on any failure."""
+        path = f"/internal/buffer/workers/{_segment(worker_id)}/heartbeat"
+        try:
+            response = await self._post("heartbeat", path, hb, timeout=self._quick)
+            return _parse(HeartbeatResponse, response, "heartbeat")
+        except (httpx.HTTPError, OrchestratorError) as exc:
+            raise HeartbeatFailed(f"heartbeat: {describe(exc)}") from None
+
+    async def post_status(
+        self, job_id: str, update: StatusUpdate, *, deadline_s: float | None = None
+    ) -> Literal["ok", "gone"]:
+        """"ok" once accepted, "gone" on 409 (the job is no longer ours); retried until one of those.
+
+        Raises `OrchestratorRejected` on another 4xx, or the last retryable error once `deadline_s` passes.
+        """
+        path = f"/internal/buffer/jobs/{_segment(job_id)}/status"
+        retrying = self.retry.retrying("status", deadline_s)
+        response = await retrying(self._post, "status", path, update, also_ok=(409,))
+        return "gone" if response.status_code == 409 else "ok"
+
+    async def post_progress(self, job_id: str, update: ProgressUpdate) -> None:
+        """Best effort: one quick attempt, never raises."""
+        try:
+            path = f"/internal/videogen/jobs/{_segment(job_id)}/progress"
+            await self._post("progress", path, update, timeout=self._quick)
+        except Exception as exc:  # a lost progress report must never fail or delay the job
+            log.debug("progress report dropped", extra={"job_id": job_id, "error": describe(exc)})
+
+    async def _post(
+        self,
+        call: str,
+        path: str,
+        body: BaseModel,
+        *,
+        also_ok: tuple[int, ...] = (),
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        response = await self._http.post(
+            path,
+            content=body.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        code = response.status_code
+        if response.is_success or code in also_ok:
+            return response
+        if code in RETRYABLE_STATUSES or code >= 500:
+            raise RetryableStatus(call, code)
+        raise OrchestratorRejected(call, code)
+
+
+def _parse(model: type[_Body], response: httpx.Response, call: str) -> _Body:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        detail = f"unexpected body ({exc.error_count()} errors)"
+        raise OrchestratorRejected(call, response.status_code, detail) from None
+
+
+MAX_QUEUED_PER_JOB = 8  # one per stage at most; bounds a caller that flips between stages
+
+
+@dataclass
+class _JobProgress:
+    best: float = 0.0
+    sent_stage: Stage | None = None
+    sent_at: float = float("-inf")
+    queue: list[ProgressUpdate] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class ProgressReporter:
+    """Throttled, fire-and-forget progress: every stage change is sent, otherwise at most one update
+    per `min_interval_s` per job, and the latest throttled value follows once the interval is over.
+
+    `report` never blocks and does no I/O itself (a failed send is only logged at debug); call it from
+    the event-loop thread. The progress sent for a job never goes down.
+    """
+
+    def __init__(self, client: OrchestratorClient | None, worker_id: str, min_interval_s: float = 1.0) -> None:
+        self._client = client
+        self._worker_id = worker_id
+        self._min_interval_s = min_interval_s
+        self._jobs: dict[str, _JobProgress] = {}
+        self._closing = False
+
+    def report(
+        self,
+        job_id: str,
+        stage: Stage | str,
+        progress: float,
+        step: int | None = None,
+        total_steps: int | None = None,
+        message: str = "",
+    ) -> None:
+        if self._client is None or self._closing:
+            return
+        st = self._state(job_id)
+        st.best = max(st.best, min(max(progress, 0.0), 1.0))
+        update = ProgressUpdate(
+            worker_id=self._worker_id,
+            stage=Stage(stage),
+            progress=st.best,
+            step=step,
+            total_steps=total_steps,
+            message=message,
+        )
+        if st.queue and st.queue[-1].stage in (update.stage, st.sent_stage):
+            # Newest value of a stage wins; a throttled value of the stage already reported is
+            # superseded by the next stage (whose progress is at least as high).
+            st.queue[-1] = update
+        else:
+            st.queue = [*st.queue, update][-MAX_QUEUED_PER_JOB:]
+        if update.stage != st.sent_stage:
+            st.wake.set()  # a stage change skips the throttle wait
+        if st.task is None:
+            st.task = asyncio.get_running_loop().create_task(self._pump(job_id, st))
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued without further throttling, waiting at most `timeout_s`."""
+        self._closing = True
+        for st in self._jobs.values():
+            st.wake.set()
+        tasks = [st.task for st in self._jobs.values() if st.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+
+    def _state(self, job_id: str) -> _JobProgress:
+        if job_id not in self._jobs:
+            # One job runs at a time: forget finished jobs so a long-lived worker does not accumulate them.
+            self._jobs = {k: v for k, v in self._jobs.items() if v.task is not None}
+            self._jobs[job_id] = _JobProgress()
+        return self._jobs[job_id]
+
+    def _delay(self, st: _JobProgress) -> float:
+        if self._closing or st.queue[0].stage != st.sent_stage:
+            return 0.0
+        return st.sent_at + self._min_interval_s - time.monotonic()
+
+    async def _pump(self, job_id: str, st: _JobProgress) -> None:
+        assert self._client is not None
+        try:
+            while st.queue:
+                delay = self._delay(st)
+                if delay > 0:
+                    st.wake.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(st.wake.wait(), delay)
+                    continue
+                update, st.queue = st.queue[0], st.queue[1:]
+                st.sent_stage, st.sent_at = update.stage, time.monotonic()
+                await self._client.post_progress(job_id, update)
+        finally:
+            st.task = None
