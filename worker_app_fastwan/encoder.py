@@ -17,7 +17,7 @@ import imageio_ffmpeg
 import numpy as np
 
 DEFAULT_PRESET = "veryfast"
-DEFAULT_CRF = 23
+DEFAULT_CRF = 25
 _STOP = object()
 
 

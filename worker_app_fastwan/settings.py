@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     BUFFER_WORKER_ID: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     GPU_CLASS: str | None = None
-    STATE_DIR: Path = Path.home() / ".local" / "state" / "fastwan-worker"
+    STATE_DIR: Path = Field(default_factory=lambda: Path.home() / ".local" / "state" / "fastwan-worker")
 
     PIPELINE_BACKEND: Literal["diffusers", "fastvideo", "tiny"] = "diffusers"
     MODEL_ID: str = DEFAULT_MODEL_ID
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     TORCH_COMPILE: bool = False
     VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
     ENCODER_PRESET: str = "veryfast"
-    ENCODER_CRF: int = Field(default=23, ge=0, le=51)
+    ENCODER_CRF: int = Field(default=25, ge=0, le=51)
 
     HEARTBEAT_INTERVAL_S: float = Field(default=5.0, gt=0)
     CLAIM_POLL_S: float = Field(default=1.5, gt=0)
