@@ -1,0 +1,3 @@
+from orchestrator_stub.cli import main
+
+raise SystemExit(main())

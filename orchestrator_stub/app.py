@@ -1,0 +1,52 @@
+"""`create_app(settings)`: the stub's FastAPI app, its store and its background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from fastapi import FastAPI
+
+from orchestrator_stub import internal_api, public_api
+from orchestrator_stub.auth import InternalKeyMiddleware
+from orchestrator_stub.db import Store
+from orchestrator_stub.dispatcher import Dispatcher
+from orchestrator_stub.leases import run_lease_sweeper
+from orchestrator_stub.settings import StubSettings
+from orchestrator_stub.wakeup import Wakeup
+from orchestrator_stub.webhooks import WebhookSender
+
+
+def create_app(settings: StubSettings) -> FastAPI:
+    """Open the database and build the app; the loops start and stop with the app's lifespan."""
+    webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup()
+    store = Store(settings.STUB_DB, lease_seconds=settings.LEASE_SECONDS, max_attempts=settings.MAX_ATTEMPTS,
+                  on_final=webhook_wakeup.set)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        webhook_wakeup.bind(loop)
+        dispatch_wakeup.bind(loop)
+        loops: list[Coroutine[Any, Any, None]] = [
+            run_lease_sweeper(store, settings.LEASE_CHECK_S),
+            WebhookSender(store, settings, webhook_wakeup).run(),
+        ]
+        if settings.DISPATCH_TO:
+            loops.append(Dispatcher(store, settings, dispatch_wakeup).run())
+        tasks = [asyncio.create_task(coro) for coro in loops]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            store.close()
+
+    app = FastAPI(title="orchestrator_stub", version="1", lifespan=lifespan)
+    app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
+    app.include_router(internal_api.build_router(store))
+    app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set))
+    return app

@@ -1,0 +1,42 @@
+"""`python -m orchestrator_stub [--dispatch-to URL]`: read the settings once, then serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from orchestrator_stub.app import create_app
+from orchestrator_stub.settings import StubSettingsError, load_settings
+from worker_app_fastwan.logs import setup_logging
+
+log = logging.getLogger("orchestrator_stub")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator_stub",
+        description="Local orchestrator: buffer-mode protocol for workers, /v1 API for people, optional Salad-style dispatch.",
+    )
+    parser.add_argument("--dispatch-to", metavar="URL", help="also POST queued jobs one at a time to URL "
+                        "(a queue-mode worker's /generate), like Salad's job queue")
+    parser.add_argument("--env-file", default=".env", help="optional env file (default: .env); the environment wins")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    overrides = {"DISPATCH_TO": args.dispatch_to} if args.dispatch_to else {}
+    try:
+        settings = load_settings(env_file=args.env_file, **overrides)
+    except StubSettingsError as exc:
+        print(f"orchestrator_stub: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.LOG_LEVEL, process="orchestrator_stub")
+    log.info("starting", extra={"settings": settings.summary()})
+    config = uvicorn.Config(create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT,
+                            log_config=None, access_log=False)
+    uvicorn.Server(config).run()
+    return 0

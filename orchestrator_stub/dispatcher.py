@@ -1,0 +1,161 @@
+"""Salad-style dispatch (`--dispatch-to URL`): hand queued jobs, one at a time, to a queue-mode worker.
+
+It mimics the Salad job-queue binary: POST the job input (plus `job_id`) with header `Salad-Job-Id`, and
+wait. 408, 429, 5xx or a network error → retry, up to DISPATCH_MAX_ATTEMPTS (4) attempts in all, then
+failed with the last error; any other answer is final: 2xx → completed with the body as result, else
+failed with the body's `error` (marked not retryable). The dispatcher holds the job like a buffer worker
+(worker id `salad-dispatcher`) and renews its lease while it waits, so a job it held when the stub died
+goes back to the queue when that lease runs out. A cancel aborts the request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from orchestrator_stub.db import Claimed, LeaseState, Store
+from orchestrator_stub.leases import cancelled_error
+from orchestrator_stub.settings import StubSettings
+from orchestrator_stub.wakeup import Wakeup
+from worker_app_fastwan.logs import job_context
+from worker_app_fastwan.protocol import Capabilities
+from worker_app_fastwan.schema import ErrorCode, JobError
+
+log = logging.getLogger("orchestrator_stub.dispatcher")
+
+DISPATCHER_ID = "salad-dispatcher"
+RETRY_STATUSES = frozenset({408, 429})
+
+Outcome = tuple[str, dict[str, Any] | None, dict[str, Any] | None]  # (status, result, error)
+
+
+class RetryableAnswer(Exception):
+    """An attempt Salad would retry; carries the error the job fails with if it was the last."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+class Dispatcher:
+    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup) -> None:
+        assert settings.DISPATCH_TO, "DISPATCH_TO is required"
+        self._store = store
+        self._settings = settings
+        self._url = settings.DISPATCH_TO
+        self._wakeup = wakeup
+        self._renew_every = min(store.lease_seconds / 3, 1.0)
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(self._settings.DISPATCH_TIMEOUT_S, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            log.info("dispatching queued jobs", extra={"url": self._url})
+            while True:
+                try:
+                    job = await asyncio.to_thread(self._store.claim, DISPATCHER_ID, "salad", Capabilities())
+                except Exception:
+                    log.exception("dispatcher claim failed")
+                    job = None
+                if job is None:
+                    await self._wakeup.wait(self._settings.DISPATCH_POLL_S)
+                    continue
+                with job_context(job.job_id):
+                    try:
+                        await self._handle(client, job)
+                    except Exception:  # the job keeps its lease until it runs out, then goes back to the queue
+                        log.exception("dispatch crashed")
+
+    async def _handle(self, client: httpx.AsyncClient, job: Claimed) -> None:
+        await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, "running", None, None)
+        delivery = asyncio.create_task(self._deliver(client, job))
+        watch = asyncio.create_task(self._watch_lease(job.job_id))
+        try:
+            await asyncio.wait({delivery, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (delivery, watch):
+                task.cancel()
+            await asyncio.gather(delivery, watch, return_exceptions=True)
+        if not delivery.cancelled():
+            status, result, error = delivery.result()
+        elif not watch.cancelled() and watch.result() is LeaseState.cancel:
+            status, result, error = "failed", None, cancelled_error()
+        else:
+            log.warning("dispatcher lost the lease; dropping the job")
+            return
+        outcome = await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error)
+        log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
+
+    async def _watch_lease(self, job_id: str) -> LeaseState:
+        """Renew the lease while the request is in flight; returns when cancelled or lost."""
+        while True:
+            await asyncio.sleep(self._renew_every)
+            state = await asyncio.to_thread(self._store.renew_lease, job_id, DISPATCHER_ID)
+            if state is not LeaseState.held:
+                return state
+
+    async def _deliver(self, client: httpx.AsyncClient, job: Claimed) -> Outcome:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.DISPATCH_MAX_ATTEMPTS),
+            wait=wait_exponential(multiplier=self._settings.DISPATCH_RETRY_BASE_S, max=self._settings.DISPATCH_RETRY_MAX_S),
+            retry=retry_if_exception_type(RetryableAnswer),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._post(client, job, attempt.retry_state.attempt_number)
+        except RetryableAnswer as exc:
+            return "failed", None, exc.error
+        return _final_outcome(response)
+
+    async def _post(self, client: httpx.AsyncClient, job: Claimed, number: int) -> httpx.Response:
+        """One attempt; raises RetryableAnswer on what Salad would retry."""
+        body = {**job.input, "job_id": job.job_id}
+        try:
+            response = await client.post(self._url, json=body, headers={"Salad-Job-Id": job.job_id})
+        except httpx.TransportError as exc:
+            message = f"worker unreachable: {type(exc).__name__}: {exc}"
+            await self._record(job.job_id, number, None, message)
+            raise RetryableAnswer(_error(ErrorCode.internal, message, retryable=True)) from exc
+        retry = response.status_code in RETRY_STATUSES or response.status_code >= 500
+        error = None if response.is_success else _error_from_body(response, retryable=retry)
+        await self._record(job.job_id, number, response.status_code, error["message"] if error else None)
+        if retry and error is not None:
+            raise RetryableAnswer(error)
+        return response
+
+    async def _record(self, job_id: str, number: int, status_code: int | None, error: str | None) -> None:
+        log.info("dispatch attempt", extra={"attempt": number, "status_code": status_code, "error": error})
+        await asyncio.to_thread(self._store.add_dispatch_attempt, job_id, number, status_code, error)
+
+
+def _final_outcome(response: httpx.Response) -> Outcome:
+    if not response.is_success:
+        return "failed", None, _error_from_body(response, retryable=False)
+    try:
+        result = response.json()
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        message = f"worker answered HTTP {response.status_code} with a body that is not a JSON object"
+        return "failed", None, _error(ErrorCode.internal, message, retryable=False)
+    return "completed", result, None
+
+
+def _error_from_body(response: httpx.Response, *, retryable: bool) -> dict[str, Any]:
+    """The worker's `{"error": …}` if it sent a valid one, else one made from the status code."""
+    try:
+        error = JobError.model_validate(response.json()["error"]).model_dump(mode="json")
+        return error | {"retryable": error["retryable"] and retryable}
+    except (ValueError, KeyError, TypeError, ValidationError):
+        code = ErrorCode.invalid_input if response.status_code in (400, 422) else ErrorCode.internal
+        return _error(code, f"worker answered HTTP {response.status_code}", retryable=retryable)
+
+
+def _error(code: ErrorCode, message: str, *, retryable: bool) -> dict[str, Any]:
+    return JobError(code=code, message=message, retryable=retryable).model_dump(mode="json")

@@ -1,0 +1,81 @@
+"""The worker-facing routes of ../shared/orchestrator-protocol.md: claim, heartbeat, status, progress.
+
+The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
+thread pool and SQLite work never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi.responses import JSONResponse
+
+from orchestrator_stub.db import StatusOutcome, Store
+from worker_app_fastwan.protocol import (
+    ClaimedJob,
+    ClaimRequest,
+    ClaimResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ProgressUpdate,
+    StatusUpdate,
+)
+from worker_app_fastwan.schema import ID_PATTERN
+
+log = logging.getLogger("orchestrator_stub.internal")
+
+JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
+WORKER_ID = Path(pattern=ID_PATTERN, max_length=128)
+
+
+def build_router(store: Store) -> APIRouter:
+    router = APIRouter(prefix="/internal", tags=["internal (X-Internal-Api-Key)"])
+
+    @router.post("/buffer/jobs/claim", response_model=ClaimResponse, responses={204: {"description": "nothing queued"}})
+    def claim(body: ClaimRequest) -> Response:
+        job = store.claim(body.worker_id, body.gpu_class, body.capabilities)
+        if job is None:
+            return Response(status_code=204)
+        claimed = ClaimedJob(job_id=job.job_id, input=job.input, attempt=job.attempt, lease_seconds=store.lease_seconds)
+        return JSONResponse(ClaimResponse(job=claimed).model_dump(mode="json"))
+
+    @router.post("/buffer/workers/{worker_id}/heartbeat")
+    def heartbeat(body: HeartbeatRequest, worker_id: str = WORKER_ID) -> HeartbeatResponse:
+        return HeartbeatResponse(cancel_job_ids=store.heartbeat(worker_id, body))
+
+    @router.post("/buffer/jobs/{job_id}/status", responses={409: {}, 422: {}})
+    def status(body: StatusUpdate, job_id: str = JOB_ID) -> dict[str, Any]:
+        result, error = _final_payload(body)
+        outcome = store.apply_status(job_id, body.worker_id, body.status, result, error)
+        log.info("status report", extra={"job_id": job_id, "worker_id": body.worker_id, "status": body.status,
+                                         "outcome": outcome.value})
+        if outcome is StatusOutcome.missing:
+            # 409, not 404: the protocol's one answer for "not yours", so the worker drops the report (its
+            # outbox would keep a 404'd one forever, e.g. after this stub's database was deleted).
+            raise HTTPException(409, f"unknown job {job_id}")
+        if outcome is StatusOutcome.conflict:
+            raise HTTPException(409, f"job {job_id} is not held by worker {body.worker_id}")
+        return {"job_id": job_id, "status": body.status}
+
+    @router.post("/videogen/jobs/{job_id}/progress", status_code=204, response_class=Response)
+    def progress(body: ProgressUpdate, job_id: str = JOB_ID) -> Response:
+        # Best effort, as the protocol says: a job the stub does not know (a Salad job id in queue mode) or
+        # no longer runs is acknowledged and ignored, so a worker never has a reason to retry.
+        if not store.record_progress(job_id, body):
+            log.debug("progress ignored", extra={"job_id": job_id, "worker_id": body.worker_id})
+        return Response(status_code=204)
+
+    return router
+
+
+def _final_payload(body: StatusUpdate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The result/error to store; a final status without its object is a worker bug, refused with 422."""
+    if body.status == "completed" and body.result is None:
+        raise HTTPException(422, "result: is required when status is completed")
+    if body.status == "failed" and body.error is None:
+        raise HTTPException(422, "error: is required when status is failed")
+    result = body.result.model_dump(mode="json") if body.status == "completed" and body.result else None
+    error = body.error.model_dump(mode="json") if body.status == "failed" and body.error else None
+    return result, error

@@ -1,0 +1,54 @@
+"""Lease policy: what happens to a claimed job whose lease ran out, and the sweeper that applies it.
+
+The SQL lives in `db.py`; this module decides (requeue, time out, or finish a requested cancel) and
+runs the periodic check. Claims, heartbeats and status calls also expire leases first, so a lease is
+lost exactly when it runs out, whatever the sweeper's timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from worker_app_fastwan.schema import ErrorCode, JobError
+
+if TYPE_CHECKING:
+    from orchestrator_stub.db import Store
+
+log = logging.getLogger("orchestrator_stub.leases")
+
+
+class Expiry(str, Enum):
+    requeue = "requeue"
+    timeout = "timeout"
+    cancelled = "cancelled"
+
+
+def expiry_outcome(attempt: int, cancel_requested: bool, max_attempts: int) -> Expiry:
+    # A cancel nobody acknowledged is still a cancel: requeueing it would run a job the user gave up on.
+    if cancel_requested:
+        return Expiry.cancelled
+    return Expiry.timeout if attempt >= max_attempts else Expiry.requeue
+
+
+def expiry_error(outcome: Expiry, attempt: int, lease_seconds: float) -> dict[str, Any]:
+    if outcome is Expiry.cancelled:
+        return cancelled_error("cancelled by request; the worker stopped renewing its lease")
+    message = f"lease of {lease_seconds:g}s not renewed on {attempt} attempt(s); giving up"
+    return JobError(code=ErrorCode.timeout, message=message, retryable=False).model_dump(mode="json")
+
+
+def cancelled_error(message: str = "cancelled by request") -> dict[str, Any]:
+    return JobError(code=ErrorCode.cancelled, message=message, retryable=False).model_dump(mode="json")
+
+
+async def run_lease_sweeper(store: Store, interval_s: float) -> None:
+    """Expire leases every `interval_s` until cancelled."""
+    while True:
+        try:
+            await asyncio.to_thread(store.expire_leases)
+        except Exception:  # a hiccup (disk full, locked file) must not stop future sweeps
+            log.exception("lease sweep failed")
+        await asyncio.sleep(interval_s)

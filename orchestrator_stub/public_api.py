@@ -1,0 +1,111 @@
+"""The public /v1 API for a person (or script) on the box: submit, look at, list and cancel jobs.
+
+There is no authentication here: the stub listens on 127.0.0.1 by default, and whoever can reach this
+API can submit GPU work. Do not expose it beyond loopback without a proxy that adds auth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
+
+from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, Store
+from orchestrator_stub.views import job_view, load_job_view, worker_view
+from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.schema import ID_PATTERN, ErrorCode, JobInput, parse_job_input
+
+JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
+MAX_URL_CHARS = 2048
+
+
+def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
+    router = APIRouter(tags=["public"])
+
+    @router.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.post("/v1/jobs", status_code=201, responses={200: {"description": "Idempotency-Key replay"}, 422: {}})
+    def submit(
+        payload: Any = Body(..., description="the job input, plus an optional notify_url"),
+        idempotency_key: str | None = Header(default=None, min_length=1, max_length=255),
+    ) -> JSONResponse:
+        try:
+            job, notify_url = _parse_submission(payload)
+        except JobFailure as exc:
+            return JSONResponse({"error": exc.to_error().model_dump(mode="json")}, status_code=422)
+        try:
+            job_id, created = store.create_job(
+                job, notify_url=notify_url, idempotency_key=idempotency_key, fingerprint=_fingerprint(job, notify_url)
+            )
+        except IdempotencyConflict:
+            raise HTTPException(422, "Idempotency-Key: was already used with a different body") from None
+        if created:
+            on_new_job()
+        return JSONResponse({"job_id": job_id}, status_code=201 if created else 200,
+                            headers={"Location": f"/v1/jobs/{job_id}"})
+
+    @router.get("/v1/jobs")
+    def list_jobs(
+        status: Literal["queued", "claimed", "running", "completed", "failed"] | None = None,
+        limit: int = Query(default=50, ge=1, le=500),
+        offset: int = Query(default=0, ge=0),
+    ) -> dict[str, Any]:
+        jobs, total = store.list_jobs(status, limit, offset)
+        return {"jobs": [job_view(store, job) for job in jobs], "total": total, "limit": limit, "offset": offset}
+
+    @router.get("/v1/jobs/{job_id}", responses={404: {}})
+    def get_job(job_id: str = JOB_ID) -> dict[str, Any]:
+        return _view_or_404(store, job_id)
+
+    @router.post("/v1/jobs/{job_id}/cancel", responses={202: {"description": "cancel requested"}, 404: {}, 409: {}})
+    def cancel(job_id: str = JOB_ID) -> JSONResponse:
+        outcome = store.cancel(job_id)
+        if outcome is CancelOutcome.missing:
+            raise HTTPException(404, f"unknown job {job_id}")
+        if outcome is CancelOutcome.final:
+            raise HTTPException(409, f"job {job_id} is already final")
+        # 200: cancelled now (it was queued); 202: the worker holding it will stop at its next safe point.
+        code = 200 if outcome is CancelOutcome.cancelled else 202
+        return JSONResponse(_view_or_404(store, job_id), status_code=code)
+
+    @router.get("/v1/queue")
+    def queue() -> dict[str, Any]:
+        return {"counts": store.counts(), "workers": [worker_view(w) for w in store.workers()]}
+
+    return router
+
+
+def _view_or_404(store: Store, job_id: str) -> dict[str, Any]:
+    view = load_job_view(store, job_id)
+    if view is None:
+        raise HTTPException(404, f"unknown job {job_id}")
+    return view
+
+
+def _parse_submission(payload: Any) -> tuple[JobInput, str | None]:
+    """The validated job input and notify_url; raises JobFailure(invalid_input) naming the field."""
+    job = parse_job_input(payload)
+    notify_url = payload.get("notify_url")
+    if notify_url is not None and not _is_http_url(notify_url):
+        raise JobFailure(ErrorCode.invalid_input, f"notify_url: must be an http(s) URL of at most {MAX_URL_CHARS} characters")
+    return job, notify_url
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _fingerprint(job: JobInput, notify_url: str | None) -> str:
+    """What makes two submissions "the same" for an Idempotency-Key: the validated input and the URL."""
+    canonical = json.dumps({"input": job.model_dump(mode="json"), "notify_url": notify_url}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()

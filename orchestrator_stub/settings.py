@@ -1,0 +1,86 @@
+"""The stub's settings, read from the environment (and an optional `.env`) once, by the CLI.
+
+Nothing reads the environment at import time: `load_settings()` is called by `cli.main()` and the
+`StubSettings` object is passed down. A bad setting raises `StubSettingsError` with one line naming the
+variable. The API key is a `SecretStr`, so it never shows in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StubSettingsError(ValueError):
+    """A bad or missing setting; str() is one line naming the variable."""
+
+
+class StubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
+
+    STUB_HOST: str = "127.0.0.1"
+    STUB_PORT: int = Field(default=8080, ge=1, le=65535)
+    STUB_DB: Path = Path("orchestrator_stub.sqlite3")
+    INTERNAL_API_KEY: SecretStr
+
+    LEASE_SECONDS: float = Field(default=30.0, gt=0)
+    LEASE_CHECK_S: float = Field(default=0.5, gt=0)
+    MAX_ATTEMPTS: int = Field(default=3, ge=1)
+
+    WEBHOOK_MAX_ATTEMPTS: int = Field(default=5, ge=1)
+    WEBHOOK_BASE_DELAY_S: float = Field(default=1.0, ge=0)
+    WEBHOOK_MAX_DELAY_S: float = Field(default=60.0, ge=0)
+    WEBHOOK_TIMEOUT_S: float = Field(default=10.0, gt=0)
+    WEBHOOK_SCAN_S: float = Field(default=2.0, gt=0)
+
+    DISPATCH_TO: str | None = None
+    DISPATCH_MAX_ATTEMPTS: int = Field(default=4, ge=1)
+    DISPATCH_RETRY_BASE_S: float = Field(default=1.0, ge=0)
+    DISPATCH_RETRY_MAX_S: float = Field(default=30.0, ge=0)
+    DISPATCH_TIMEOUT_S: float = Field(default=1800.0, gt=0)
+    DISPATCH_POLL_S: float = Field(default=1.0, gt=0)
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("INTERNAL_API_KEY")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("DISPATCH_TO")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http(s) URL, e.g. http://localhost:8000/generate")
+        return value or None
+
+    def api_key(self) -> str:
+        return self.INTERNAL_API_KEY.get_secret_value()
+
+    def summary(self) -> dict[str, object]:
+        """What start-up logs: every setting, the key masked."""
+        return {
+            key: ("***" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
+            for key, value in self.model_dump().items()
+        }
+
+
+def load_settings(env_file: str | None = ".env", **overrides: object) -> StubSettings:
+    """Read the settings once; a bad one becomes a `StubSettingsError` naming the variable."""
+    try:
+        return StubSettings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            hint = " (the key workers send in X-Internal-Api-Key)" if name == "INTERNAL_API_KEY" else ""
+            raise StubSettingsError(f"{name} is required{hint}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = "" if name == "INTERNAL_API_KEY" else f" (got {err.get('input')!r})"
+        raise StubSettingsError(f"invalid setting {name}: {msg}{shown}") from None

@@ -1,0 +1,67 @@
+"""The JSON shapes the public API and the webhooks show: one job, one worker, ISO-8601 UTC times."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from orchestrator_stub.db import Store
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
+    """A job as GET /v1/jobs/{id} shows it and as its webhook carries it.
+
+    `notify_url` is left out on purpose: such URLs often embed a secret token, and this API has no auth.
+    """
+    return {
+        "job_id": job["job_id"],
+        "status": job["status"],
+        "stage": job["stage"],
+        "progress": job["progress"],
+        "step": job["step"],
+        "total_steps": job["total_steps"],
+        "message": job["message"],
+        "attempts": job["attempt"],
+        "worker_id": job["worker_id"],
+        "cancel_requested": job["cancel_requested"],
+        "input": job["input"],
+        "result": job["result"],
+        "error": job["error"],
+        "created_at": iso(job["created_at"]),
+        "updated_at": iso(job["updated_at"]),
+        "completed_at": iso(job["completed_at"]),
+        "lease_expires_at": iso(job["lease_expires_at"]),
+        "webhook_state": job["webhook_state"],
+        "webhook_attempts": [_with_iso(a) for a in store.webhook_attempts(job["job_id"])],
+        "dispatch_attempts": [_with_iso(a) for a in store.dispatch_attempts(job["job_id"])],
+    }
+
+
+def load_job_view(store: Store, job_id: str) -> dict[str, Any] | None:
+    job = store.get_job(job_id)
+    return None if job is None else job_view(store, job)
+
+
+def worker_view(worker: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "worker_id": worker["worker_id"],
+        "gpu_class": worker["gpu_class"],
+        "state": worker["state"],
+        "job_id": worker["job_id"],
+        "stage": worker["stage"],
+        "progress": worker["progress"],
+        "gpu": worker["gpu"],
+        "first_seen": iso(worker["first_seen"]),
+        "last_seen": iso(worker["last_seen"]),
+        "last_heartbeat": iso(worker["last_heartbeat"]),
+    }
+
+
+def _with_iso(attempt: dict[str, Any]) -> dict[str, Any]:
+    return attempt | {"at": iso(attempt["at"])}

@@ -1,0 +1,77 @@
+"""Start-up and crash safety: the stub refuses to start without a key, and SIGKILL loses no job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from stub_fixtures import (  # noqa: F401 (fixtures)
+    REPO,
+    Answer,
+    ScriptedServer,
+    StubProcess,
+    scripted_server,
+    stub_factory,
+    wait_for,
+)
+
+
+def test_refuses_to_start_without_internal_api_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "INTERNAL_API_KEY"} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "orchestrator_stub", "--env-file", os.devnull], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "INTERNAL_API_KEY" in lines[0], done.stderr
+    assert not (tmp_path / "orchestrator_stub.sqlite3").exists(), "nothing is created before the settings are good"
+
+
+def test_sigterm_then_sigkill_restarts_lose_no_job(stub_factory: Callable[..., StubProcess]) -> None:
+    stub = stub_factory()
+    done, held, queued = (stub.submit(f"job {n}") for n in range(3))
+    assert stub.kill(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    assert "Application shutdown complete" in stub.log_text()
+    stub.start()
+
+    cancelled = stub.submit("cancel me")
+    assert stub.claim_job("w1")["job_id"] == done
+    assert stub.status(done, "w1", "completed").status_code == 200
+    assert stub.claim_job("w2")["job_id"] == held
+    stub.post(f"/v1/jobs/{cancelled}/cancel", key=None)
+    before = {job_id: stub.job(job_id) for job_id in (done, held, queued, cancelled)}
+
+    stub.restart()  # SIGKILL: no shutdown code runs
+
+    after = {job_id: stub.job(job_id) for job_id in before}
+    for job_id, view in before.items():
+        for key in ("status", "input", "result", "error", "attempts", "worker_id", "created_at", "lease_expires_at"):
+            assert after[job_id][key] == view[key], (job_id, key)
+    assert after[held]["lease_expires_at"] is not None, "a claimed job keeps its lease (and its expiry time)"
+    assert stub.heartbeat("w2", held).json()["cancel_job_ids"] == []
+    assert stub.status(held, "w2", "completed").status_code == 200
+    assert stub.status(done, "w1", "completed").status_code == 200, "idempotent across the restart too"
+    assert stub.claim_job("w3")["job_id"] == queued
+    assert stub.get("/v1/jobs").json()["total"] == 4
+    assert stub.get("/v1/queue").json()["counts"] == {"queued": 0, "claimed": 1, "running": 0, "completed": 2, "failed": 1}
+
+
+def test_pending_webhook_survives_a_restart(
+    stub_factory: Callable[..., StubProcess], scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    receiver = scripted_server([Answer(500), Answer(200)])
+    stub = stub_factory(WEBHOOK_BASE_DELAY_S=60, WEBHOOK_MAX_DELAY_S=60)  # the retry would come a minute later
+    job_id = stub.submit(notify_url=f"{receiver.url}/hook")
+    stub.post(f"/v1/jobs/{job_id}/cancel", key=None)
+    wait_for(lambda: stub.job(job_id)["webhook_attempts"], 3, what="the first webhook attempt")
+    assert stub.job(job_id)["webhook_state"] == "pending"
+
+    stub.kill()
+    stub.env.update(WEBHOOK_BASE_DELAY_S="0.05", WEBHOOK_MAX_DELAY_S="0.05")
+    stub.start()
+    view = wait_for(lambda: (v := stub.job(job_id))["webhook_state"] == "delivered" and v, 4, what="redelivery")
+    assert [a["status_code"] for a in view["webhook_attempts"]] == [500, 200]
+    assert len(receiver.requests) == 2

@@ -1,0 +1,109 @@
+"""Webhooks from a real stub process to a loopback receiver: delivery, retries, give-up, never blocking."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from stub_fixtures import (  # noqa: F401 (fixtures)
+    Answer,
+    ScriptedServer,
+    StubProcess,
+    scripted_server,
+    stub,
+    stub_factory,
+    wait_for,
+)
+
+
+def _webhook_done(stub: StubProcess, job_id: str, timeout_s: float = 5.0) -> dict:
+    return wait_for(lambda: (v := stub.job(job_id))["webhook_state"] in ("delivered", "gave_up") and v, timeout_s,
+                    what="webhook delivery")
+
+
+def test_completed_job_is_posted_once_even_when_reported_twice(
+    stub: StubProcess, scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    receiver = scripted_server([Answer(200)])
+    job_id = stub.submit(notify_url=f"{receiver.url}/hooks/done?token=s3cret")
+    stub.claim_job("w1")
+    assert stub.status(job_id, "w1", "completed").status_code == 200
+    assert stub.status(job_id, "w1", "completed").status_code == 200
+
+    view = _webhook_done(stub, job_id)
+    assert view["webhook_state"] == "delivered"
+    assert [(a["attempt"], a["status_code"], a["ok"]) for a in view["webhook_attempts"]] == [(1, 200, True)]
+    time.sleep(0.6)  # longer than WEBHOOK_SCAN_S: a second delivery would have started by now
+    assert len(receiver.requests) == 1
+    hook = receiver.requests[0]
+    assert hook.path == "/hooks/done?token=s3cret"
+    assert hook.headers["x-stub-job-id"] == job_id
+    assert (hook.body["job_id"], hook.body["status"]) == (job_id, "completed")
+    assert hook.body["result"]["storage_key"] == f"videos/{job_id}.mp4"
+    assert "s3cret" not in stub.log_text(), "the notify_url (and its token) is never logged"
+
+
+def test_webhook_is_retried_after_500s(
+    stub_factory: Callable[..., StubProcess], scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    stub = stub_factory(WEBHOOK_BASE_DELAY_S=0.15, WEBHOOK_MAX_DELAY_S=1)
+    receiver = scripted_server([Answer(500), Answer(503), Answer(204)])
+    job_id = stub.submit(notify_url=f"{receiver.url}/hook")
+    stub.claim_job("w1")
+    error = {"code": "generation_failed", "message": "NaNs in latents", "retryable": True}
+    assert stub.status(job_id, "w1", "failed", error=error).status_code == 200
+
+    view = _webhook_done(stub, job_id)
+    assert view["webhook_state"] == "delivered"
+    attempts = view["webhook_attempts"]
+    assert [(a["attempt"], a["status_code"], a["ok"]) for a in attempts] == [(1, 500, False), (2, 503, False), (3, 204, True)]
+    assert attempts[0]["error"] == "HTTP 500" and attempts[0]["at"].endswith("Z")
+    assert len(receiver.requests) == 3
+    assert [r.headers["x-stub-webhook-attempt"] for r in receiver.requests] == ["1", "2", "3"]
+    assert receiver.requests[2].body["error"] == error
+    gaps = [b.at - a.at for a, b in zip(receiver.requests, receiver.requests[1:])]
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3, f"exponential backoff: 0.15 s, then 0.3 s (got {gaps})"
+
+
+def test_webhook_gives_up_after_max_attempts(
+    stub_factory: Callable[..., StubProcess], scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    stub = stub_factory(WEBHOOK_MAX_ATTEMPTS=3)
+    receiver = scripted_server([Answer(500)])
+    job_id = stub.submit(notify_url=f"{receiver.url}/hook")
+    assert stub.post(f"/v1/jobs/{job_id}/cancel", key=None).status_code == 200, "a stub-side final status notifies too"
+    view = _webhook_done(stub, job_id)
+    assert view["webhook_state"] == "gave_up"
+    assert [a["status_code"] for a in view["webhook_attempts"]] == [500, 500, 500]
+    assert len(receiver.requests) == 3
+    assert receiver.requests[0].body["error"]["code"] == "cancelled"
+
+
+def test_unreachable_receiver_is_recorded_as_an_error(
+    stub_factory: Callable[..., StubProcess], scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    stub = stub_factory(WEBHOOK_MAX_ATTEMPTS=2)
+    dead = scripted_server([Answer(200)])
+    dead_url = f"{dead.url}/hook"
+    dead.__exit__(None, None, None)
+    job_id = stub.submit(notify_url=dead_url)
+    stub.post(f"/v1/jobs/{job_id}/cancel", key=None)
+    view = _webhook_done(stub, job_id)
+    assert view["webhook_state"] == "gave_up"
+    assert [a["status_code"] for a in view["webhook_attempts"]] == [None, None]
+    assert all("Connect" in a["error"] for a in view["webhook_attempts"]), view["webhook_attempts"]
+
+
+def test_slow_receiver_never_delays_the_status_answer(
+    stub: StubProcess, scripted_server: Callable[..., ScriptedServer]
+) -> None:
+    receiver = scripted_server([Answer(200, delay_s=3)])
+    job_id = stub.submit(notify_url=f"{receiver.url}/slow")
+    stub.claim_job("w1")
+    started = time.monotonic()
+    assert stub.status(job_id, "w1", "completed").status_code == 200
+    assert time.monotonic() - started < 2.0, "the receiver takes 3 s; the answer does not wait for it"
+    wait_for(lambda: receiver.requests, 3, what="the webhook to arrive")
+    started = time.monotonic()
+    assert stub.claim("w1").status_code == 204 and stub.heartbeat("w1").status_code == 200
+    assert time.monotonic() - started < 2.0, "worker calls are served while the webhook is in flight"
