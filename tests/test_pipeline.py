@@ -121,3 +121,16 @@ def test_diffusers_backend_loads_a_saved_model_folder(tiny_backend, tmp_path):
     loaded, built = _frames(backend, job).astype(int), _frames(tiny_backend, job).astype(int)
     # Same weights, same path; a few pixels may round the other way (float noise of the loading path).
     assert np.abs(loaded - built).max() <= 1 and (loaded != built).mean() < 1e-3
+
+
+def test_streamed_text_encoder_gives_the_same_embeddings(tmp_path):
+    """`balanced` streams UMT5 block by block through the GPU; the hook must not change what it computes."""
+    from worker_app_fastwan.pipelines.diffusers_backend import stream_text_encoder
+    from worker_app_fastwan.pipelines.tiny import TinyBackend
+
+    backend = TinyBackend()
+    backend.load()
+    before = backend.generator._encode_prompt("a red fox in snow")
+    stream_text_encoder(backend.generator.t2v.text_encoder, torch.device("cpu"))
+    assert hasattr(backend.generator.t2v.text_encoder.encoder.block[0], "_diffusers_hook")
+    torch.testing.assert_close(backend.generator._encode_prompt("a red fox in snow"), before, rtol=0, atol=0)

@@ -192,7 +192,8 @@ class JobRunner:
         if device.device.startswith("cuda"):
             from worker_app_fastwan.offload import check_job_fits
 
-            check_job_fits(job.width, job.height, job.num_frames, device.memory_total_mb / 1024, device.offload_profile)
+            check_job_fits(job.width, job.height, job.num_frames, device.memory_total_mb / 1024, device.offload_profile,
+                           vae_dtype=self.settings.VAE_DTYPE)
 
     def _work_root(self) -> Path:
         root = self.settings.STATE_DIR / "work"

@@ -35,6 +35,21 @@ def load_parts(source: str | Path, dtype: torch.dtype, vae_dtype: torch.dtype) -
     )
 
 
+def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> None:
+    """Keep the 11 GB UMT5 in CPU memory and stream its blocks through the GPU one at a time.
+
+    Moving it whole to the GPU for each prompt would need transformer + VAE + text encoder at once
+    (≈ 23 GiB: too much for 24 GB cards); block by block it needs one block (≈ 0.4 GB) at a time. The
+    hook goes on the encoder stack, whose `block` list diffusers' block-level offloading can see.
+    """
+    from diffusers.hooks import apply_group_offloading
+
+    cuda = device.type == "cuda"
+    apply_group_offloading(text_encoder.encoder, onload_device=device, offload_device=torch.device("cpu"),
+                           offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
+                           non_blocking=cuda)
+
+
 class DiffusersBackend(Backend):
     name = "diffusers"
 
@@ -54,10 +69,11 @@ class DiffusersBackend(Backend):
         from worker_app_fastwan.offload import choose_profile, describe, plan_for
 
         parts = load_parts(self.source, self.dtype, self.vae_dtype)
-        self.profile = choose_profile(self.requested_profile, self.vram_total_gb())
+        vram, vae_dtype = self.vram_total_gb(), str(self.vae_dtype).removeprefix("torch.")
+        self.profile = choose_profile(self.requested_profile, vram, vae_dtype=vae_dtype)
         plan = plan_for(self.profile)
-        log.info("offload profile", extra={"profile": self.profile, "why": describe(self.profile, self.vram_total_gb())})
-        self.generator = WanGenerator(parts, self.device, text_encoder_to_cpu=plan.text_encoder_off_gpu_after_encode)
+        log.info("offload profile", extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=vae_dtype)})
+        self.generator = WanGenerator(parts, self.device)
         self._place(parts, plan)
         if self.cuda:
             self._tune(parts)
@@ -69,10 +85,12 @@ class DiffusersBackend(Backend):
         if plan.model_cpu_offload and self.cuda:
             self.generator.t2v.enable_model_cpu_offload(device=self.device)
             return
-        for name in ("transformer", "vae", "text_encoder"):
-            if name == "text_encoder" and plan.text_encoder_off_gpu_after_encode:
-                continue
-            getattr(parts, name).to(self.device)
+        parts.transformer.to(self.device)
+        parts.vae.to(self.device)
+        if plan.text_encoder_off_gpu_after_encode:
+            stream_text_encoder(parts.text_encoder, self.device)
+        else:
+            parts.text_encoder.to(self.device)
 
     def _tune(self, parts: WanParts) -> None:
         torch.backends.cudnn.benchmark = True

@@ -37,9 +37,8 @@ class WanParts:
 
 
 class WanGenerator:
-    def __init__(self, parts: WanParts, device: torch.device, text_encoder_to_cpu: bool = False) -> None:
+    def __init__(self, parts: WanParts, device: torch.device) -> None:
         self.device = device
-        self.text_encoder_to_cpu = text_encoder_to_cpu
         scheduler = make_scheduler()
         common = dict(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, vae=parts.vae,
                       transformer=parts.transformer, scheduler=scheduler, transformer_2=None, boundary_ratio=None,
@@ -91,16 +90,9 @@ class WanGenerator:
         return latents
 
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
-        text_encoder = self.t2v.text_encoder
-        if self.text_encoder_to_cpu:
-            text_encoder.to(self.device)
         # 512 tokens as in `WanPipeline.__call__` (encode_prompt's own default is 226).
         embeds, _ = self.t2v.encode_prompt(prompt=prompt, do_classifier_free_guidance=False,
                                            max_sequence_length=MAX_PROMPT_TOKENS, device=self.device)
-        if self.text_encoder_to_cpu:
-            # 24-32 GB cards: the 11 GB text encoder leaves the GPU before the transformer needs the room.
-            text_encoder.to("cpu")
-            torch.cuda.empty_cache()
         return embeds.to(self.t2v.transformer.dtype)
 
     def _initial_latents(self, job: JobInput, image: Image.Image | None, generator: torch.Generator):

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Container entrypoint of the FastWan worker (Dockerfile.fastwan).
+#
+# 1. Checks the environment before anything starts: one line per bad or missing variable on stderr, then
+#    exit 2. Values of secrets (keys, and URLs, which may carry credentials) are never printed.
+# 2. WORKER_MODE=queue (SaladCloud): runs `python -m worker_app_fastwan serve` and, when it is on PATH,
+#    SaladCloud's job-queue worker binary, which POSTs jobs to http://localhost:$PORT/generate. The two are
+#    supervised together: if either exits, the other is stopped and this script exits non-zero, so the
+#    container restarts instead of idling half-alive. SIGTERM/SIGINT is forwarded to both; the app drains
+#    (DRAIN_TIMEOUT_S) and the script exits 0 when the app did.
+# 3. WORKER_MODE=buffer (Vast.ai, local box): execs `python -m worker_app_fastwan buffer`, which then gets
+#    the container's signals directly.
+#
+# Variables of the script itself (not worker settings): PYTHON (interpreter, default python),
+# SALAD_QUEUE_WORKER_BIN (default salad-http-job-queue-worker), STOP_MARGIN_S (seconds allowed past
+# DRAIN_TIMEOUT_S before a process that ignores TERM gets KILL, default 15), BAKED_MODEL_PATH (a model
+# folder built into the image; becomes MODEL_PATH when that is unset).
+set -euo pipefail
+
+readonly SELF="run_fastwan_worker.sh"
+PY="${PYTHON:-python}"
+SALAD_BIN="${SALAD_QUEUE_WORKER_BIN:-salad-http-job-queue-worker}"
+B2_VARS=(B2_KEY_ID B2_APP_KEY B2_BUCKET_NAME)
+
+log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
+
+# A non-secret value, quoted and cut short, so that one bad variable is always one line.
+shown() {
+    local value="${1:0:60}"
+    printf '%q' "$value"
+}
+
+problems=0
+bad() {
+    log "$*"
+    problems=$((problems + 1))
+}
+
+is_number() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]]; }
+
+validate_env() {
+    local mode="${WORKER_MODE:-queue}" port="${PORT:-8000}" name
+    case "$mode" in
+        queue | buffer) ;;
+        *) bad "WORKER_MODE: must be queue or buffer (got $(shown "$mode"))" ;;
+    esac
+    if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
+        bad "PORT: must be a number from 1 to 65535 (got $(shown "$port"))"
+    fi
+    case "${PIPELINE_BACKEND:-diffusers}" in
+        diffusers | fastvideo | tiny) ;;
+        *) bad "PIPELINE_BACKEND: must be diffusers, fastvideo or tiny (got $(shown "${PIPELINE_BACKEND}"))" ;;
+    esac
+    local storage="${STORAGE_BACKEND:-auto}"
+    case "$storage" in
+        auto | b2 | local) ;;
+        *) bad "STORAGE_BACKEND: must be auto, b2 or local (got $(shown "$storage"))" ;;
+    esac
+    if [[ -n "${DRAIN_TIMEOUT_S:-}" ]] && ! is_number "$DRAIN_TIMEOUT_S"; then
+        bad "DRAIN_TIMEOUT_S: must be a number of seconds (got $(shown "$DRAIN_TIMEOUT_S"))"
+    fi
+    if [[ -n "${STOP_MARGIN_S:-}" ]] && ! [[ "$STOP_MARGIN_S" =~ ^[0-9]+$ ]]; then
+        bad "STOP_MARGIN_S: must be a whole number of seconds (got $(shown "$STOP_MARGIN_S"))"
+    fi
+
+    # B2: all three or none (a half-configured bucket would only fail at the first upload).
+    local set_b2=() missing_b2=()
+    for name in "${B2_VARS[@]}"; do
+        if [[ -n "${!name:-}" ]]; then set_b2+=("$name"); else missing_b2+=("$name"); fi
+    done
+    if ((${#set_b2[@]} > 0 && ${#missing_b2[@]} > 0)); then
+        for name in "${missing_b2[@]}"; do
+            bad "$name: is required because ${set_b2[*]} is set (B2 needs all of ${B2_VARS[*]})"
+        done
+    elif [[ "$storage" == b2 && ${#set_b2[@]} -eq 0 ]]; then
+        for name in "${B2_VARS[@]}"; do
+            bad "$name: is required because STORAGE_BACKEND=b2"
+        done
+    fi
+
+    # The orchestrator: required in buffer mode (jobs come from it), optional in queue mode (progress only).
+    local url="${ORCHESTRATOR_BASE_URL:-}"
+    if [[ "$mode" == buffer && -z "$url" ]]; then
+        bad "ORCHESTRATOR_BASE_URL: is required when WORKER_MODE=buffer"
+    elif [[ -n "$url" && ! "$url" =~ ^https?:// ]]; then
+        bad "ORCHESTRATOR_BASE_URL: must start with http:// or https://"
+    fi
+    if [[ -z "${INTERNAL_API_KEY:-}" ]]; then
+        if [[ "$mode" == buffer ]]; then
+            bad "INTERNAL_API_KEY: is required when WORKER_MODE=buffer"
+        elif [[ -n "$url" ]]; then
+            bad "INTERNAL_API_KEY: is required when ORCHESTRATOR_BASE_URL is set"
+        fi
+    fi
+    if [[ -n "${BUFFER_WORKER_ID:-}" && ! "$BUFFER_WORKER_ID" =~ ^[A-Za-z0-9._:-]{1,128}$ ]]; then
+        bad "BUFFER_WORKER_ID: must be 1-128 characters of A-Z a-z 0-9 . _ : - (got $(shown "$BUFFER_WORKER_ID"))"
+    fi
+}
+
+# Seconds a process gets after TERM before KILL: the app's own drain time plus a margin for its exit.
+stop_grace_s() {
+    local drain="${DRAIN_TIMEOUT_S:-120}"
+    echo $((${drain%%.*} + 1 + ${STOP_MARGIN_S:-15}))
+}
+
+declare -A exit_codes=()
+
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+
+# Waits for every pid given until the deadline, KILLs what is left, and records each exit code.
+wait_until_deadline() {
+    local deadline=$(($(now_us) + $1 * 1000000)) pid rc
+    shift
+    for pid in "$@"; do
+        # kill -0 fails once bash has reaped the child (it does so as soon as SIGCHLD arrives).
+        while kill -0 "$pid" 2>/dev/null && (($(now_us) < deadline)); do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid still running at the deadline: sending KILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rc=0
+        wait "$pid" || rc=$?
+        exit_codes[$pid]=$rc
+    done
+}
+
+# The children of queue mode, global so that the EXIT trap sees them.
+pids=()
+
+# shellcheck disable=SC2329  # called by the EXIT trap
+stop_leftover_children() {
+    local pid
+    for pid in "${pids[@]}"; do
+        if [[ -z "${exit_codes[$pid]:-}" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+stop_requested=0
+# shellcheck disable=SC2329  # called by the trap in run_queue_mode, which shellcheck does not follow
+on_stop_signal() { stop_requested=1; }
+
+run_queue_mode() {
+    local names=() others=() running=() app_pid salad_pid done_pid rc i p grace
+    # Trapped before anything starts, so a TERM that arrives during start-up is not lost.
+    trap on_stop_signal TERM INT
+    # Whatever way this script ends, it leaves no child behind (a no-op after a normal stop).
+    trap stop_leftover_children EXIT
+
+    "$PY" -m worker_app_fastwan serve &
+    app_pid=$!
+    names+=(app) pids+=("$app_pid")
+    if command -v "$SALAD_BIN" >/dev/null 2>&1; then
+        "$SALAD_BIN" &
+        salad_pid=$!
+        names+=("$SALAD_BIN") pids+=("$salad_pid")
+        log "started the app (pid $app_pid) and $SALAD_BIN (pid $salad_pid)"
+    else
+        log "started the app (pid $app_pid); no $SALAD_BIN on PATH, so no SaladCloud job queue (fine off SaladCloud)"
+    fi
+
+    # `wait -n -p` (bash >= 5.1) returns when either child exits, or at once when a trapped signal arrives.
+    while ((!stop_requested)); do
+        rc=0
+        done_pid=""
+        wait -n -p done_pid "${pids[@]}" || rc=$?
+        if [[ -z "${done_pid:-}" ]]; then
+            continue # interrupted by a signal (wait unsets done_pid): the loop condition decides
+        fi
+        if ((stop_requested)); then
+            # It exited just as the stop signal came: its status is already collected, keep it.
+            exit_codes[$done_pid]=$rc
+            break
+        fi
+        for i in "${!pids[@]}"; do
+            if [[ "${pids[$i]}" == "$done_pid" ]]; then break; fi
+        done
+        log "${names[$i]} (pid $done_pid) exited with code $rc: stopping the rest"
+        for p in "${pids[@]}"; do
+            if [[ "$p" != "$done_pid" ]]; then others+=("$p"); fi
+        done
+        if ((${#others[@]} > 0)); then
+            kill -TERM "${others[@]}" 2>/dev/null || true
+            wait_until_deadline "$(stop_grace_s)" "${others[@]}"
+        fi
+        # Either one ending on its own is a failure of the pair, even with code 0.
+        exit $((rc == 0 ? 1 : rc))
+    done
+
+    for p in "${pids[@]}"; do
+        if [[ -z "${exit_codes[$p]:-}" ]]; then running+=("$p"); fi
+    done
+    grace="$(stop_grace_s)"
+    log "stop signal: forwarding TERM to ${names[*]} (pids ${pids[*]}), waiting up to ${grace}s"
+    if ((${#running[@]} > 0)); then
+        kill -TERM "${running[@]}" 2>/dev/null || true
+        wait_until_deadline "$grace" "${running[@]}"
+    fi
+    rc="${exit_codes[$app_pid]}"
+    log "app exited with code $rc"
+    exit "$rc"
+}
+
+# A model baked into the image (Dockerfile.fastwan --build-arg BAKE_MODEL=1) lives outside the cache volume,
+# so that a fresh volume does not start with a 24 GB copy; it is used unless MODEL_PATH names another one.
+use_baked_model() {
+    local baked="${BAKED_MODEL_PATH:-}"
+    if [[ -z "${MODEL_PATH:-}" && -n "$baked" && -f "$baked/model_index.json" ]]; then
+        export MODEL_PATH="$baked"
+        log "using the model baked into the image: MODEL_PATH=$baked"
+    fi
+}
+
+main() {
+    validate_env
+    if ((problems > 0)); then
+        exit 2
+    fi
+    use_baked_model
+    if [[ "${WORKER_MODE:-queue}" == buffer ]]; then
+        exec "$PY" -m worker_app_fastwan buffer
+    fi
+    run_queue_mode
+}
+
+main "$@"

@@ -1,0 +1,178 @@
+"""offload.py: the profile `auto` picks per card, explicit profiles, and the per-job memory check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.offload import (
+    DEFAULT_JOB,
+    OffloadPlan,
+    check_job_fits,
+    choose_profile,
+    describe,
+    estimate,
+    max_frames,
+    plan_for,
+    tokens_for,
+)
+from worker_app_fastwan.schema import ErrorCode
+
+DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
+
+
+@pytest.mark.parametrize(("vram_gb", "profile"), [
+    (10, "low_vram"), (16, "low_vram"), (24, "balanced"), (48, "none"), (80, "none"),
+    # what torch reports for some real cards (less than the nominal size)
+    (15.7, "low_vram"), (22.0, "balanced"), (23.6, "balanced"), (79.1, "none"), (139.8, "none"),
+])
+def test_auto_profile_by_card_size(vram_gb, profile):
+    assert choose_profile("auto", vram_gb) == profile
+
+
+def test_auto_without_cuda_is_none():
+    assert choose_profile("auto", None) == "none"
+
+
+def test_auto_takes_the_fastest_profile_that_runs_the_default_job():
+    # A 40 GB A100 cannot hold the streamed float32 VAE decode next to all weights, but can in bfloat16.
+    assert choose_profile("auto", 39.4) == "balanced"
+    assert choose_profile("auto", 39.4, vae_dtype="bfloat16") == "none"
+    for vram in (12, 16, 20, 24, 32, 40, 48, 80):
+        chosen = choose_profile("auto", vram)
+        faster = ("none", "balanced", "low_vram")[: ("none", "balanced", "low_vram").index(chosen)]
+        for profile in faster:
+            with pytest.raises(JobFailure):
+                check_job_fits(*DEFAULT_JOB, vram, profile)
+
+
+@pytest.mark.parametrize("profile", ["none", "balanced", "low_vram"])
+@pytest.mark.parametrize("vram_gb", [None, 10, 24, 80])
+def test_explicit_profile_overrides_auto(profile, vram_gb):
+    assert choose_profile(profile, vram_gb) == profile
+
+
+def test_unknown_profile_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="OFFLOAD_PROFILE"):
+        choose_profile("turbo", 24)
+    with pytest.raises(ValueError, match="OFFLOAD_PROFILE"):
+        plan_for("auto")
+
+
+def test_plans():
+    assert plan_for("none") == OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=False,
+                                           vae_tiling=False)
+    assert plan_for("balanced") == OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=True,
+                                               vae_tiling=True)
+    assert plan_for("low_vram").model_cpu_offload and plan_for("low_vram").vae_tiling
+    with pytest.raises(AttributeError):
+        plan_for("none").vae_tiling = True  # frozen: a plan is shared, never edited
+
+
+def test_tokens():
+    assert tokens_for(1280, 704, 121) == 31 * 22 * 40 == 27_280  # the facts file's count
+    assert tokens_for(256, 256, 5) == 2 * 8 * 8
+
+
+@pytest.mark.parametrize(("vram_gb", "profile"), [(80, "none"), (48, "none"), (24, "balanced"), (79.1, "none")])
+def test_default_job_fits_the_documented_cards(vram_gb, profile):
+    check_job_fits(1280, 704, 121, vram_gb, profile)  # no exception
+    check_job_fits(704, 1280, 121, vram_gb, profile)  # portrait: same pixels
+
+
+def test_large_job_fits_80gb_but_not_24gb():
+    check_job_fits(1280, 1280, 241, 80, "none")
+    with pytest.raises(JobFailure) as info:
+        check_job_fits(1280, 1280, 241, 24, "balanced")
+    failure = info.value
+    assert failure.code is ErrorCode.invalid_input and failure.retryable is False
+    for field in ("width", "height", "num_frames", "1280×1280×241", "24 GB", "balanced"):
+        assert field in failure.message
+    best = int(re.search(r"num_frames ≤ (\d+)", failure.message).group(1))
+    assert best == max_frames(1280, 1280, 24, "balanced")
+    assert 5 <= best < 241 and (best - 1) % 4 == 0
+    check_job_fits(1280, 1280, best, 24, "balanced")  # the limit it names is accepted
+    with pytest.raises(JobFailure):
+        check_job_fits(1280, 1280, best + 4, 24, "balanced")
+
+
+def test_large_job_refused_on_10gb_card():
+    # Under model CPU offload the 10 GB transformer alone does not fit a 10 GB card, so nothing does: the
+    # worker is set up wrong, not the job, which may succeed on a larger card.
+    with pytest.raises(JobFailure) as info:
+        check_job_fits(1280, 1280, 241, 10, "low_vram")
+    assert info.value.code is ErrorCode.out_of_memory and info.value.retryable is True
+    assert "10 GB GPU" in info.value.message
+
+
+def test_16gb_card_limits_frames_not_only_size():
+    with pytest.raises(JobFailure) as info:
+        check_job_fits(1280, 704, 121, 16, "low_vram")
+    assert info.value.code is ErrorCode.invalid_input
+    assert "lower num_frames" in info.value.message
+    check_job_fits(1280, 704, 81, 16, "low_vram")
+    check_job_fits(832, 480, 121, 16, "low_vram")
+
+
+def test_size_that_fits_no_frame_count_says_so():
+    # 1280×1280 streamed in float32 needs more than a 48 GB card holds next to all weights, whatever the length.
+    with pytest.raises(JobFailure) as info:
+        check_job_fits(1280, 1280, 5, 48, "none")
+    assert info.value.code is ErrorCode.invalid_input
+    assert "lower the size" in info.value.message and "width" in info.value.message
+    check_job_fits(1280, 1280, 5, 48, "none", vae_dtype="bfloat16")
+
+
+def test_no_cuda_no_check():
+    check_job_fits(1280, 1280, 241, None, "none")
+
+
+def test_auto_profile_is_resolved_by_the_check():
+    check_job_fits(1280, 704, 121, 24, "auto")
+    with pytest.raises(JobFailure):
+        check_job_fits(1280, 1280, 241, 24, "auto")
+
+
+def test_estimate_phases_follow_the_plan():
+    none, balanced, low = (estimate(1280, 704, 121, p) for p in ("none", "balanced", "low_vram"))
+    # The same activations, less resident weights as more moves off the GPU.
+    assert none.denoise_gib > balanced.denoise_gib > low.denoise_gib
+    assert balanced.denoise_gib - low.denoise_gib == pytest.approx(2.8e9 / 2**30, rel=0.01)  # the float32 VAE
+    # Streamed decode grows with the frame area only; tiled decode with the frame count too.
+    assert estimate(1280, 704, 241, "none").decode_gib == pytest.approx(none.decode_gib)
+    assert estimate(1280, 704, 241, "balanced").decode_gib > balanced.decode_gib
+    assert estimate(1280, 704, 121, "none", vae_dtype="bfloat16").decode_gib < none.decode_gib
+
+
+def test_describe_mentions_profile_and_limits():
+    line = describe("balanced", 23.6)
+    assert line.startswith("balanced on a 23.6 GiB GPU") and "num_frames ≤" in line
+    # What wan.py does today in `balanced` (the whole text encoder joins transformer + VAE to encode) does
+    # not fit a 24 GB card by this model: the warning must say so at start-up.
+    assert "WARNING" in line and "prompt encoding" in line
+    assert "WARNING" not in describe("none", 79.1)
+    assert "no CUDA" in describe("none", None)
+
+
+def _doc_table() -> list[list[str]]:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    block = text.split("<!-- offload-table:start -->")[1].split("<!-- offload-table:end -->")[0]
+    rows = [line.strip().strip("|").split("|") for line in block.strip().splitlines() if line.startswith("|")]
+    return [[cell.strip().strip("`") for cell in row] for row in rows[2:]]  # skip header and separator
+
+
+def test_deploy_doc_table_matches_the_code():
+    rows = _doc_table()
+    assert len(rows) >= 8
+    nominal_seen = set()
+    for card, nominal, reported, auto_fp32, auto_bf16, frames in rows:
+        vram = float(reported)
+        assert choose_profile("auto", vram) == auto_fp32, card
+        assert choose_profile("auto", vram, vae_dtype="bfloat16") == auto_bf16, card
+        best = max_frames(1280, 704, vram, auto_fp32)
+        assert frames == ("none fit" if best is None else str(best)), card
+        nominal_seen.add(int(nominal))
+    assert {10, 16, 24, 48, 80} <= nominal_seen

@@ -1,0 +1,251 @@
+"""Fit FastWan 2.2 TI2V-5B to the card: pick an offload profile, refuse jobs the card cannot hold.
+
+Profiles (`OFFLOAD_PROFILE`; `auto` picks one from the card's memory):
+
+| profile    | what stays on the GPU                                   | VAE decode                 |
+|------------|---------------------------------------------------------|----------------------------|
+| `none`     | everything (text encoder, transformer, VAE)             | streamed per latent frame  |
+| `balanced` | transformer + VAE; the text encoder visits to encode    | tiled                      |
+| `low_vram` | one component at a time (model CPU offload)             | tiled                      |
+
+`auto` takes the fastest profile under which the default job (1280×704, 121 frames) fits the budget model
+below, so a card never gets a profile that refuses the default job while a slower one would run it.
+
+Units: GPU memory is in GiB (2**30 bytes) as torch reports it (`mem_get_info()` / `total_memory`), which is
+less than the size on the box: a "24 GB" L4 reports ≈ 22 GiB, an RTX 4090 ≈ 23.6, an "80 GB" H100 ≈ 79.1.
+
+## The budget model (conservative: it should refuse a job a little before the card would run out)
+
+A job's peak is the larger of its two GPU phases, plus a reserve:
+- denoising: the weights the profile keeps on the GPU then + activations, linear in the number of tokens
+  `((num_frames - 1) // 4 + 1) · (height / 32) · (width / 32)` (VAE 16× spatial, 4× temporal, patch 2×2);
+- decoding: the weights kept then + the VAE's working memory, which depends on how it decodes:
+  streamed (per latent frame, as `pipelines/wan.py` does without tiling) it is linear in the frame *area*;
+  tiled it is a fixed per-tile working set plus the whole decoded video, linear in pixel-frames.
+Prompt encoding (≤ 512 tokens) does not depend on the job; `describe()` warns when it cannot fit.
+
+The constants: weights from the published parameter counts (facts file), activations measured here on CPU
+with diffusers 0.42.1's `WanTransformer3DModel` / `AutoencoderKLWan` at the checkpoint's real widths
+(random weights; live tensor bytes tracked per op; 2 sizes each to get the slope), plus a margin for the CUDA
+caching allocator. They were not measured on a GPU: when a GPU run shows other peaks, change them here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.schema import MAX_FRAMES, MIN_FRAMES, ErrorCode
+
+Profile = Literal["none", "balanced", "low_vram"]
+VaeDtype = Literal["float32", "bfloat16"]
+PROFILES: tuple[Profile, ...] = ("none", "balanced", "low_vram")  # fastest first: `auto` tries them in order
+REQUESTABLE = ("auto", *PROFILES)
+
+GIB = 2**30
+KIB = 2**10
+
+# Weights. Transformer ≈ 5.0 B params and UMT5 encoder ≈ 5.7 B params, both bf16 (facts file: ≈ 10 GB and
+# 11.4 GB). The VAE has 704.7 M params (counted here from the real config): 2.8 GB in float32 (the
+# worker's default VAE_DTYPE, for decode quality), 1.4 GB in bfloat16.
+TRANSFORMER_BYTES = 10.0e9
+TEXT_ENCODER_BYTES = 11.4e9
+VAE_PARAMS = 704.7e6
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2}
+
+# Transformer activations per token. Measured: 81 KiB/token for text-to-video (one scalar timestep) and
+# 195 KiB/token for image-to-video, where every token has its own timestep and the blocks build
+# (tokens, 6, 3072) fp32 modulation tensors (≈ 2 GB at 27,280 tokens, as the facts file says). The job's mode
+# is not known here, so the larger, + 15 % for the allocator: 224 KiB. 1280×704×121 (27,280 tokens) ≈ 5.8 GiB.
+ACT_BYTES_PER_TOKEN = 224 * KIB
+# UMT5 activations for 512 prompt tokens: a few hundred MB at most.
+TEXT_ENCODE_ACT_BYTES = 0.25 * GIB
+
+# VAE decode, streamed per latent frame (no tiling): the causal-conv caches (7.2 KB per output pixel, kept
+# across chunks) plus one 4-frame chunk in flight. Measured 21.6 KB per pixel of frame area in float32 at
+# 64×96 and 128×192 (linear); + 11 %: 24,000 B. Independent of num_frames: frames are encoded as they come.
+# 1280×704 ≈ 20 GiB in float32, which is why 40-45 GiB cards use `balanced` unless VAE_DTYPE=bfloat16.
+VAE_STREAM_BYTES_PER_PIXEL_FP32 = 24_000
+# VAE decode, tiled (diffusers' 256×256 tiles, stride 192): one tile's streamed working set
+# (24,000 B × 65,536 px ≈ 1.46 GiB in float32) plus the whole video held several times over: every tile's
+# output (1.78× for the overlap), the blended rows, their concatenation and the unpatchified copy, 3 values
+# of 4 bytes per pixel-frame each: ≈ 57 B, rounded up to 60 B per pixel-frame in float32.
+VAE_TILE_PIXELS = 256 * 256
+VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 = 60
+
+# CUDA context, cuBLAS/cuDNN workspaces and allocator fragmentation: a fixed part plus a share of the card.
+RESERVE_FIXED_BYTES = 0.75 * GIB
+RESERVE_SHARE = 0.03
+
+DEFAULT_JOB = (1280, 704, 121)  # width, height, num_frames: what `auto` must be able to run
+SMALLEST_JOB = (256, 256, MIN_FRAMES)
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """How the backend places the model. `text_encoder_off_gpu_after_encode`: the text encoder lives in CPU
+    memory and comes to the GPU only to encode the prompt (`model_cpu_offload` implies as much for all three)."""
+
+    model_cpu_offload: bool
+    text_encoder_off_gpu_after_encode: bool
+    vae_tiling: bool
+
+
+_PLANS: dict[str, OffloadPlan] = {
+    "none": OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=False, vae_tiling=False),
+    "balanced": OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=True, vae_tiling=True),
+    "low_vram": OffloadPlan(model_cpu_offload=True, text_encoder_off_gpu_after_encode=True, vae_tiling=True),
+}
+
+_WHAT: dict[str, str] = {
+    "none": "everything on the GPU, VAE decoded per latent frame",
+    "balanced": "transformer + VAE on the GPU, text encoder moved to the GPU only to encode the prompt, tiled VAE",
+    "low_vram": "model CPU offload (one component on the GPU at a time), tiled VAE",
+}
+
+
+def plan_for(profile: str) -> OffloadPlan:
+    """The placement of one profile (`auto` must have been resolved by `choose_profile` first)."""
+    try:
+        return _PLANS[profile]
+    except KeyError:
+        raise ValueError(f"OFFLOAD_PROFILE: must be one of {', '.join(PROFILES)} here (got {profile!r})") from None
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """GPU memory in GiB of each phase of one job under one profile, reserve not included."""
+
+    encode_gib: float
+    denoise_gib: float
+    decode_gib: float
+
+    @property
+    def job_peak_gib(self) -> float:
+        """The job-dependent peak: prompt encoding is the same for every job, see `describe()`."""
+        return max(self.denoise_gib, self.decode_gib)
+
+
+def tokens_for(width: int, height: int, num_frames: int) -> int:
+    return ((num_frames - 1) // 4 + 1) * (height // 32) * (width // 32)
+
+
+def reserve_gib(vram_total_gb: float) -> float:
+    return (RESERVE_FIXED_BYTES + RESERVE_SHARE * vram_total_gb * GIB) / GIB
+
+
+def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtype: str = "float32") -> MemoryEstimate:
+    """What the budget model says one job needs on the GPU under `profile` (see the module doc)."""
+    plan = plan_for(profile)
+    scale = DTYPE_BYTES[vae_dtype] / 4  # VAE activations scale with its dtype; constants are float32
+    transformer, text_encoder = TRANSFORMER_BYTES, TEXT_ENCODER_BYTES
+    vae = VAE_PARAMS * DTYPE_BYTES[vae_dtype]
+    if plan.model_cpu_offload:  # each phase has only its own component on the GPU
+        encode_w, denoise_w, decode_w = text_encoder, transformer, vae
+    elif plan.text_encoder_off_gpu_after_encode:
+        # As pipelines/wan.py does it today: the whole text encoder joins the resident transformer + VAE.
+        encode_w, denoise_w, decode_w = text_encoder + transformer + vae, transformer + vae, transformer + vae
+    else:
+        encode_w = denoise_w = decode_w = text_encoder + transformer + vae
+    pixels = width * height
+    if plan.vae_tiling:
+        vae_work = scale * (VAE_STREAM_BYTES_PER_PIXEL_FP32 * min(pixels, VAE_TILE_PIXELS)
+                            + VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 * pixels * num_frames)
+    else:
+        vae_work = scale * VAE_STREAM_BYTES_PER_PIXEL_FP32 * pixels
+    return MemoryEstimate(
+        encode_gib=(encode_w + TEXT_ENCODE_ACT_BYTES) / GIB,
+        denoise_gib=(denoise_w + ACT_BYTES_PER_TOKEN * tokens_for(width, height, num_frames)) / GIB,
+        decode_gib=(decode_w + vae_work) / GIB,
+    )
+
+
+def _fits(width: int, height: int, num_frames: int, vram_total_gb: float, profile: str, vae_dtype: str) -> bool:
+    need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib
+    return need + reserve_gib(vram_total_gb) <= vram_total_gb
+
+
+def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: str = "float32") -> Profile:
+    """An explicit profile wins; `auto` takes the fastest one that runs the default job on this card."""
+    if requested not in REQUESTABLE:
+        raise ValueError(f"OFFLOAD_PROFILE: must be one of {', '.join(REQUESTABLE)} (got {requested!r})")
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    if vram_total_gb is None:
+        return "none"  # no CUDA: the CPU holds everything anyway
+    for profile in PROFILES:
+        if _fits(*DEFAULT_JOB, vram_total_gb, profile, vae_dtype):
+            return profile
+    return "low_vram"  # the least memory; smaller jobs may still fit, and check_job_fits says which
+
+
+def max_frames(width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "float32",
+               limit: int = MAX_FRAMES) -> int | None:
+    """The largest valid num_frames (4k+1, ≤ limit) that fits at width×height, or None when none does."""
+    best = None
+    for frames in range(MIN_FRAMES, limit + 1, 4):
+        if not _fits(width, height, frames, vram_total_gb, profile, vae_dtype):
+            break  # the need only grows with the frame count
+        best = frames
+    return best
+
+
+def check_job_fits(width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *,
+                   vae_dtype: str = "float32") -> None:
+    """Refuse, before any GPU work, a job whose size this card cannot hold under this profile.
+
+    Too large for the card: `JobFailure(invalid_input)` naming width, height and num_frames and the most this
+    card can do at that size. The card cannot hold even the smallest job under this profile (a worker set
+    up wrong, not a bad job): `JobFailure(out_of_memory, retryable=True)`, so the job can go elsewhere.
+    Prompt encoding is not checked here: it is the same for every job, the start-up warm-up runs it, and
+    `describe()` warns at start-up when the model says it cannot fit.
+    """
+    if vram_total_gb is None:
+        return  # CPU: no GPU budget to check
+    if profile == "auto":
+        profile = choose_profile(profile, vram_total_gb, vae_dtype=vae_dtype)
+    reserve = reserve_gib(vram_total_gb)
+    card = f"{vram_total_gb:.0f} GB GPU"
+    if not _fits(*SMALLEST_JOB, vram_total_gb, profile, vae_dtype):
+        floor = estimate(*SMALLEST_JOB, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+        raise JobFailure(ErrorCode.out_of_memory,
+                         f"this {card} cannot run the model with OFFLOAD_PROFILE={profile}: even a "
+                         f"{SMALLEST_JOB[0]}×{SMALLEST_JOB[1]}×{SMALLEST_JOB[2]} job needs ≈ {floor:.1f} GiB of "
+                         f"{vram_total_gb:.1f} GiB; this worker needs a larger GPU"
+                         + ("" if profile == "low_vram" else " or OFFLOAD_PROFILE=low_vram"),
+                         retryable=True)
+    if _fits(width, height, num_frames, vram_total_gb, profile, vae_dtype):
+        return
+    need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+    asked = (f"width×height×num_frames = {width}×{height}×{num_frames} = {width * height * num_frames:,} "
+             f"pixel-frames exceeds what this {card} can generate with OFFLOAD_PROFILE={profile}")
+    best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype, limit=max(num_frames, MAX_FRAMES))
+    if best is None:
+        raise JobFailure(ErrorCode.invalid_input,
+                         f"{asked} (at {width}×{height} not even {MIN_FRAMES} frames fit: this job needs ≈ "
+                         f"{need:.1f} of {vram_total_gb:.1f} GiB); lower the size (width, height)")
+    raise JobFailure(ErrorCode.invalid_input,
+                     f"{asked} (max ≈ {width * height * best:,} pixel-frames at {width}×{height}, i.e. "
+                     f"num_frames ≤ {best}; this job needs ≈ {need:.1f} of {vram_total_gb:.1f} GiB); "
+                     "lower num_frames or the size")
+
+
+def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "float32") -> str:
+    """One line for the start-up log: the profile, what it does, what this card can do with it."""
+    if vram_total_gb is None:
+        return f"{profile}: no CUDA device, everything runs on the CPU"
+    width, height, frames = DEFAULT_JOB
+    line = f"{profile} on a {vram_total_gb:.1f} GiB GPU ({_WHAT.get(profile, '?')}, VAE {vae_dtype})"
+    if profile not in _PLANS:
+        return line
+    reserve = reserve_gib(vram_total_gb)
+    best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype)
+    default_need = estimate(width, height, frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+    line += (f"; {width}×{height}×{frames} needs ≈ {default_need:.1f} GiB; at {width}×{height} num_frames ≤ {best}"
+             if best is not None else f"; not even {width}×{height}×{MIN_FRAMES} fits")
+    encode_need = estimate(width, height, frames, profile, vae_dtype=vae_dtype).encode_gib + reserve
+    if encode_need > vram_total_gb:
+        line += (f"; WARNING: prompt encoding needs ≈ {encode_need:.1f} GiB with the text encoder on the GPU, more "
+                 "than this card has")
+    return line
