@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     JOB_TIMEOUT_S: float = Field(default=900.0, gt=0)
     DRAIN_TIMEOUT_S: float = Field(default=120.0, ge=0)
     RETRY_MAX_S: float = Field(default=60.0, gt=0)
+    # Buffer mode: on SIGTERM, how long final statuses still waiting may take to be delivered before the
+    # worker exits anyway (they stay in STATE_DIR/outbox and go out at the next start).
+    OUTBOX_FLUSH_TIMEOUT_S: float = Field(default=30.0, ge=0)
+    # Buffer mode "burst" runs (tests, `make demo`, one-off batches), like arq's burst mode: exit 0 once
+    # BUFFER_MAX_JOBS jobs are done (0: no limit), or at the first empty claim when BUFFER_EXIT_WHEN_IDLE.
+    BUFFER_MAX_JOBS: int = Field(default=0, ge=0)
+    BUFFER_EXIT_WHEN_IDLE: bool = False
 
     ALLOW_PRIVATE_IMAGE_URLS: bool = False
     MAX_IMAGE_BYTES: int = Field(default=20 * 1024 * 1024, gt=0)

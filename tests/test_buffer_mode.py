@@ -1,0 +1,277 @@
+"""Buffer mode end to end: `python -m worker_app_fastwan buffer` processes (tiny model, local storage) against
+a real `python -m orchestrator_stub` process on loopback.
+
+Each worker takes ~7 s to start (torch + diffusers in its GPU child), so one worker serves several
+assertions where that stays honest. Job sizes are picked for the tiny model on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers_procs import (  # noqa: F401 (stubs, workers: fixtures)
+    FileServer,
+    RecordingProxy,
+    StubSet,
+    WorkerProcess,
+    WorkerSet,
+    stubs,
+    wait_final,
+    wait_for,
+    wait_job,
+    workers,
+)
+from helpers_video import gradient_image, png_bytes, read_video
+from stub_fixtures import StubProcess
+
+SMALL = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 3}
+# ~6 s on 2 idle cores, mostly VAE decoding: long enough to act while it runs.
+MEDIUM = {"width": 512, "height": 512, "num_frames": 41, "num_inference_steps": 8}
+# ~1.3 s per denoising step on 2 cores: a cancel lands mid-denoising, and the job never gets to decoding.
+SLOW_STEPS = {"width": 1280, "height": 1280, "num_frames": 41, "num_inference_steps": 8}
+# Keeps the GPU child's CPU busy for well over 15 s (~20-25 s on 2 cores, mostly decoding; the test
+# worker is held to 2 threads so that a bigger machine does not make it short).
+LONG = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 8}
+
+
+def video_path(result: dict[str, Any]) -> Path:
+    return Path(result["video_url"].removeprefix("file://"))
+
+
+def queue_worker(stub: StubProcess, worker_id: str) -> dict[str, Any]:
+    return next(w for w in stub.get("/v1/queue").json()["workers"] if w["worker_id"] == worker_id)
+
+
+# ---- one stub and one worker for the everyday path ------------------------------------------------------
+
+
+@dataclass
+class Shared:
+    stub: StubProcess
+    worker: WorkerProcess
+    proxy: RecordingProxy  # between the worker and the stub: what the worker sent, and when
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    root = tmp_path_factory.mktemp("shared")
+    stubs, workers = StubSet(root), WorkerSet()
+    stub = stubs.start()
+    with RecordingProxy(stub.url) as proxy:
+        worker = workers.add(WorkerProcess.buffer(root / "worker", proxy.url, BUFFER_WORKER_ID="shared-worker",
+                                                  ALLOW_PRIVATE_IMAGE_URLS="true", HEARTBEAT_INTERVAL_S="0.5",
+                                                  DRAIN_TIMEOUT_S="2"))
+        try:
+            worker.wait_for_event("claiming jobs")
+            yield Shared(stub, worker, proxy)
+        finally:
+            workers.close()
+            stubs.close()
+
+
+def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
+    stub, worker = shared.stub, shared.worker
+    with FileServer({"/cat.png": (png_bytes(gradient_image(320, 240)), "image/png")}) as images:
+        t2v = stub.submit("a red fox in snow", seed=11, **SMALL)
+        i2v = stub.submit("the picture comes alive", image_url=f"{images.url}/cat.png", seed=12, **SMALL)
+        views = {job_id: wait_final(stub, job_id, 60) for job_id in (t2v, i2v)}
+
+    stage_order = ["queued", "downloading", "encoding_prompt", "denoising", "decoding", "encoding_video", "uploading"]
+    for job_id, mode, seed in ((t2v, "t2v", 11), (i2v, "i2v", 12)):
+        view = views[job_id]
+        assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 1, "shared-worker"), view
+        result = view["result"]
+        assert (result["job_id"], result["mode"], result["num_frames"], result["seed"]) == (job_id, mode, 9, seed)
+        assert result["storage_key"] == f"videos/{job_id}.mp4"
+        data = video_path(result).read_bytes()
+        assert result["bytes"] == len(data) and result["sha256"] == hashlib.sha256(data).hexdigest()
+        frames, _ = read_video(video_path(result))
+        assert frames.shape == (9, 256, 256, 3)
+        progress = shared.proxy.requests(f"/internal/videogen/jobs/{job_id}/progress")
+        assert progress and all(p.status == 204 for p in progress)
+        stages = [stage_order.index(p.body["stage"]) for p in progress]
+        assert stages == sorted(stages) and stage_order[stages[-1]] == "uploading", stages
+        assert [p.body["progress"] for p in progress] == sorted(p.body["progress"] for p in progress)
+        statuses = [s.body["status"] for s in shared.proxy.requests(f"/internal/buffer/jobs/{job_id}/status")]
+        assert statuses == ["running", "completed"]
+    assert [p.body["stage"] for p in shared.proxy.requests(f"/jobs/{i2v}/progress")].count("downloading") == 1
+    assert worker.events("job claimed", job_id=i2v, attempt=1)
+    assert worker.events("final status delivered", job_id=t2v, outcome="ok")
+    me = wait_for(lambda: (w := queue_worker(stub, "shared-worker"))["state"] == "idle" and w, 5, what="idle")
+    assert (me["gpu_class"], me["gpu"]["name"], me["job_id"]) == ("cpu", "cpu", None)
+    assert not list(worker.outbox.iterdir()), "delivered statuses leave the outbox"
+
+
+def test_cancelled_job_stops_within_one_step(shared: Shared) -> None:
+    stub, worker = shared.stub, shared.worker
+    job_id = stub.submit("cancel me", seed=3, **SLOW_STEPS)
+    wait_job(stub, job_id, lambda v: v["stage"] == "denoising" and (v["step"] or 0) >= 1, 60, "denoising step 1")
+
+    assert stub.post(f"/v1/jobs/{job_id}/cancel", key=None).status_code == 202
+    view = wait_final(stub, job_id, 60)
+
+    assert view["status"] == "failed"
+    assert (view["error"]["code"], view["error"]["retryable"]) == ("cancelled", False)
+    cancelled_at = worker.wait_for_event("cancelling job", 5, job_id=job_id)["step"]
+    total = SLOW_STEPS["num_inference_steps"]
+    assert view["stage"] == "denoising" and view["total_steps"] == total
+    assert cancelled_at <= view["step"] <= cancelled_at + 1 < total, (cancelled_at, view["step"])
+    # The worker goes on: the next job runs normally.
+    after = stub.submit("after the cancel", **SMALL)
+    assert wait_final(stub, after, 60)["status"] == "completed"
+
+
+def test_drain_deadline_stops_the_job_and_reports_it_failed_retryable(shared: Shared) -> None:
+    """The last test of the shared worker: it ends it (DRAIN_TIMEOUT_S=2)."""
+    stub, worker = shared.stub, shared.worker
+    job_id = stub.submit("too long for the drain", **SLOW_STEPS)
+    wait_job(stub, job_id, lambda v: v["stage"] == "denoising", 60, "denoising")
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    view = stub.job(job_id)
+    assert view["status"] == "failed"
+    assert (view["error"]["code"], view["error"]["retryable"]) == ("timeout", True), view["error"]
+    assert worker.events("drain deadline reached", job_id=job_id)
+    beats = [b.body for b in shared.proxy.requests("/heartbeat") if b.body["state"] == "draining"]
+    assert beats and beats[0]["job_id"] == job_id
+    assert not list(worker.outbox.iterdir())
+
+
+# ---- failures around the worker ----------------------------------------------------------------------------
+
+
+def test_killed_worker_job_is_requeued_and_done_by_another(tmp_path: Path, stubs: StubSet,
+                                                            workers: WorkerSet) -> None:
+    stub = stubs.start(LEASE_SECONDS=4)
+    first = workers.add(WorkerProcess.buffer(tmp_path / "a", stub.url, name="a", BUFFER_WORKER_ID="worker-a"))
+    first.wait_for_event("claiming jobs")
+    job_id = stub.submit("interrupted", **MEDIUM)
+    wait_job(stub, job_id, lambda v: v["worker_id"] == "worker-a" and v["status"] == "running", 60, "worker-a running it")
+    # Started now, so its model loads while the lease runs out.
+    second = workers.add(WorkerProcess.buffer(tmp_path / "b", stub.url, name="b", BUFFER_WORKER_ID="worker-b"))
+    first.kill()
+
+    view = wait_final(stub, job_id, 120)
+
+    assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 2, "worker-b"), view
+    assert second.events("job claimed", job_id=job_id, attempt=2)
+    assert [line for line in stub.log_text().splitlines()
+            if '"event": "lease expired"' in line and '"worker_id": "worker-a"' in line]
+    frames, _ = read_video(video_path(view["result"]))
+    assert frames.shape[0] == MEDIUM["num_frames"]
+
+
+def finish_in_the_dark(stub: StubProcess, worker: WorkerProcess, prompt: str) -> str:
+    """Submit a job, SIGKILL the stub while the worker runs it, and wait until the result waits on disk."""
+    job_id = stub.submit(prompt, **MEDIUM)
+    wait_job(stub, job_id, lambda v: v["status"] == "running", 60, "running")
+    stub.kill()
+    worker.wait_for_event("job completed", 60, job_id=job_id)
+    worker.wait_for_event("orchestrator call failed, retrying", 30, call="status", job_id=job_id)
+    assert (worker.outbox / f"{job_id}.json").exists(), "the undelivered result waits on disk"
+    return job_id
+
+
+def test_results_survive_stub_outages_and_a_worker_restart(tmp_path: Path, stubs: StubSet,
+                                                           workers: WorkerSet) -> None:
+    stub = stubs.start(LEASE_SECONDS=60)
+    # No BUFFER_WORKER_ID: the id kept in STATE_DIR/worker_id is what lets the next start deliver a result.
+    first = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, name="first"))
+    first.wait_for_event("claiming jobs")
+    worker_id = (first.state_dir / "worker_id").read_text().strip()
+
+    # 1. The stub dies mid-job and comes back (same database, same port): the worker kept retrying.
+    job_id = finish_in_the_dark(stub, first, "through an outage")
+    assert first.events("heartbeat failed"), "heartbeats go on (and fail) during the outage"
+    stub.start()
+    view = wait_final(stub, job_id, 30)
+    assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 1, worker_id), view
+    assert video_path(view["result"]).exists()
+    wait_for(lambda: not list(first.outbox.iterdir()), 5, what="the outbox to empty")
+
+    # 2. The stub dies again, and the worker is stopped before it can deliver: the next start does.
+    job_id = finish_in_the_dark(stub, first, "finished in the dark")
+    assert first.stop() == 0, "SIGTERM with an undeliverable status still exits 0 after OUTBOX_FLUSH_TIMEOUT_S"
+    assert first.events("final statuses not delivered in time")
+    assert (first.outbox / f"{job_id}.json").exists()
+    stub.start()
+    assert stub.job(job_id)["status"] == "running", "nothing was delivered while the worker was down"
+    second = workers.add(WorkerProcess(first.folder, {**first.env, "BUFFER_EXIT_WHEN_IDLE": "true"}, name="second"))
+    assert second.wait(120) == 0
+    view = stub.job(job_id)
+    assert (view["status"], view["worker_id"], view["attempts"]) == ("completed", worker_id, 1), view
+    assert not list(first.outbox.iterdir())
+    assert second.events("final status delivered", job_id=job_id, outcome="ok")
+
+
+def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(tmp_path: Path, stubs: StubSet,
+                                                                  workers: WorkerSet) -> None:
+    stub = stubs.start()
+    job_id = stub.submit("nobody may take this", **SMALL)
+    bad_key = "not-the-key-0123"
+    worker = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2",
+                                                RETRY_MAX_S="10"))
+    wait_for(lambda: len(worker.events("claim refused")) >= 4, 60, interval_s=0.1, what="four refused claims")
+
+    refusals = worker.events("claim refused")
+    assert "HTTP 401" in refusals[0]["event"] and "INTERNAL_API_KEY" in refusals[0]["event"]
+    delays = [r["retry_in_s"] for r in refusals[:4]]
+    assert delays == [0.4, 0.8, 1.6, 3.2], "exponential back-off, not a hot loop"
+    view = stub.job(job_id)
+    assert (view["status"], view["attempts"], view["worker_id"]) == ("queued", 0, None)
+    assert stub.get("/v1/queue").json()["workers"] == [], "heartbeats were refused too"
+    refused_claims = stub.log_text().count('"path": "/internal/buffer/jobs/claim"')
+    assert 4 <= refused_claims <= len(worker.events("claim refused")) + 1, "no hidden retries of a 401"
+    assert worker.stop() == 0
+    assert bad_key not in worker.log_text()
+
+
+# ---- heartbeats and the drain, through a recording proxy ---------------------------------------------------
+
+
+def test_heartbeat_cadence_during_a_long_job_and_sigterm_drain(tmp_path: Path, stubs: StubSet,
+                                                               workers: WorkerSet) -> None:
+    stub = stubs.start()
+    with RecordingProxy(stub.url) as proxy:
+        worker = workers.add(WorkerProcess.buffer(tmp_path / "w", proxy.url, BUFFER_WORKER_ID="w-beat",
+                                                  HEARTBEAT_INTERVAL_S="5", PROGRESS_MIN_INTERVAL_S="1",
+                                                  OMP_NUM_THREADS="2"))
+        worker.wait_for_event("claiming jobs")
+        job_id = stub.submit("a long one", seed=5, **LONG)
+        wait_job(stub, job_id, lambda v: v["stage"] == "decoding", 120, "decoding")
+        wait_for(lambda: len([s for s in proxy.requests("/heartbeat") if s.body["job_id"] == job_id]) >= 2, 30,
+                 what="two busy heartbeats")
+        signalled_at = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(180)
+        beats = proxy.requests("/heartbeat")
+        claims_after = [s for s in proxy.requests("/claim") if s.at > signalled_at]
+
+    assert code == 0
+    view = stub.job(job_id)
+    assert view["status"] == "completed", "the drain let the job finish"
+    assert view["result"]["timings"]["inference_s"] > 15, "the job kept the CPU busy long enough to matter"
+    assert claims_after == [], "no claim after SIGTERM"
+
+    states = [b.body["state"] for b in beats]
+    assert states[0] == "starting" and "busy" in states
+    draining = [b for b in beats if b.body["state"] == "draining"]
+    assert draining and draining[0].body["job_id"] == job_id, "draining announced while the job still ran"
+    assert all(b.status == 200 for b in beats)
+    # One beat is sent at once when the drain starts; every other one keeps the 5 s grid.
+    on_grid = [b.at for b in beats if b is not draining[0]]
+    gaps = [round(b - a, 2) for a, b in zip(on_grid, on_grid[1:])]
+    print("heartbeat gaps:", gaps, "states:", states, "inference_s:", view["result"]["timings"]["inference_s"])
+    assert len([b for b in beats if b.body["job_id"] == job_id]) >= 4, "beats kept coming during the job"
+    assert all(4.0 <= gap <= 6.0 for gap in gaps), gaps
+    progress = [b.body["progress"] for b in beats if b.body["state"] == "busy"]
+    assert progress == sorted(progress) and progress[-1] > 0.1, "heartbeats carry the job's progress"
