@@ -18,3 +18,24 @@ def test_every_setting_is_in_the_readme():
 def test_readme_first_screen_has_the_two_commands():
     first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:12])
     assert "make demo" in first_screen and "make test" in first_screen
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_documented_defaults_match_the_code():
+    """Rows `| `NAME` | `default` | …` in the README and the deploy guide show the real default."""
+    import re
+
+    defaults = {name: field.default for name, field in Settings.model_fields.items() if field.default_factory is None}
+    wrong = []
+    for doc in ("README.md", "docs/deploy.md"):
+        for name, shown in re.findall(r"^\| `([A-Z0-9_]+)` \| `([^`]*)` \|", (ROOT / doc).read_text(), re.M):
+            if name in defaults and defaults[name] is not None and _shown(defaults[name]) != shown:
+                wrong.append(f"{doc}: {name} shows {shown!r}, the code says {_shown(defaults[name])!r}")
+    assert not wrong, wrong

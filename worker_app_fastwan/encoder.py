@@ -16,8 +16,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-DEFAULT_PRESET = "veryfast"
-DEFAULT_CRF = 25
+DEFAULT_PRESET = "superfast"
+DEFAULT_CRF = 27
 _STOP = object()
 
 

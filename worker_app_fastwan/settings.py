@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
     VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
-    ENCODER_PRESET: str = "veryfast"
-    ENCODER_CRF: int = Field(default=25, ge=0, le=51)
+    ENCODER_PRESET: str = "superfast"
+    ENCODER_CRF: int = Field(default=27, ge=0, le=51)
 
     HEARTBEAT_INTERVAL_S: float = Field(default=5.0, gt=0)
     CLAIM_POLL_S: float = Field(default=1.5, gt=0)
