@@ -92,26 +92,11 @@ def encode_bench(tmp: Path) -> dict:
 # ---------------------------------------------------------------- 2 and 4. queue mode: start-up, RSS, /health
 
 
-def wait_health(base: str, states: tuple[str, ...], timeout_s: float) -> str:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            status = httpx.get(f"{base}/health", timeout=2).json()["status"]
-            if status in states:
-                return status
-        except httpx.TransportError:
-            pass
-        time.sleep(0.01)
-    raise RuntimeError(f"/health never said {states}")
-
-
 def queue_bench(tmp: Path) -> dict:
     import httpx
     import psutil
 
-    from helpers_procs import WorkerProcess
+    from helpers_procs import WorkerProcess, wait_health
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -162,7 +147,7 @@ def _health_during_job(httpx, base: str, calls: int = 100) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=10, help="jobs for the overhead comparison")
+    parser.add_argument("--jobs", type=int, default=20, help="jobs for the overhead comparison")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fastwan-bench-"))

@@ -359,3 +359,15 @@ class FileServer:
 
 __all__ = ["API_KEY", "FileServer", "RecordingProxy", "Seen", "StubSet", "WorkerProcess", "WorkerSet", "free_port",
            "start_stub", "stubs", "wait_final", "wait_for", "wait_job", "workers"]
+
+
+def wait_health(base: str, states: tuple[str, ...], timeout_s: float = WORKER_START_S) -> dict[str, Any]:
+    """A queue-mode worker's /health body once its status is one of `states`."""
+    def probe() -> dict[str, Any] | None:
+        try:
+            body = httpx.get(f"{base}/health", timeout=2).json()
+        except httpx.TransportError:
+            return None
+        return body if body["status"] in states else None
+
+    return wait_for(probe, timeout_s, interval_s=0.01, what=f"/health to say {states}")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +14,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from helpers_http import free_port, serve
+from helpers_procs import WORKER_START_S, WorkerProcess, wait_health
 from helpers_video import gradient_image, png_bytes, read_video
-
-API_KEY = "queue-test-key"
+from stub_fixtures import API_KEY
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 SLOW = {"width": 512, "height": 512, "num_frames": 33}
 
@@ -42,27 +39,13 @@ class Recorder:
             return Response(image, media_type="image/png")
 
 
-def start_worker(tmp: Path, port: int, orchestrator: str, **env: str) -> subprocess.Popen:
-    full_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "PIPELINE_BACKEND": "tiny",
-                "STORAGE_BACKEND": "local", "LOCAL_OUTPUT_DIR": str(tmp / "out"), "STATE_DIR": str(tmp / "state"),
-                "ALLOW_PRIVATE_IMAGE_URLS": "true", "ORCHESTRATOR_BASE_URL": orchestrator,
-                "INTERNAL_API_KEY": API_KEY, "PROGRESS_MIN_INTERVAL_S": "0.2", **env}
-    log = (tmp / f"worker-{port}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "worker_app_fastwan", "serve"], env=full_env, stdout=log,
-                            stderr=subprocess.STDOUT)
+def start_worker(tmp: Path, port: int, orchestrator: str, **env: str) -> WorkerProcess:
+    return WorkerProcess.queue(tmp, port, name=f"worker-{port}", ORCHESTRATOR_BASE_URL=orchestrator,
+                               ALLOW_PRIVATE_IMAGE_URLS="true", PROGRESS_MIN_INTERVAL_S="0.2", **env).start()
 
 
-def wait_status(base: str, want: str, timeout_s: float = 90) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            body = httpx.get(f"{base}/health", timeout=2).json()
-            if body["status"] == want:
-                return body
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"/health never said {want}")
+def wait_status(base: str, want: str, timeout_s: float = WORKER_START_S) -> dict:
+    return wait_health(base, (want,), timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +65,7 @@ def worker(tmp_path_factory, recorder):
     first = wait_status(base, "starting", timeout_s=30)
     ready = wait_status(base, "ready")
     yield {"base": base, "proc": proc, "first": first, "ready": ready, "tmp": tmp}
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    proc.stop(30)
 
 
 def post(base: str, body: dict, **headers: str) -> httpx.Response:
@@ -213,14 +195,13 @@ def test_sigterm_finishes_the_job_in_flight_then_exits_0(tmp_path, recorder):
         while httpx.get(f"{base}/health").json()["status"] != "busy":
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.signal(signal.SIGTERM)
         draining = wait_status(base, "draining", timeout_s=5)
         refused = post(base, {"prompt": "too late", **SMALL})
         thread.join(120)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
     assert draining["status"] == "draining"
     assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
     assert results["r"].status_code == 200 and results["r"].json()["num_frames"] == 33

@@ -295,7 +295,7 @@ class BufferWorker:
         return StatusUpdate(worker_id=self.worker_id, status="failed", error=failure.to_error())
 
     def _on_progress(self, p: JobProgress) -> None:
-        self.reporter.report(p.job_id, p.stage, p.progress, step=p.step, total_steps=p.total_steps)
+        self.reporter.report_progress(p)
         if self.held is not None and self.held.job_id == p.job_id:
             self.held.stage, self.held.progress, self.held.step = p.stage, p.progress, p.step
 

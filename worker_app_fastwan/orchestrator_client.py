@@ -39,6 +39,7 @@ from worker_app_fastwan.protocol import (
 from worker_app_fastwan.schema import Stage
 
 if TYPE_CHECKING:
+    from worker_app_fastwan.runner import JobProgress
     from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,10 @@ class ProgressReporter:
         self._min_interval_s = min_interval_s
         self._jobs: dict[str, _JobProgress] = {}
         self._closing = False
+
+    def report_progress(self, p: JobProgress) -> None:
+        """A `JobRunner` listener: forward the runner's view of the running job."""
+        self.report(p.job_id, p.stage, p.progress, step=p.step, total_steps=p.total_steps)
 
     def report(
         self,

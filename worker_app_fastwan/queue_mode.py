@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.metrics import Metrics
-from worker_app_fastwan.runner import Busy, JobProgress, JobRunner, NotReady, RunnerState
+from worker_app_fastwan.runner import Busy, JobRunner, NotReady, RunnerState
 from worker_app_fastwan.schema import ErrorCode, JobError, JobId, JobInput, JobResult
 from worker_app_fastwan.settings import Settings
 
@@ -219,12 +219,8 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
     runner = JobRunner(settings, make_storage(settings), metrics=metrics)
     worker = QueueWorker(settings, runner, reporter)
     if reporter is not None:
-        runner.listeners.append(lambda p: _report(reporter, p))
+        runner.listeners.append(reporter.report_progress)
     return worker, metrics
-
-
-def _report(reporter: Any, p: JobProgress) -> None:
-    reporter.report(p.job_id, p.stage, p.progress, step=p.step, total_steps=p.total_steps)
 
 
 def serve(settings: Settings) -> int:
