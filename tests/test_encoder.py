@@ -42,3 +42,15 @@ def test_ffmpeg_failure_is_an_encode_error(tmp_path):
     with pytest.raises(EncodeError, match="ffmpeg"):
         writer.write(_moving(4))
         writer.close()
+
+
+def test_encoder_choice_falls_back_to_libx264_without_nvenc():
+    from worker_app_fastwan.encoder import X264, nvenc_works, resolve_codec
+
+    assert resolve_codec("libx264") == X264
+    if nvenc_works():  # a machine with an NVENC GPU: auto takes it
+        assert resolve_codec("auto") == "h264_nvenc"
+        return
+    assert resolve_codec("auto") == X264
+    with pytest.raises(EncodeError, match="ENCODER=h264_nvenc"):
+        resolve_codec("h264_nvenc")

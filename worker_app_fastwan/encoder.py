@@ -18,7 +18,36 @@ import numpy as np
 
 DEFAULT_PRESET = "superfast"
 DEFAULT_CRF = 27
+NVENC = "h264_nvenc"
+X264 = "libx264"
 _STOP = object()
+
+
+def codec_args(codec: str, preset: str, crf: int) -> list[str]:
+    """NVENC takes its own presets (p1 fastest … p7 best) and a constant-quality `-cq` instead of CRF."""
+    if codec == NVENC:
+        return ["-c:v", NVENC, "-preset", "p4", "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
+    return ["-c:v", X264, "-preset", preset, "-crf", str(crf)]
+
+
+def nvenc_works() -> bool:
+    """Whether this machine can encode with NVENC: the bundled ffmpeg has it, but only some GPUs do
+    (consumer RTX, L4, L40S; not H100 or A100). A two-frame trial encode tells."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+           "color=c=gray:s=256x256:d=0.1", "-frames:v", "2", *codec_args(NVENC, "", DEFAULT_CRF), "-f", "null", "-"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def resolve_codec(requested: str) -> str:
+    """`ENCODER`: auto → NVENC where it works, else libx264; an explicit NVENC that cannot work is an error."""
+    if requested == "auto":
+        return NVENC if nvenc_works() else X264
+    if requested == NVENC and not nvenc_works():
+        raise EncodeError("ENCODER=h264_nvenc: this machine cannot encode with NVENC; use ENCODER=auto or libx264")
+    return requested
 
 
 class EncodeError(RuntimeError):
@@ -29,13 +58,13 @@ class Mp4Writer:
     """Write uint8 (n, H, W, 3) chunks with `write()`; `close()` waits for ffmpeg and returns the tail time."""
 
     def __init__(self, path: Path, width: int, height: int, fps: int, *, preset: str = DEFAULT_PRESET,
-                 crf: int = DEFAULT_CRF, max_queued_chunks: int = 4) -> None:
+                 crf: int = DEFAULT_CRF, codec: str = X264, max_queued_chunks: int = 4) -> None:
         self.path, self.width, self.height = Path(path), width, height
         self.frames_written = 0
         cmd = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-            "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+            "-an", *codec_args(codec, preset, crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", str(self.path),
         ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -50,7 +50,7 @@ def child_main(conn: Connection, cancel: mp.synchronize.Event, settings: Setting
     # SIGTERM sent to the whole process group must not cut a job short behind the parent's back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    backend = _load(conn, settings)
+    backend, codec = _load(conn, settings)
     while True:
         try:
             msg = conn.recv()
@@ -58,7 +58,7 @@ def child_main(conn: Connection, cancel: mp.synchronize.Event, settings: Setting
             break
         if isinstance(msg, Shutdown):
             break
-        _run_job(conn, cancel, backend, settings, msg)
+        _run_job(conn, cancel, backend, settings, codec, msg)
     backend.close()
 
 
@@ -69,10 +69,12 @@ def _die_with_parent() -> None:
 
 
 def _load(conn: Connection, settings: Settings):
+    from worker_app_fastwan.encoder import resolve_codec
     from worker_app_fastwan.pipelines import make_backend
 
     start = time.perf_counter()
     try:
+        codec = resolve_codec(settings.ENCODER)
         backend = make_backend(settings)
         backend.load()
         backend.warmup()
@@ -80,8 +82,9 @@ def _load(conn: Connection, settings: Settings):
         log.exception("model load failed")
         conn.send(Failed(None, ErrorCode.internal.value, f"model load failed: {exc}"[:1000], True, fatal=True))
         sys.exit(LOAD_FAILED_EXIT)
+    log.info("video encoder", extra={"codec": codec})
     conn.send(Ready(backend.device_info(), time.perf_counter() - start))
-    return backend
+    return backend, codec
 
 
 class _StageClock:
@@ -113,7 +116,7 @@ class _StageClock:
         return self.stage_s
 
 
-def _run_job(conn: Connection, cancel, backend, settings: Settings, msg: RunJob) -> None:
+def _run_job(conn: Connection, cancel, backend, settings: Settings, codec: str, msg: RunJob) -> None:
     from worker_app_fastwan.encoder import Mp4Writer
 
     clock = _StageClock(conn, cancel, msg.job_id, backend)
@@ -124,7 +127,7 @@ def _run_job(conn: Connection, cancel, backend, settings: Settings, msg: RunJob)
         start = time.perf_counter()
         generation = backend.generate(job, image, clock)
         writer = Mp4Writer(Path(msg.out_path), job.width, job.height, job.fps,
-                           preset=settings.ENCODER_PRESET, crf=settings.ENCODER_CRF)
+                           preset=settings.ENCODER_PRESET, crf=settings.ENCODER_CRF, codec=codec)
         for chunk in generation.frames:
             clock.check_cancel()
             writer.write(chunk)

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
     VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
+    ENCODER: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     ENCODER_PRESET: str = "superfast"
     ENCODER_CRF: int = Field(default=27, ge=0, le=51)
 
