@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -18,6 +19,8 @@ from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
 
+log = logging.getLogger("orchestrator_stub.app")
+
 
 def create_app(settings: StubSettings) -> FastAPI:
     """Open the database and build the app; the loops start and stop with the app's lifespan."""
@@ -27,6 +30,9 @@ def create_app(settings: StubSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Before the sweeper's first pass: no worker could renew a lease while the stub was down.
+        restarted = store.restart_held_leases()
+        log.info("held leases restarted", extra={"jobs": restarted, "lease_seconds": settings.LEASE_SECONDS})
         loop = asyncio.get_running_loop()
         webhook_wakeup.bind(loop)
         dispatch_wakeup.bind(loop)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -13,6 +17,28 @@ from orchestrator_stub.settings import StubSettingsError, load_settings
 from worker_app_fastwan.logs import setup_logging
 
 log = logging.getLogger("orchestrator_stub")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its re-raise of the stop signal after the graceful shutdown.
+
+    uvicorn (0.54) re-raises a captured SIGTERM once it has shut down, so the process dies of it (status -15)
+    even though it stopped cleanly; a supervisor reads that as a crash. Here the signal only starts the
+    graceful shutdown, and `main` returns 0 after it.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()  # called inside serve(), on the main thread's loop
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,5 +64,5 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", extra={"settings": settings.summary()})
     config = uvicorn.Config(create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT,
                             log_config=None, access_log=False)
-    uvicorn.Server(config).run()
+    _Server(config).run()  # a failed start-up (busy port, lifespan error) leaves through uvicorn's sys.exit(3)
     return 0

@@ -6,7 +6,8 @@ even a second process on the same file cannot interleave), which makes a claim a
 never get the same job. Times are Unix seconds (wall clock, so leases survive a restart).
 
 Job statuses: queued → claimed → running → completed | failed. A cancelled job is `failed` with
-error code `cancelled`.
+error code `cancelled`. A held job goes back to `queued` when its lease runs out or its worker reports a
+retryable failure, while attempts remain; each such requeue is kept in `requeues`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from orchestrator_stub.leases import Expiry, cancelled_error, expiry_error, expiry_outcome
+from orchestrator_stub.leases import Expiry, cancelled_error, expiry_error, expiry_outcome, failure_requeues
 from worker_app_fastwan.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
 from worker_app_fastwan.schema import JobInput
 
@@ -34,6 +35,8 @@ STATUSES = ("queued", "claimed", "running", "completed", "failed")
 HELD = ("claimed", "running")
 FINAL = ("completed", "failed")
 _HELD_SQL = "('claimed', 'running')"
+# The worker id the dispatcher holds jobs under (here, not in dispatcher.py: the store needs it too).
+DISPATCHER_ID = "salad-dispatcher"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -99,6 +102,15 @@ CREATE TABLE IF NOT EXISTS dispatch_attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS dispatch_attempts_by_job ON dispatch_attempts (job_id, id);
+CREATE TABLE IF NOT EXISTS requeues (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT,
+    at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requeues_by_job ON requeues (job_id, id);
 """
 
 
@@ -108,6 +120,7 @@ class IdempotencyConflict(Exception):
 
 class StatusOutcome(str, Enum):
     applied = "applied"
+    requeued = "requeued"  # a retryable failure with attempts left: the job is queued again
     duplicate = "duplicate"  # the same final status from the same worker again
     conflict = "conflict"  # the worker does not hold the job (any more)
     missing = "missing"
@@ -263,6 +276,11 @@ class Store:
         )
         return [dict(row) for row in rows]
 
+    def requeues(self, job_id: str) -> list[dict[str, Any]]:
+        """Each time the job went back to the queue: the attempt that ended, its worker, and why."""
+        rows = self._read("SELECT attempt, worker_id, at, error FROM requeues WHERE job_id = ? ORDER BY id", (job_id,))
+        return [dict(row) | {"error": _loads(row["error"])} for row in rows]
+
     # ---- worker side ----------------------------------------------------------------------------
 
     def claim(self, worker_id: str, gpu_class: str, caps: Capabilities) -> Claimed | None:
@@ -316,13 +334,20 @@ class Store:
         return list(dict.fromkeys(cancel))
 
     def apply_status(
-        self, job_id: str, worker_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+        self, job_id: str, worker_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
+        *, requeue_retryable: bool = True,
     ) -> StatusOutcome:
-        """Apply a worker's running/completed/failed report, if that worker still holds the job."""
+        """Apply a worker's running/completed/failed report, if that worker still holds the job.
+
+        A retryable failure sends the job back to the queue while attempts remain; a caller that already
+        retried on its own (the dispatcher) passes `requeue_retryable=False` to make its failure final.
+        """
         now = self._clock()
         with self._tx() as (db, finals):
             self._expire(db, finals, now)
-            row = db.execute("SELECT status, worker_id, final_by FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, worker_id, final_by, attempt, cancel_requested FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 return StatusOutcome.missing
             if row["status"] in FINAL:
@@ -335,18 +360,28 @@ class Store:
                     "UPDATE jobs SET status = 'running', lease_expires_at = ?, updated_at = ? WHERE job_id = ?",
                     (now + self.lease_seconds, now, job_id),
                 )
-            else:
-                self._finish(db, finals, job_id, status, result, error, worker_id, now)
+                return StatusOutcome.applied
+            if error is not None and requeue_retryable and failure_requeues(
+                error, row["attempt"], bool(row["cancel_requested"]), self._max_attempts
+            ):
+                self._requeue(db, job_id, row["attempt"], worker_id, error, now)
+                return StatusOutcome.requeued
+            self._finish(db, finals, job_id, status, result, error, worker_id, now)
         return StatusOutcome.applied
 
     def record_progress(self, job_id: str, update: ProgressUpdate) -> bool:
-        """Store a progress report for a job in flight; False when the stub does not know it or it is not running."""
+        """Store a progress report from the job's holder; False when ignored (unknown, not held, not the holder).
+
+        A worker whose lease ran out may still report for a while; its numbers must not overwrite those of
+        the worker that holds the job now. Jobs the dispatcher holds are the exception: the queue-mode
+        worker it fed reports under its own id, which the stub never learns.
+        """
         with self._tx() as (db, _):
             cur = db.execute(
                 "UPDATE jobs SET stage = ?, progress = ?, step = ?, total_steps = ?, message = ?, updated_at = ?"
-                f" WHERE job_id = ? AND status IN {_HELD_SQL}",
+                f" WHERE job_id = ? AND status IN {_HELD_SQL} AND worker_id IN (?, ?)",
                 (update.stage.value, update.progress, update.step, update.total_steps, update.message or None,
-                 self._clock(), job_id),
+                 self._clock(), job_id, update.worker_id, DISPATCHER_ID),
             )
             return cur.rowcount > 0
 
@@ -362,6 +397,18 @@ class Store:
     def expire_leases(self) -> None:
         with self._tx() as (db, finals):
             self._expire(db, finals, self._clock())
+
+    def restart_held_leases(self) -> int:
+        """Make every held lease run out `lease_seconds` from now; returns how many. Called at start-up.
+
+        While the stub was down no worker could renew its lease, so the stored expiry times would take jobs
+        from workers that were still working (and throw their results away with a 409).
+        """
+        with self._tx() as (db, _):
+            cur = db.execute(
+                f"UPDATE jobs SET lease_expires_at = ? WHERE status IN {_HELD_SQL}", (self._clock() + self.lease_seconds,)
+            )
+            return cur.rowcount
 
     # ---- webhooks and dispatch ------------------------------------------------------------------
 
@@ -426,15 +473,27 @@ class Store:
                 extra={"job_id": row["job_id"], "worker_id": row["worker_id"], "attempt": row["attempt"],
                        "outcome": outcome.value},
             )
+            error = expiry_error(outcome, row["attempt"], self.lease_seconds)
             if outcome is Expiry.requeue:
-                db.execute(
-                    "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, stage = 'queued',"
-                    " progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = ? WHERE job_id = ?",
-                    (now, row["job_id"]),
-                )
+                self._requeue(db, row["job_id"], row["attempt"], row["worker_id"], error, now)
             else:
-                error = expiry_error(outcome, row["attempt"], self.lease_seconds)
                 self._finish(db, finals, row["job_id"], "failed", None, error, None, now)
+
+    def _requeue(
+        self, db: sqlite3.Connection, job_id: str, attempt: int, worker_id: str | None, error: dict[str, Any], now: float
+    ) -> None:
+        """Back to the queue (the next claim is attempt + 1), keeping why this attempt ended. No webhook: not final."""
+        db.execute(
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, stage = 'queued',"
+            " progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = ? WHERE job_id = ?",
+            (now, job_id),
+        )
+        db.execute(
+            "INSERT INTO requeues (job_id, attempt, worker_id, at, error) VALUES (?, ?, ?, ?, ?)",
+            (job_id, attempt, worker_id, now, _dumps(error)),
+        )
+        log.info("job requeued", extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt,
+                                        "error_code": error.get("code")})
 
     def _finish(
         self,

@@ -18,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from orchestrator_stub.db import Claimed, LeaseState, Store
+from orchestrator_stub.db import DISPATCHER_ID, Claimed, LeaseState, Store
 from orchestrator_stub.leases import cancelled_error
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
@@ -28,7 +28,6 @@ from worker_app_fastwan.schema import ErrorCode, JobError
 
 log = logging.getLogger("orchestrator_stub.dispatcher")
 
-DISPATCHER_ID = "salad-dispatcher"
 RETRY_STATUSES = frozenset({408, 429})
 
 Outcome = tuple[str, dict[str, Any] | None, dict[str, Any] | None]  # (status, result, error)
@@ -87,7 +86,9 @@ class Dispatcher:
         else:
             log.warning("dispatcher lost the lease; dropping the job")
             return
-        outcome = await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error)
+        # Final even when retryable: _deliver already made Salad's re-deliveries, and the stub does not add its own.
+        outcome = await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error,
+                                          requeue_retryable=False)
         log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
 
     async def _watch_lease(self, job_id: str) -> LeaseState:

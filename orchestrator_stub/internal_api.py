@@ -61,8 +61,8 @@ def build_router(store: Store) -> APIRouter:
 
     @router.post("/videogen/jobs/{job_id}/progress", status_code=204, response_class=Response)
     def progress(body: ProgressUpdate, job_id: str = JOB_ID) -> Response:
-        # Best effort, as the protocol says: a job the stub does not know (a Salad job id in queue mode) or
-        # no longer runs is acknowledged and ignored, so a worker never has a reason to retry.
+        # Best effort, as the protocol says: a job the stub does not know (a Salad job id in queue mode), no
+        # longer runs, or that another worker holds now is acknowledged and ignored, so no worker ever retries.
         if not store.record_progress(job_id, body):
             log.debug("progress ignored", extra={"job_id": job_id, "worker_id": body.worker_id})
         return Response(status_code=204)

@@ -18,7 +18,9 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
     """A job as GET /v1/jobs/{id} shows it and as its webhook carries it.
 
     `notify_url` is left out on purpose: such URLs often embed a secret token, and this API has no auth.
+    `last_error` is why the latest attempt went back to the queue (`error` is only set once final).
     """
+    requeues = store.requeues(job["job_id"])
     return {
         "job_id": job["job_id"],
         "status": job["status"],
@@ -33,6 +35,8 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         "input": job["input"],
         "result": job["result"],
         "error": job["error"],
+        "last_error": requeues[-1]["error"] if requeues else None,
+        "requeues": [_with_iso(r) for r in requeues],
         "created_at": iso(job["created_at"]),
         "updated_at": iso(job["updated_at"]),
         "completed_at": iso(job["completed_at"]),

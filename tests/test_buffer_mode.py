@@ -138,8 +138,9 @@ def test_drain_deadline_stops_the_job_and_reports_it_failed_retryable(shared: Sh
     worker.signal(signal.SIGTERM)
     assert worker.wait(60) == 0
     view = stub.job(job_id)
-    assert view["status"] == "failed"
-    assert (view["error"]["code"], view["error"]["retryable"]) == ("timeout", True), view["error"]
+    # Reported failed/timeout/retryable, so the orchestrator puts it back in the queue for another worker.
+    assert (view["status"], view["attempts"], view["worker_id"]) == ("queued", 1, None), "retryable: requeued"
+    assert (view["last_error"]["code"], view["last_error"]["retryable"]) == ("timeout", True), view["last_error"]
     assert worker.events("drain deadline reached", job_id=job_id)
     beats = [b.body for b in shared.proxy.requests("/heartbeat") if b.body["state"] == "draining"]
     assert beats and beats[0]["job_id"] == job_id

@@ -99,7 +99,7 @@ def test_status_from_a_worker_that_does_not_hold_the_job_is_409(stub: StubProces
 def test_final_status_twice_is_200_twice(stub: StubProcess) -> None:
     job_id = stub.submit()
     stub.claim_job("w1")
-    error = {"code": "out_of_memory", "message": "CUDA out of memory", "retryable": True}
+    error = {"code": "invalid_input", "message": "image_url: not an image", "retryable": False}
     assert stub.status(job_id, "w1", "failed", error=error).status_code == 200
     assert stub.status(job_id, "w1", "failed", error=error).status_code == 200
     view = stub.job(job_id)
@@ -125,3 +125,27 @@ def test_progress_for_unknown_job_is_accepted_and_ignored(stub: StubProcess) -> 
     assert stub.get("/v1/jobs/salad-job-123").status_code == 404
     bad = {"worker_id": "w", "stage": "nonsense", "progress": 2}
     assert stub.post("/internal/videogen/jobs/salad-job-123/progress", bad).status_code == 422
+
+
+def test_progress_counts_only_from_the_worker_holding_the_job(stub: StubProcess) -> None:
+    job_id = stub.submit()
+    path = f"/internal/videogen/jobs/{job_id}/progress"
+
+    def report(worker_id: str, progress: float) -> None:
+        body = {"worker_id": worker_id, "stage": "denoising", "progress": progress, "step": 1, "total_steps": 3}
+        assert stub.post(path, body).status_code == 204, "best effort: always acknowledged"
+
+    stub.claim_job("w1")
+    report("w1", 0.3)
+    report("w2", 0.9)  # never held it
+    assert (stub.job(job_id)["progress"], stub.job(job_id)["worker_id"]) == (0.3, "w1")
+
+    oom = {"code": "out_of_memory", "message": "CUDA out of memory", "retryable": True}
+    assert stub.status(job_id, "w1", "failed", error=oom).status_code == 200  # requeued: w1 lost it
+    report("w1", 0.6)
+    assert (stub.job(job_id)["status"], stub.job(job_id)["progress"]) == ("queued", 0.0)
+    stub.claim_job("w2")
+    report("w2", 0.2)
+    report("w1", 0.8)  # still running its copy: must not overwrite the holder's numbers
+    view = stub.job(job_id)
+    assert (view["worker_id"], view["progress"], view["attempts"]) == ("w2", 0.2, 2)

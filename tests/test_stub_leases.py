@@ -32,6 +32,8 @@ def test_expired_lease_requeues_with_next_attempt_and_old_worker_gets_409(stub_f
     view = _wait_status(stub, job_id, "queued", timeout_s=3)
     assert view["worker_id"] is None
     assert view["attempts"] == 1
+    assert (view["last_error"]["code"], view["last_error"]["retryable"], view["error"]) == ("timeout", True, None)
+    assert [(r["attempt"], r["worker_id"]) for r in view["requeues"]] == [(1, "w1")]
 
     again = stub.claim_job("w2")
     assert (again["job_id"], again["attempt"]) == (job_id, 2)

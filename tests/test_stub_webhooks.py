@@ -50,7 +50,7 @@ def test_webhook_is_retried_after_500s(
     receiver = scripted_server([Answer(500), Answer(503), Answer(204)])
     job_id = stub.submit(notify_url=f"{receiver.url}/hook")
     stub.claim_job("w1")
-    error = {"code": "generation_failed", "message": "NaNs in latents", "retryable": True}
+    error = {"code": "generation_failed", "message": "NaNs in latents", "retryable": False}  # final at once
     assert stub.status(job_id, "w1", "failed", error=error).status_code == 200
 
     view = _webhook_done(stub, job_id)
