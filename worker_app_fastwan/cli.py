@@ -84,6 +84,7 @@ class _OnePathStorage:
 
 async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
     from worker_app_fastwan.runner import JobRunner
+    from worker_app_fastwan.schema import parse_job_input
 
     job = {k: getattr(args, k) for k in ("prompt", "negative_prompt", "width", "height", "num_frames", "fps",
                                           "num_inference_steps", "seed") if getattr(args, k) is not None}
@@ -96,6 +97,11 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
             if not image_file.is_file():
                 print(f"fastwan-worker: --image: no such file {image_file}", file=sys.stderr)
                 return EXIT_BAD_SETTINGS
+    try:
+        parse_job_input(job)  # a bad field is reported before the model loads
+    except JobFailure as exc:
+        print(json.dumps({"error": exc.to_error().model_dump(mode="json")}), file=sys.stderr)
+        return 1
     runner = JobRunner(settings, _OnePathStorage(args.out))
     await runner.start()
     try:
