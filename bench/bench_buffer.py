@@ -11,44 +11,47 @@ Both timestamps are taken by a recording proxy in front of the stub, as the orch
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from pathlib import Path
 
 from helpers_procs import RecordingProxy, WorkerProcess, start_stub, wait_final
+from stub_fixtures import wait_for
 
 
 def _jobs(n: int, small: dict) -> list[dict]:
     return [{"prompt": f"overhead job {i}", "seed": 1000 + i, **small} for i in range(n)]
 
 
-def runner_alone(tmp: Path, jobs: list[dict]) -> list[float]:
-    """Each job's seconds in `JobRunner.run`, in this process: the floor the worker is measured against."""
-    from worker_app_fastwan.runner import JobRunner
-    from worker_app_fastwan.settings import load_settings
-    from worker_app_fastwan.storage import LocalStorage
+class RunnerAlone:
+    """The job runner in this process (its GPU child loaded once): the floor the worker is measured against."""
 
-    async def run() -> list[float]:
+    def __init__(self, tmp: Path) -> None:
+        from helpers_loop import LoopThread
+        from worker_app_fastwan.runner import JobRunner
+        from worker_app_fastwan.settings import load_settings
+        from worker_app_fastwan.storage import LocalStorage
+
         settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state",
                                  LOCAL_OUTPUT_DIR=tmp / "alone-videos")
-        runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
-        await runner.start()
-        times = []
-        try:
-            for i, job in enumerate(jobs):
-                start = time.perf_counter()
-                await runner.run(f"alone-{i}", job)
-                times.append(time.perf_counter() - start)
-        finally:
-            await runner.close()
-        return times
+        self.loop = LoopThread()
+        self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
+        self.loop.run(self.runner.start())
 
-    return asyncio.run(run())
+    def seconds(self, job_id: str, job: dict) -> float:
+        start = time.perf_counter()
+        self.loop.run(self.runner.run(job_id, job))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.loop.run(self.runner.close())
+        self.loop.close()
 
 
 def _claim_to_status(proxy: RecordingProxy, job_id: str) -> float:
-    status = [s for s in proxy.requests(f"/jobs/{job_id}/status") if s.body["status"] in ("completed", "failed")]
+    # The proxy records a request once its answer is back, a moment after the stub already shows the job final.
+    status = wait_for(lambda: [s for s in proxy.requests(f"/jobs/{job_id}/status")
+                               if s.body["status"] in ("completed", "failed")], 5, what="the final status record")
     claims = [s for s in proxy.requests("/jobs/claim") if s.status == 200 and s.at <= status[0].at]
     return status[0].at - claims[-1].at
 
@@ -60,19 +63,23 @@ def _max_gap(proxy: RecordingProxy) -> tuple[float, int]:
 
 def overhead_and_heartbeats(tmp: Path, n: int, heavy: dict, small: dict) -> dict:
     jobs = _jobs(n, small)
-    alone = runner_alone(tmp, jobs)
+    alone_runner = RunnerAlone(tmp)
     stub = start_stub(tmp / "stub")
     with RecordingProxy(stub.url) as proxy:
-        worker = WorkerProcess.buffer(tmp / "worker", proxy.url, HEARTBEAT_INTERVAL_S=5, CLAIM_POLL_S=0.2).start()
+        # Production cadences (the test defaults post progress at every step).
+        worker = WorkerProcess.buffer(tmp / "worker", proxy.url, HEARTBEAT_INTERVAL_S=5, CLAIM_POLL_S=0.2,
+                                      PROGRESS_MIN_INTERVAL_S=1, RETRY_MAX_S=60).start()
         try:
             worker.wait_for_event("claiming jobs")
-            through, in_run = [], []
-            for job in jobs:  # one at a time: a job's window never includes another's
+            alone, through, in_run = [], [], []
+            for i, job in enumerate(jobs):  # alternating, one at a time: both see the same machine state
+                alone.append(alone_runner.seconds(f"alone-{i}", job))
                 job_id = stub.submit(**job)
                 view = wait_final(stub, job_id)
                 assert view["status"] == "completed", view
                 through.append(_claim_to_status(proxy, job_id))
                 in_run.append(through[-1] - view["result"]["timings"]["total_s"])
+            alone_runner.close()
             heavy_id = stub.submit(prompt="heartbeat under load", seed=1, **heavy)
             heavy_view = wait_final(stub, heavy_id, timeout_s=600)
             gap, beats = _max_gap(proxy)
