@@ -40,3 +40,33 @@ def serve(app: Any, port: int = 0) -> Iterator[str]:
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+class ThreadedServer:
+    """A stdlib `ThreadingHTTPServer` on a free loopback port, in a background thread, as a context manager.
+
+    Subclasses give `_handler_class()`; a thread per request, so one slow answer never queues the others.
+    """
+
+    def __init__(self) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._server.block_on_close = False  # a handler still sleeping must not hold up teardown
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    def _handler_class(self) -> type:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from helpers_http import ThreadedServer
 from stub_fixtures import API_KEY, REPO, StubProcess, free_port, wait_for
 
 # Settings every test worker shares: the tiny CPU model, local storage, fast retries and polls.
@@ -244,7 +245,7 @@ class Seen:
     at: float  # time.monotonic() when the request arrived
 
 
-class RecordingProxy:
+class RecordingProxy(ThreadedServer):
     """Forwards every request to `target` unchanged and records it, with its arrival time.
 
     A plain thread per request (ThreadingHTTPServer): the proxy adds no queueing of its own, so arrival
@@ -256,13 +257,7 @@ class RecordingProxy:
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=30)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__()
 
     def requests(self, path_part: str = "") -> list[Seen]:
         with self._lock:
@@ -301,31 +296,20 @@ class RecordingProxy:
 
         return Handler
 
-    def __enter__(self) -> RecordingProxy:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
         self._http.close()
 
 
 # ---- an image server for image-to-video jobs --------------------------------------------------------
 
 
-class FileServer:
+class FileServer(ThreadedServer):
     """Serves fixed bytes at fixed paths on loopback (an i2v input image)."""
 
     def __init__(self, files: dict[str, tuple[bytes, str]]) -> None:
         self.files = files
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         files = self.files
@@ -348,13 +332,6 @@ class FileServer:
 
         return Handler
 
-    def __enter__(self) -> FileServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 __all__ = ["API_KEY", "FileServer", "RecordingProxy", "Seen", "StubSet", "WorkerProcess", "WorkerSet", "free_port",

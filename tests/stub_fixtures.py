@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from helpers_http import ThreadedServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-internal-key-5f1c"
@@ -37,12 +38,6 @@ FAST_ENV = {
     "DISPATCH_RETRY_MAX_S": "0.2",
     "DISPATCH_POLL_S": "0.2",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.05, what: str = "condition") -> Any:
@@ -201,7 +196,7 @@ class Recorded:
     at: float
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedServer):
     """Answers POSTs with `answers` in order (the last one repeats) and records every request."""
 
     def __init__(self, answers: list[Answer], on_request: Callable[[Recorded], None] | None = None) -> None:
@@ -210,14 +205,7 @@ class ScriptedServer:
         self.on_request = on_request
         self.closing = threading.Event()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False  # a handler still sleeping must not hold up teardown
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__()
 
     def _next(self, recorded: Recorded) -> Answer:
         with self._lock:
@@ -252,14 +240,9 @@ class ScriptedServer:
 
         return Handler
 
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.closing.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
 
 
 @pytest.fixture
