@@ -111,7 +111,7 @@ def start_stub(root: Path, key: str, port: int) -> Proc:
 
 def start_worker(root: Path, key: str, base: str) -> Proc:
     env = {"ORCHESTRATOR_BASE_URL": base, "INTERNAL_API_KEY": key, "PIPELINE_BACKEND": "tiny",
-           "STORAGE_BACKEND": "local", "LOCAL_OUTPUT_DIR": str(root / "videos"), "STATE_DIR": str(root / "state"),
+           "STORAGE_BACKEND": "local", "LOCAL_OUTPUT_DIR": str(root), "STATE_DIR": str(root / "state"),
            "ALLOW_PRIVATE_IMAGE_URLS": "true", "BUFFER_WORKER_ID": "demo-worker", "CLAIM_POLL_S": "0.5"}
     return spawn("worker", [sys.executable, "-m", "worker_app_fastwan", "buffer"], env, root)
 
