@@ -78,6 +78,27 @@ def test_health_goes_from_starting_to_ready(worker):
     assert httpx.get(f"{worker['base']}/health").status_code == 200
 
 
+def test_start_up_logs_the_settings_but_never_the_key(worker):
+    settings_line = worker["proc"].events("settings")[0]
+    assert settings_line["PIPELINE_BACKEND"] == "tiny" and settings_line["INTERNAL_API_KEY"] == "***"
+    assert API_KEY not in worker["proc"].log_text()
+
+
+def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    port = free_port()
+    proc = WorkerProcess.queue(tmp_path, port, PIPELINE_BACKEND="diffusers", MODEL_PATH=str(tmp_path / "empty-model")).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        body = wait_status(base, "unhealthy")
+        resp = httpx.get(f"{base}/health")
+        refused = post(base, {"prompt": "x", **SMALL})
+    finally:
+        proc.stop(30)
+    assert resp.status_code == 503 and "empty-model" in body["reason"]
+    assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
+
+
 def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
     resp = post(worker["base"], {"prompt": "a paper boat", **SMALL, "fps": 8, "seed": 3},
                 **{"Salad-Job-Id": "salad-t2v-1"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import shutil
 import sys
 import uuid
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(settings.LOG_LEVEL)
     command = settings.WORKER_MODE if args.command == "run" else args.command
+    logging.getLogger("worker_app_fastwan").info("settings", extra={"command": command, **settings.summary()})
     if command in ("queue", "serve"):
         from worker_app_fastwan.queue_mode import serve
 
