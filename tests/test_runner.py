@@ -148,3 +148,19 @@ def test_crashed_gpu_process_is_reported_with_its_exit_code_and_restarted(loop, 
 
 async def _call(fn, *args):
     return fn(*args)
+
+
+def test_gpu_process_killed_while_idle_is_restarted_before_the_next_job(loop, runner):
+    import os
+    import signal
+
+    old_pid = runner.child.pid
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while runner.state is RunnerState.ready:
+        assert time.monotonic() < deadline, "the runner never noticed its GPU process died"
+        time.sleep(0.02)
+    assert runner.state is RunnerState.starting
+    _wait_ready(runner)
+    assert runner.child.pid != old_pid
+    assert loop.run(runner.run("after-idle-kill", {"prompt": "a cat", **SMALL})).num_frames == 9

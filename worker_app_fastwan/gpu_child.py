@@ -193,6 +193,9 @@ class GpuChild:
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self.device: DeviceInfo | None = None
         self.load_s = 0.0
+        # Called on the loop when the child exits without being asked to (killed between jobs, say).
+        self.on_unexpected_exit: Callable[[int | None], None] | None = None
+        self._exit_expected = False
 
     @property
     def alive(self) -> bool:
@@ -207,13 +210,14 @@ class GpuChild:
         parent_conn, child_conn = self._ctx.Pipe()
         self._events = asyncio.Queue()
         self._cancel.clear()
+        self._exit_expected = False
         self._proc = self._ctx.Process(target=child_main, args=(child_conn, self._cancel, self.settings),
                                        name="gpu-child")
         self._proc.start()
         child_conn.close()
         self._conn = parent_conn
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(parent_conn, self._proc, loop, self._events),
+        threading.Thread(target=self._read, args=(parent_conn, self._proc, loop, self._events, self._exited),
                          name="gpu-child-reader", daemon=True).start()
         msg = await self._events.get()
         if isinstance(msg, Ready):
@@ -224,7 +228,7 @@ class GpuChild:
         raise JobFailure(ErrorCode.internal, reason)
 
     @staticmethod
-    def _read(conn: Connection, proc, loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> None:
+    def _read(conn: Connection, proc, loop: asyncio.AbstractEventLoop, events: asyncio.Queue, exited) -> None:
         # A thread, not loop.add_reader: recv() of a whole message may block, and must never block the loop.
         while True:
             try:
@@ -234,16 +238,27 @@ class GpuChild:
                 msg = ChildExited(proc.exitcode)
             try:
                 loop.call_soon_threadsafe(events.put_nowait, msg)
+                if isinstance(msg, ChildExited):
+                    loop.call_soon_threadsafe(exited, proc, msg.exitcode)
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 return
             if isinstance(msg, ChildExited):
                 return
 
+    def _exited(self, proc, exitcode: int | None) -> None:
+        if proc is self._proc and not self._exit_expected and self.on_unexpected_exit is not None:
+            self.on_unexpected_exit(exitcode)
+
     async def run(self, job: RunJob, on_progress: Callable[[Progress], None]) -> Done:
         """Send one job; raises JobFailure on a failed job or a child that exited (`fatal` tells which)."""
         assert self._conn is not None, "start() first"
         self._cancel.clear()
-        self._conn.send(job)
+        try:
+            self._conn.send(job)
+        except OSError:  # the child is gone; its exit code tells why
+            code = self._proc.exitcode if self._proc else None
+            raise ChildJobFailure(ErrorCode.generation_failed, f"the GPU process had exited (code {code})", True,
+                                  fatal=True) from None
         while True:
             msg = await self._events.get()
             if isinstance(msg, Progress):
@@ -274,6 +289,7 @@ class GpuChild:
 
     async def kill(self) -> None:
         """For a child that does not answer a cancel in time."""
+        self._exit_expected = True
         if self._proc is not None and self._proc.is_alive():
             self._proc.kill()
         await self._wait_exit(5.0)
@@ -281,6 +297,7 @@ class GpuChild:
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self._proc is None:
             return
+        self._exit_expected = True
         if self._proc.is_alive() and self._conn is not None:
             try:
                 self._conn.send(Shutdown())

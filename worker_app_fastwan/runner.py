@@ -72,6 +72,7 @@ class JobRunner:
         self.metrics = metrics or Metrics()
         self.listeners = list(listeners or [])
         self.child = GpuChild(settings)
+        self.child.on_unexpected_exit = self._child_died
         self.state = RunnerState.starting
         self.unhealthy_reason: str | None = None
         self.current: JobProgress | None = None
@@ -236,6 +237,12 @@ class JobRunner:
         log.warning("GPU process did not stop in time; killing it")
         await self.child.kill()
         self._schedule_restart("killed after a job timeout")
+
+    def _child_died(self, exitcode: int | None) -> None:
+        """The GPU process exited on its own. During a job, the job's path reports and restarts it."""
+        if self.busy or self.state is RunnerState.unhealthy:
+            return
+        self._schedule_restart(f"the GPU process exited with code {exitcode} while idle")
 
     def _schedule_restart(self, why: str) -> None:
         self._restarts += 1
