@@ -405,9 +405,8 @@ async def build_worker(settings: Settings) -> BufferWorker:
 
     settings.require_orchestrator()
     storage = await asyncio.to_thread(make_storage, settings)  # B2 authorises over the network
-    client = OrchestratorClient(settings.orchestrator_url or "", settings.api_key(), retry_max_s=settings.RETRY_MAX_S,
-                                # a heartbeat's answer must come within its interval to be of use
-                                quick_timeout_s=min(3.0, settings.HEARTBEAT_INTERVAL_S))
+    client = OrchestratorClient.from_settings(settings)
+    assert client is not None, "require_orchestrator() checked ORCHESTRATOR_BASE_URL"
     outbox = await asyncio.to_thread(Outbox, settings.STATE_DIR / "outbox")
     worker_id = await asyncio.to_thread(resolve_worker_id, settings)
     return BufferWorker(settings, JobRunner(settings, storage), client, outbox, worker_id)

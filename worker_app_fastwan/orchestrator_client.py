@@ -143,7 +143,9 @@ class OrchestratorClient:
         """None when no ORCHESTRATOR_BASE_URL is set (queue mode without progress reports)."""
         if not settings.orchestrator_url:
             return None
-        return cls(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S)
+        # A heartbeat's answer must come within its interval to be of use.
+        return cls(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S,
+                   quick_timeout_s=min(3.0, settings.HEARTBEAT_INTERVAL_S))
 
     def __repr__(self) -> str:
         return f"OrchestratorClient(base_url={self.base_url!r})"

@@ -212,8 +212,8 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
 
     metrics = Metrics()
     reporter = None
-    if settings.orchestrator_url:
-        client = OrchestratorClient(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S)
+    client = OrchestratorClient.from_settings(settings)
+    if client is not None:
         reporter = ProgressReporter(client, worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
                                     min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
     runner = JobRunner(settings, make_storage(settings), metrics=metrics)
