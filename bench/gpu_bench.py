@@ -11,6 +11,8 @@ builds UMT5-XXL (5.7 B parameters, 11 GB). Both paths get the same latents, step
 
     python bench/gpu_bench.py                       # 704x1280x121, 3 steps, on CUDA
     python bench/gpu_bench.py --scale tiny --device cpu --width 256 --height 256 --frames 9   # validate on CPU
+    python bench/gpu_bench.py --device cpu --dtype bfloat16 --width 256 --height 256 --frames 9 --steps 1 \
+        --warmup 0                                  # the full-size modules, run once on CPU (≈ 14 GB RAM)
 Prints a table and writes bench/results/gpu_latest.json.
 """
 
@@ -44,20 +46,29 @@ def build(scale: str, device: torch.device, dtype: torch.dtype, vae_dtype: torch
     t_cfg, v_cfg = (FULL_TRANSFORMER, FULL_VAE) if scale == "full" else (TINY_TRANSFORMER, TINY_VAE)
     v_cfg = {k: v for k, v in v_cfg.items() if v is not None}
     torch.manual_seed(0)
-    with torch.device(device):
-        transformer = _keep_fp32_modules(WanTransformer3DModel(**t_cfg).to(dtype)).eval()
-        vae = AutoencoderKLWan(**v_cfg, latents_mean=[0.0] * 48, latents_std=[1.0] * 48).to(vae_dtype).eval()
+    with torch.device(device), _default_dtype(dtype):  # never a transient fp32 copy (20 GB) of the 5 B transformer
+        transformer = _keep_fp32_modules(WanTransformer3DModel(**t_cfg)).eval()
+    with torch.device(device), _default_dtype(vae_dtype):
+        vae = AutoencoderKLWan(**v_cfg, latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
     return transformer, vae, t_cfg["text_dim"]
 
 
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _keep_fp32_modules(model: torch.nn.Module) -> torch.nn.Module:
-    """What `from_pretrained(torch_dtype=bf16)` does: norms, rope and time embedding stay fp32."""
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    for name, module in model.named_modules():
-        if any(part in keep for part in name.split(".")):
-            module.float()
-    for name, param in model.named_parameters(recurse=False):
-        if name in keep:
+    """What `from_pretrained(torch_dtype=bf16)` does: a parameter stays fp32 when a part of its dotted name
+    is in `_keep_in_fp32_modules` (the norms, rope, time embedding and every block's modulation table)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, param in model.named_parameters():
+        if keep.intersection(name.split(".")):
             param.data = param.data.float()
     return model
 
@@ -74,8 +85,8 @@ def text_encoder_parts(scale: str, device: torch.device, dtype: torch.dtype, tex
     else:
         cfg = UMT5Config(vocab_size=64, d_model=text_dim, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
                          feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
-    with torch.device(device):
-        return tokenizer, UMT5EncoderModel(cfg).to(dtype).eval()
+    with torch.device(device), _default_dtype(dtype):
+        return tokenizer, UMT5EncoderModel(cfg).eval()
 
 
 class Clock:
@@ -96,15 +107,20 @@ class Clock:
 
 
 def run_plain(gen, job, embeds, out: Path, clock: Clock) -> None:
+    """The plain call, twice: once stopping at the latents (its denoising alone), then whole + export."""
     from diffusers.utils import export_to_video
 
-    pipe = gen.t2v
-    gen.scheduler.generator = torch.Generator("cpu").manual_seed(0)
+    def call(output_type: str):
+        gen.scheduler.generator = torch.Generator("cpu").manual_seed(0)
+        return gen.t2v(prompt_embeds=embeds, height=job.height, width=job.width, num_frames=job.num_frames,
+                       num_inference_steps=job.num_inference_steps, guidance_scale=1.0,
+                       generator=torch.Generator("cpu").manual_seed(0), output_type=output_type).frames
+
+    with clock("plain_denoise"):
+        call("latent")
     with clock("plain_total"):
         with clock("plain_pipeline_call"):
-            frames = pipe(prompt_embeds=embeds, height=job.height, width=job.width, num_frames=job.num_frames,
-                          num_inference_steps=job.num_inference_steps, guidance_scale=1.0,
-                          generator=torch.Generator("cpu").manual_seed(0), output_type="np").frames[0]
+            frames = call("np")[0]
         with clock("plain_export_to_video"):
             export_to_video(list(frames), str(out), fps=job.fps)
 
@@ -120,21 +136,26 @@ def run_project(gen, job, embeds, out: Path, clock: Clock) -> None:
         with clock("project_decode_and_encode"):
             for chunk in gen.decode_stream(latents):
                 writer.write(chunk)
-            writer.close()
+            with clock("project_encode_tail"):  # what encoding adds after the last decoded frame
+                writer.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["full", "tiny"], default="full")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                        help="transformer and text encoder (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--vae-dtype", choices=["bfloat16", "float32"], default="float32",
+                        help="both paths (default float32: the worker's VAE_DTYPE default)")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=704)
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--text-encoder", action="store_true", help="build UMT5-XXL and time prompt encoding")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (project path)")
-    parser.add_argument("--attention", default="_flash_3,flash", help="attention backends to try, in order")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--videos", type=Path, default=None, help="keep plain.mp4 and project.mp4 here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_latest.json")
     args = parser.parse_args()
     report = bench(args)
@@ -149,51 +170,57 @@ def bench(args: argparse.Namespace) -> dict:
     from worker_app_fastwan.schema import JobInput
 
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    transformer, vae, text_dim = build(args.scale, device, dtype, dtype)
-    tokenizer, text_encoder = text_encoder_parts(args.scale, device, dtype, text_dim, args.text_encoder)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    clock = Clock(device)
+    with clock("build"):
+        transformer, vae, text_dim = build(args.scale, device, dtype, getattr(torch, args.vae_dtype))
+        tokenizer, text_encoder = text_encoder_parts(args.scale, device, dtype, text_dim, args.text_encoder)
     gen = WanGenerator(WanParts(tokenizer, text_encoder, transformer, vae), device)
     job = JobInput(prompt="a red fox running through fresh snow, cinematic", width=args.width, height=args.height,
                    num_frames=args.frames, num_inference_steps=args.steps, seed=0)
-    clock = Clock(device)
     with clock("prompt_encoding"):
         embeds = gen._encode_prompt(job.prompt)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = args.videos or Path(tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
     for _ in range(args.warmup):  # both paths once untimed: kernels, cuDNN autotuning, allocator
         run_plain(gen, job, embeds, tmp / "w1.mp4", Clock(device))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    _reset_peak(device)
     run_plain(gen, job, embeds, tmp / "plain.mp4", clock)
     plain_peak = _peak_gb(device)
-    _tune_project(transformer, args, device)
+    attention = _tune_project(transformer, args, device)
     for _ in range(args.warmup):
         run_project(gen, job, embeds, tmp / "w2.mp4", Clock(device))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    _reset_peak(device)
     run_project(gen, job, embeds, tmp / "project.mp4", clock)
     t = clock.times
-    return {
+    report = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "scale": args.scale, "size": f"{args.width}x{args.height}x{args.frames}", "steps": args.steps,
-        "torch": torch.__version__, **t,
+        "dtype": str(dtype).removeprefix("torch."), "vae_dtype": args.vae_dtype, "compile": args.compile,
+        "attention_backend": attention, "torch": torch.__version__, **t,
         "plain_peak_gb": plain_peak, "project_peak_gb": _peak_gb(device),
+        "speedup_denoise": round(t["plain_denoise"] / t["project_denoise"], 2),
         "speedup_total": round(t["plain_total"] / t["project_total"], 2),
+        "project_mp4_bytes": (tmp / "project.mp4").stat().st_size,
     }
+    if device.type == "cuda" and args.scale == "full":
+        report["targets_met"] = {"denoise_le_3s": t["project_denoise"] <= 3.0, "total_le_8s": t["project_total"] <= 8.0,
+                                 "speedup_ge_1_5": report["speedup_total"] >= 1.5}
+    return report
 
 
-def _tune_project(transformer, args: argparse.Namespace, device: torch.device) -> None:
+def _tune_project(transformer, args: argparse.Namespace, device: torch.device) -> str:
+    """The worker's own CUDA settings (one function, so the bench times what a worker runs)."""
+    from worker_app_fastwan.pipelines.diffusers_backend import tune_for_cuda
+
     if device.type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = True
-    for backend in filter(None, args.attention.split(",")):
-        try:
-            transformer.set_attention_backend(backend)
-            print(f"attention backend: {backend}")
-            break
-        except Exception as exc:  # noqa: BLE001 - an optional kernel
-            print(f"attention backend {backend} unavailable: {str(exc)[:120]}")
-    if args.compile:
-        transformer.compile(fullgraph=False, dynamic=False)
+        return "native"
+    return tune_for_cuda(transformer, compile_transformer=args.compile)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _peak_gb(device: torch.device) -> float | None:

@@ -50,6 +50,28 @@ def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> 
                            non_blocking=cuda)
 
 
+def tune_for_cuda(transformer: torch.nn.Module, *, compile_transformer: bool) -> str:
+    """The CUDA speed settings of the project's path; returns the attention backend in use.
+
+    `bench/gpu_bench.py` calls this too, so what it times is what a worker runs.
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    chosen = "native"
+    for backend in ATTENTION_BACKENDS:
+        try:
+            transformer.set_attention_backend(backend)
+            chosen = backend
+            break
+        except Exception as exc:  # noqa: BLE001 - an optional kernel that is missing is not an error
+            log.info("attention backend unavailable", extra={"backend": backend, "why": str(exc)[:200]})
+    log.info("attention backend", extra={"backend": chosen})
+    if compile_transformer:
+        transformer.compile(fullgraph=False, dynamic=False)
+    return chosen
+
+
 class DiffusersBackend(Backend):
     name = "diffusers"
 
@@ -76,7 +98,7 @@ class DiffusersBackend(Backend):
         self.generator = WanGenerator(parts, self.device)
         self._place(parts, plan)
         if self.cuda:
-            self._tune(parts)
+            tune_for_cuda(parts.transformer, compile_transformer=self.compile_transformer)
 
     def _place(self, parts: WanParts, plan) -> None:
         assert self.generator is not None
@@ -91,20 +113,6 @@ class DiffusersBackend(Backend):
             stream_text_encoder(parts.text_encoder, self.device)
         else:
             parts.text_encoder.to(self.device)
-
-    def _tune(self, parts: WanParts) -> None:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        for backend in ATTENTION_BACKENDS:
-            try:
-                parts.transformer.set_attention_backend(backend)
-                log.info("attention backend", extra={"backend": backend})
-                break
-            except Exception as exc:  # noqa: BLE001 - an optional kernel that is missing is not an error
-                log.info("attention backend unavailable", extra={"backend": backend, "why": str(exc)[:200]})
-        if self.compile_transformer:
-            parts.transformer.compile(fullgraph=False, dynamic=False)
 
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
         assert self.generator is not None, "load() first"
