@@ -147,7 +147,7 @@ def _health_during_job(httpx, base: str, calls: int = 100) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=20, help="jobs for the overhead comparison")
+    parser.add_argument("--jobs", type=int, default=30, help="jobs for the overhead comparison")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fastwan-bench-"))
