@@ -40,11 +40,12 @@ def main(dest: Path = ROOT / ".whl") -> None:
 
 def split_ffmpeg(wheel: Path, binary_out: Path) -> None:
     """Rewrite the wheel without its ffmpeg binary (and without the binary's RECORD line); xz the binary."""
+    with zipfile.ZipFile(wheel) as source:
+        binaries = [name for name in source.namelist() if "/binaries/ffmpeg-" in name]
+    if not binaries:
+        return  # already stripped by an earlier run
     stripped = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED) as target:
-        binaries = [name for name in source.namelist() if "/binaries/ffmpeg-" in name]
-        if not binaries:
-            return  # already stripped by an earlier run
         for item in source.infolist():
             if item.filename in binaries:
                 continue

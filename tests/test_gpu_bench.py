@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_bench.py"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+def load_script(name: str):
+    """A bench/ script as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +27,7 @@ def load_bench():
 
 def test_full_size_modules_match_the_published_checkpoint() -> None:
     """On the meta device (no memory): ≈ 5.0 B transformer parameters, and a VAE the size of Wan2.2_VAE.pth."""
-    bench = load_bench()
+    bench = load_script("gpu_bench")
     transformer, vae, text_dim = bench.build("full", torch.device("meta"), torch.bfloat16, torch.float32)
     transformer_params = sum(p.numel() for p in transformer.parameters())
     vae_fp32_gb = sum(p.numel() for p in vae.parameters()) * 4 / 1e9
@@ -44,7 +45,7 @@ def test_random_weights_have_the_dtypes_from_pretrained_gives(tmp_path: Path) ->
     """bf16 with fp32 kept where diffusers keeps it, checked against a real save + from_pretrained."""
     from diffusers import WanTransformer3DModel
 
-    bench = load_bench()
+    bench = load_script("gpu_bench")
     built, _, _ = bench.build("tiny", torch.device("cpu"), torch.bfloat16, torch.float32)
     WanTransformer3DModel(**bench.TINY_TRANSFORMER).save_pretrained(tmp_path)
     loaded = WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
@@ -78,9 +79,7 @@ def test_device_wheels_moves_ffmpeg_out_of_its_wheel(tmp_path: Path) -> None:
     import lzma
     import zipfile
 
-    spec = importlib.util.spec_from_file_location("device_wheels", ROOT / "bench" / "device_wheels.py")
-    device_wheels = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(device_wheels)
+    device_wheels = load_script("device_wheels")
     binary = bytes(range(256)) * 1000
     wheel = tmp_path / "imageio_ffmpeg-0.8.1-py3-none-manylinux_2_28_x86_64.whl"
     binary_name = "imageio_ffmpeg/binaries/ffmpeg-linux-x86_64-v9.0.2"
@@ -91,9 +90,11 @@ def test_device_wheels_moves_ffmpeg_out_of_its_wheel(tmp_path: Path) -> None:
                     f"imageio_ffmpeg/__init__.py,sha256=a,12\n{binary_name},sha256=b,256000\n")
 
     device_wheels.split_ffmpeg(wheel, tmp_path / "ffmpeg.xz")
+    device_wheels.split_ffmpeg(wheel, tmp_path / "ffmpeg.xz")  # a second run finds it stripped, leaves nothing
 
     with zipfile.ZipFile(wheel) as zf:
         assert sorted(zf.namelist()) == ["imageio_ffmpeg-0.8.1.dist-info/RECORD", "imageio_ffmpeg/__init__.py"]
         assert zf.read("imageio_ffmpeg-0.8.1.dist-info/RECORD").decode() == "imageio_ffmpeg/__init__.py,sha256=a,12\n"
         assert zf.read("imageio_ffmpeg/__init__.py") == b"version = 1\n"
     assert lzma.decompress((tmp_path / "ffmpeg.xz").read_bytes()) == binary
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ffmpeg.xz", wheel.name]
