@@ -30,12 +30,14 @@ class RunnerAlone:
 
     def __init__(self, tmp: Path) -> None:
         from helpers_loop import LoopThread
+
         from worker_app_fastwan.runner import JobRunner
         from worker_app_fastwan.settings import load_settings
         from worker_app_fastwan.storage import LocalStorage
 
-        settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state",
-                                 LOCAL_OUTPUT_DIR=tmp / "alone-videos")
+        settings = load_settings(
+            None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state", LOCAL_OUTPUT_DIR=tmp / "alone-videos"
+        )
         self.loop = LoopThread()
         self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
         self.loop.run(self.runner.start())
@@ -53,8 +55,11 @@ class RunnerAlone:
 
 def _claim_to_status(proxy: RecordingProxy, job_id: str) -> float:
     # The proxy records a request once its answer is back, a moment after the stub already shows the job final.
-    status = wait_for(lambda: [s for s in proxy.requests(f"/jobs/{job_id}/status")
-                               if s.body["status"] in ("completed", "failed")], 5, what="the final status record")
+    status = wait_for(
+        lambda: [s for s in proxy.requests(f"/jobs/{job_id}/status") if s.body["status"] in ("completed", "failed")],
+        5,
+        what="the final status record",
+    )
     claims = [s for s in proxy.requests("/jobs/claim") if s.status == 200 and s.at <= status[0].at]
     return status[0].at - claims[-1].at
 
@@ -70,8 +75,14 @@ def overhead_and_heartbeats(tmp: Path, n: int, heavy: dict, small: dict) -> dict
     stub = start_stub(tmp / "stub")
     with RecordingProxy(stub.url) as proxy:
         # Production cadences (the test defaults post progress at every step).
-        worker = WorkerProcess.buffer(tmp / "worker", proxy.url, HEARTBEAT_INTERVAL_S=5, CLAIM_POLL_S=0.2,
-                                      PROGRESS_MIN_INTERVAL_S=1, RETRY_MAX_S=60).start()
+        worker = WorkerProcess.buffer(
+            tmp / "worker",
+            proxy.url,
+            HEARTBEAT_INTERVAL_S=5,
+            CLAIM_POLL_S=0.2,
+            PROGRESS_MIN_INTERVAL_S=1,
+            RETRY_MAX_S=60,
+        ).start()
         try:
             worker.wait_for_event("claiming jobs")
             alone, through, overhead = [], [], []
@@ -94,12 +105,15 @@ def overhead_and_heartbeats(tmp: Path, n: int, heavy: dict, small: dict) -> dict
     wall_ms = [(t - a) * 1000 for t, a in zip(through, alone)]
     overhead_ms = [o * 1000 for o in overhead]
     return {
-        "overhead_jobs": n, "runner_alone_ms_median": round(statistics.median(alone) * 1000, 1),
+        "overhead_jobs": n,
+        "runner_alone_ms_median": round(statistics.median(alone) * 1000, 1),
         "through_stub_ms_median": round(statistics.median(through) * 1000, 1),
         "overhead_ms_median": round(statistics.median(overhead_ms), 1),
         "overhead_ms_min_max": [round(min(overhead_ms), 1), round(max(overhead_ms), 1)],
         "overhead_wall_ms_median": round(statistics.median(wall_ms), 1),
         "overhead_wall_ms_min_max": [round(min(wall_ms), 1), round(max(wall_ms), 1)],
-        "heartbeat_interval_s": 5, "heartbeats_recorded": beats, "heartbeat_max_gap_s": round(gap, 3),
+        "heartbeat_interval_s": 5,
+        "heartbeats_recorded": beats,
+        "heartbeat_max_gap_s": round(gap, 3),
         "heavy_job_inference_s": heavy_view["result"]["timings"]["inference_s"],
     }

@@ -78,9 +78,11 @@ def encode_bench(tmp: Path) -> dict:
         time.sleep(2.0 / len(chunks))
     tail_s = writer.close()
     return {
-        "encode_project_s": round(times["project"], 2), "encode_mimsave_s": round(times["mimsave"], 2),
+        "encode_project_s": round(times["project"], 2),
+        "encode_mimsave_s": round(times["mimsave"], 2),
         "encode_export_to_video_s": round(times["export"], 2),
-        "encode_project_mib": round(sizes["project"] / 2**20, 2), "encode_mimsave_mib": round(sizes["mimsave"] / 2**20, 2),
+        "encode_project_mib": round(sizes["project"] / 2**20, 2),
+        "encode_mimsave_mib": round(sizes["mimsave"] / 2**20, 2),
         "encode_export_to_video_mib": round(sizes["export"] / 2**20, 2),
         "encode_speedup_vs_mimsave": round(times["mimsave"] / times["project"], 2),
         "encode_speedup_vs_export_to_video": round(times["export"] / times["project"], 2),
@@ -95,7 +97,6 @@ def encode_bench(tmp: Path) -> dict:
 def queue_bench(tmp: Path) -> dict:
     import httpx
     import psutil
-
     from helpers_procs import WorkerProcess, wait_health
 
     port = free_port()
@@ -115,12 +116,15 @@ def queue_bench(tmp: Path) -> dict:
     finally:
         worker.stop()
     return {
-        "first_http_answer_s": round(first_answer_s, 2), "ready_s": round(ready_s, 2),
-        "idle_rss_mb": round(parent_rss + child_rss, 1), "idle_rss_parent_mb": round(parent_rss, 1),
+        "first_http_answer_s": round(first_answer_s, 2),
+        "ready_s": round(ready_s, 2),
+        "idle_rss_mb": round(parent_rss + child_rss, 1),
+        "idle_rss_parent_mb": round(parent_rss, 1),
         "idle_rss_gpu_child_mb": round(child_rss, 1),
         "health_p50_ms": round(statistics.median(latencies), 2),
         "health_p99_ms": round(float(np.percentile(latencies, 99)), 2),
-        "health_max_ms": round(max(latencies), 2), "health_calls": len(latencies),
+        "health_max_ms": round(max(latencies), 2),
+        "health_calls": len(latencies),
     }
 
 
@@ -152,8 +156,11 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fastwan-bench-"))
     report: dict = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "python": sys.version.split()[0]}
-    for name, section in (("buffer mode", lambda: buffer_bench(tmp, args.jobs)), ("queue mode", lambda: queue_bench(tmp)),
-                          ("encoding", lambda: encode_bench(tmp))):
+    for name, section in (
+        ("buffer mode", lambda: buffer_bench(tmp, args.jobs)),
+        ("queue mode", lambda: queue_bench(tmp)),
+        ("encoding", lambda: encode_bench(tmp)),
+    ):
         print(f"… {name}", flush=True)
         report.update(section())
     args.out.parent.mkdir(parents=True, exist_ok=True)

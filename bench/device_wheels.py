@@ -20,18 +20,46 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WHEELS = ["diffusers==0.42.1", "imageio-ffmpeg==0.8.1", "ftfy==6.3.1", "wcwidth==0.9.4", "pydantic==2.14.3",
-          "pydantic-core==2.50.4", "pydantic-settings==2.16.3", "annotated-types==0.8.0",
-          "typing-inspection==0.4.5", "python-dotenv==1.2.4", "importlib-metadata==10.2.0", "zipp==4.1.2"]
+WHEELS = [
+    "diffusers==0.42.1",
+    "imageio-ffmpeg==0.8.1",
+    "ftfy==6.3.1",
+    "wcwidth==0.9.4",
+    "pydantic==2.14.3",
+    "pydantic-core==2.50.4",
+    "pydantic-settings==2.16.3",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "python-dotenv==1.2.4",
+    "importlib-metadata==10.2.0",
+    "zipp==4.1.2",
+]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"]
 
 
 def main(dest: Path = ROOT / ".whl") -> None:
     dest.mkdir(exist_ok=True)
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(dest), *WHEELS],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(dest),
+            *WHEELS,
+        ],
+        check=True,
+    )
     for wheel in dest.glob("imageio_ffmpeg-*.whl"):
         split_ffmpeg(wheel, dest / "ffmpeg.xz")
     total = sum(path.stat().st_size for path in dest.iterdir())

@@ -51,8 +51,10 @@ def main() -> None:
             start = time.perf_counter()
             encode_mp4(chunks, tmp / "p.mp4", 1280, 704, 24, preset=preset, crf=crf)
             took, size = time.perf_counter() - start, (tmp / "p.mp4").stat().st_size
-            print(f"  {preset:9s} crf {crf}: {base_s / took:4.1f}x faster, size {size / base_b:4.2f}x, "
-                  f"PSNR {psnr(tmp / 'p.mp4', source)} dB")
+            print(
+                f"  {preset:9s} crf {crf}: {base_s / took:4.1f}x faster, size {size / base_b:4.2f}x, "
+                f"PSNR {psnr(tmp / 'p.mp4', source)} dB"
+            )
 
 
 if __name__ == "__main__":

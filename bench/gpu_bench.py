@@ -29,14 +29,44 @@ from pathlib import Path
 import torch
 
 # Published configs (diffusers' Wan2.2-TI2V-5B conversion; see shared/notes/fastwan-facts.md).
-FULL_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
-                        out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30,
-                        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-FULL_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
-                scale_factor_temporal=4, temperal_downsample=[False, True, True])
-TINY_TRANSFORMER = dict(FULL_TRANSFORMER, num_attention_heads=2, attention_head_dim=12, text_dim=64, ffn_dim=32,
-                        num_layers=2, rope_max_seq_len=64)
+FULL_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=24,
+    attention_head_dim=128,
+    in_channels=48,
+    out_channels=48,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=14336,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+FULL_VAE = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    temperal_downsample=[False, True, True],
+)
+TINY_TRANSFORMER = dict(
+    FULL_TRANSFORMER,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    text_dim=64,
+    ffn_dim=32,
+    num_layers=2,
+    rope_max_seq_len=64,
+)
 TINY_VAE = dict(FULL_VAE, base_dim=3, decoder_base_dim=None, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
 
 
@@ -77,14 +107,32 @@ def text_encoder_parts(scale: str, device: torch.device, dtype: torch.dtype, tex
     """A real UMT5 (random weights) when asked; otherwise a stand-in whose output is fixed embeddings."""
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -0.5)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -0.5)] + [
+        (c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz"
+    ]
     tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
     if scale == "full" and build_it:
-        cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                         feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+        cfg = UMT5Config(
+            vocab_size=256384,
+            d_model=4096,
+            d_kv=64,
+            d_ff=10240,
+            num_layers=24,
+            num_heads=64,
+            feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=32,
+        )
     else:
-        cfg = UMT5Config(vocab_size=64, d_model=text_dim, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                         feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
+        cfg = UMT5Config(
+            vocab_size=64,
+            d_model=text_dim,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            relative_attention_num_buckets=8,
+        )
     with torch.device(device), _default_dtype(dtype):
         return tokenizer, UMT5EncoderModel(cfg).eval()
 
@@ -112,9 +160,16 @@ def run_plain(gen, job, embeds, out: Path, clock: Clock) -> None:
 
     def call(output_type: str):
         gen.scheduler.generator = torch.Generator("cpu").manual_seed(0)
-        return gen.t2v(prompt_embeds=embeds, height=job.height, width=job.width, num_frames=job.num_frames,
-                       num_inference_steps=job.num_inference_steps, guidance_scale=1.0,
-                       generator=torch.Generator("cpu").manual_seed(0), output_type=output_type).frames
+        return gen.t2v(
+            prompt_embeds=embeds,
+            height=job.height,
+            width=job.width,
+            num_frames=job.num_frames,
+            num_inference_steps=job.num_inference_steps,
+            guidance_scale=1.0,
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type=output_type,
+        ).frames
 
     with clock("plain_denoise"):
         call("latent")
@@ -144,10 +199,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["full", "tiny"], default="full")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
-                        help="transformer and text encoder (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--vae-dtype", choices=["bfloat16", "float32"], default="float32",
-                        help="both paths (default float32: the worker's VAE_DTYPE default)")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="transformer and text encoder (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--vae-dtype",
+        choices=["bfloat16", "float32"],
+        default="float32",
+        help="both paths (default float32: the worker's VAE_DTYPE default)",
+    )
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=704)
     parser.add_argument("--frames", type=int, default=121)
@@ -176,8 +239,14 @@ def bench(args: argparse.Namespace) -> dict:
         transformer, vae, text_dim = build(args.scale, device, dtype, getattr(torch, args.vae_dtype))
         tokenizer, text_encoder = text_encoder_parts(args.scale, device, dtype, text_dim, args.text_encoder)
     gen = WanGenerator(WanParts(tokenizer, text_encoder, transformer, vae), device)
-    job = JobInput(prompt="a red fox running through fresh snow, cinematic", width=args.width, height=args.height,
-                   num_frames=args.frames, num_inference_steps=args.steps, seed=0)
+    job = JobInput(
+        prompt="a red fox running through fresh snow, cinematic",
+        width=args.width,
+        height=args.height,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        seed=0,
+    )
     with clock("prompt_encoding"):
         embeds = gen._encode_prompt(job.prompt)
     tmp = args.videos or Path(tempfile.mkdtemp())
@@ -195,17 +264,27 @@ def bench(args: argparse.Namespace) -> dict:
     t = clock.times
     report = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-        "scale": args.scale, "size": f"{args.width}x{args.height}x{args.frames}", "steps": args.steps,
-        "dtype": str(dtype).removeprefix("torch."), "vae_dtype": args.vae_dtype, "compile": args.compile,
-        "attention_backend": attention, "torch": torch.__version__, **t,
-        "plain_peak_gb": plain_peak, "project_peak_gb": _peak_gb(device),
+        "scale": args.scale,
+        "size": f"{args.width}x{args.height}x{args.frames}",
+        "steps": args.steps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "vae_dtype": args.vae_dtype,
+        "compile": args.compile,
+        "attention_backend": attention,
+        "torch": torch.__version__,
+        **t,
+        "plain_peak_gb": plain_peak,
+        "project_peak_gb": _peak_gb(device),
         "speedup_denoise": round(t["plain_denoise"] / t["project_denoise"], 2),
         "speedup_total": round(t["plain_total"] / t["project_total"], 2),
         "project_mp4_bytes": (tmp / "project.mp4").stat().st_size,
     }
     if device.type == "cuda" and args.scale == "full":
-        report["targets_met"] = {"denoise_le_3s": t["project_denoise"] <= 3.0, "total_le_8s": t["project_total"] <= 8.0,
-                                 "speedup_ge_1_5": report["speedup_total"] >= 1.5}
+        report["targets_met"] = {
+            "denoise_le_3s": t["project_denoise"] <= 3.0,
+            "total_le_8s": t["project_total"] <= 8.0,
+            "speedup_ge_1_5": report["speedup_total"] >= 1.5,
+        }
     return report
 
 

@@ -25,8 +25,12 @@ log = logging.getLogger("orchestrator_stub.app")
 def create_app(settings: StubSettings) -> FastAPI:
     """Open the database and build the app; the loops start and stop with the app's lifespan."""
     webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup()
-    store = Store(settings.STUB_DB, lease_seconds=settings.LEASE_SECONDS, max_attempts=settings.MAX_ATTEMPTS,
-                  on_final=webhook_wakeup.set)
+    store = Store(
+        settings.STUB_DB,
+        lease_seconds=settings.LEASE_SECONDS,
+        max_attempts=settings.MAX_ATTEMPTS,
+        on_final=webhook_wakeup.set,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -46,8 +46,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="orchestrator_stub",
         description="Local orchestrator: buffer-mode protocol for workers, /v1 API for people, optional Salad-style dispatch.",
     )
-    parser.add_argument("--dispatch-to", metavar="URL", help="also POST queued jobs one at a time to URL "
-                        "(a queue-mode worker's /generate), like Salad's job queue")
+    parser.add_argument(
+        "--dispatch-to",
+        metavar="URL",
+        help="also POST queued jobs one at a time to URL (a queue-mode worker's /generate), like Salad's job queue",
+    )
     parser.add_argument("--env-file", default=".env", help="optional env file (default: .env); the environment wins")
     return parser.parse_args(argv)
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.LOG_LEVEL, process="orchestrator_stub")
     log.info("starting", extra={"settings": settings.summary()})
-    config = uvicorn.Config(create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT,
-                            log_config=None, access_log=False)
+    config = uvicorn.Config(
+        create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT, log_config=None, access_log=False
+    )
     _Server(config).run()  # a failed start-up (busy port, lifespan error) leaves through uvicorn's sys.exit(3)
     return 0

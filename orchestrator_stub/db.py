@@ -223,8 +223,19 @@ class Store:
                 "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url,"
                 " idempotency_key, request_hash, stage, created_at, updated_at)"
                 " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (job_id, _dumps(job.model_dump(mode="json", exclude_none=True)), job.mode, job.width, job.height,
-                 job.num_frames, notify_url, idempotency_key, fingerprint, now, now),
+                (
+                    job_id,
+                    _dumps(job.model_dump(mode="json", exclude_none=True)),
+                    job.mode,
+                    job.width,
+                    job.height,
+                    job.num_frames,
+                    notify_url,
+                    idempotency_key,
+                    fingerprint,
+                    now,
+                    now,
+                ),
             )
         return job_id, True
 
@@ -319,8 +330,15 @@ class Store:
             db.execute(
                 "UPDATE workers SET state = ?, job_id = ?, stage = ?, progress = ?, gpu = ?, last_heartbeat = ?"
                 " WHERE worker_id = ?",
-                (beat.state, beat.job_id, beat.stage.value if beat.stage else None, beat.progress,
-                 _dumps(beat.gpu.model_dump()), now, worker_id),
+                (
+                    beat.state,
+                    beat.job_id,
+                    beat.stage.value if beat.stage else None,
+                    beat.progress,
+                    _dumps(beat.gpu.model_dump()),
+                    now,
+                    worker_id,
+                ),
             )
             cancel = [
                 row["job_id"]
@@ -329,13 +347,23 @@ class Store:
                     (worker_id,),
                 )
             ]
-            if beat.job_id and not self._renew(db, beat.job_id, worker_id, now) and self._lost(db, beat.job_id, worker_id):
+            if (
+                beat.job_id
+                and not self._renew(db, beat.job_id, worker_id, now)
+                and self._lost(db, beat.job_id, worker_id)
+            ):
                 cancel.append(beat.job_id)
         return list(dict.fromkeys(cancel))
 
     def apply_status(
-        self, job_id: str, worker_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
-        *, requeue_retryable: bool = True,
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        *,
+        requeue_retryable: bool = True,
     ) -> StatusOutcome:
         """Apply a worker's running/completed/failed report, if that worker still holds the job.
 
@@ -361,8 +389,10 @@ class Store:
                     (now + self.lease_seconds, now, job_id),
                 )
                 return StatusOutcome.applied
-            if error is not None and requeue_retryable and failure_requeues(
-                error, row["attempt"], bool(row["cancel_requested"]), self._max_attempts
+            if (
+                error is not None
+                and requeue_retryable
+                and failure_requeues(error, row["attempt"], bool(row["cancel_requested"]), self._max_attempts)
             ):
                 self._requeue(db, job_id, row["attempt"], worker_id, error, now)
                 return StatusOutcome.requeued
@@ -380,8 +410,17 @@ class Store:
             cur = db.execute(
                 "UPDATE jobs SET stage = ?, progress = ?, step = ?, total_steps = ?, message = ?, updated_at = ?"
                 f" WHERE job_id = ? AND status IN {_HELD_SQL} AND worker_id IN (?, ?)",
-                (update.stage.value, update.progress, update.step, update.total_steps, update.message or None,
-                 self._clock(), job_id, update.worker_id, DISPATCHER_ID),
+                (
+                    update.stage.value,
+                    update.progress,
+                    update.step,
+                    update.total_steps,
+                    update.message or None,
+                    self._clock(),
+                    job_id,
+                    update.worker_id,
+                    DISPATCHER_ID,
+                ),
             )
             return cur.rowcount > 0
 
@@ -406,21 +445,26 @@ class Store:
         """
         with self._tx() as (db, _):
             cur = db.execute(
-                f"UPDATE jobs SET lease_expires_at = ? WHERE status IN {_HELD_SQL}", (self._clock() + self.lease_seconds,)
+                f"UPDATE jobs SET lease_expires_at = ? WHERE status IN {_HELD_SQL}",
+                (self._clock() + self.lease_seconds,),
             )
             return cur.rowcount
 
     # ---- webhooks and dispatch ------------------------------------------------------------------
 
     def pending_webhooks(self) -> list[str]:
-        return [row["job_id"] for row in self._read("SELECT job_id FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")]
+        return [
+            row["job_id"] for row in self._read("SELECT job_id FROM jobs WHERE webhook_state = 'pending' ORDER BY seq")
+        ]
 
     def pending_webhook_url(self, job_id: str) -> str | None:
         """The job's notify_url while its webhook is still pending, else None."""
         rows = self._read("SELECT notify_url FROM jobs WHERE job_id = ? AND webhook_state = 'pending'", (job_id,))
         return rows[0]["notify_url"] if rows else None
 
-    def add_webhook_attempt(self, job_id: str, attempt: int, status_code: int | None, error: str | None, ok: bool) -> None:
+    def add_webhook_attempt(
+        self, job_id: str, attempt: int, status_code: int | None, error: str | None, ok: bool
+    ) -> None:
         with self._tx() as (db, _):
             db.execute(
                 "INSERT INTO webhook_attempts (job_id, attempt, at, status_code, error, ok) VALUES (?, ?, ?, ?, ?, ?)",
@@ -470,8 +514,12 @@ class Store:
             outcome = expiry_outcome(row["attempt"], bool(row["cancel_requested"]), self._max_attempts)
             log.warning(
                 "lease expired",
-                extra={"job_id": row["job_id"], "worker_id": row["worker_id"], "attempt": row["attempt"],
-                       "outcome": outcome.value},
+                extra={
+                    "job_id": row["job_id"],
+                    "worker_id": row["worker_id"],
+                    "attempt": row["attempt"],
+                    "outcome": outcome.value,
+                },
             )
             error = expiry_error(outcome, row["attempt"], self.lease_seconds)
             if outcome is Expiry.requeue:
@@ -480,7 +528,13 @@ class Store:
                 self._finish(db, finals, row["job_id"], "failed", None, error, None, now)
 
     def _requeue(
-        self, db: sqlite3.Connection, job_id: str, attempt: int, worker_id: str | None, error: dict[str, Any], now: float
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        attempt: int,
+        worker_id: str | None,
+        error: dict[str, Any],
+        now: float,
     ) -> None:
         """Back to the queue (the next claim is attempt + 1), keeping why this attempt ended. No webhook: not final."""
         db.execute(
@@ -492,8 +546,10 @@ class Store:
             "INSERT INTO requeues (job_id, attempt, worker_id, at, error) VALUES (?, ?, ?, ?, ?)",
             (job_id, attempt, worker_id, now, _dumps(error)),
         )
-        log.info("job requeued", extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt,
-                                        "error_code": error.get("code")})
+        log.info(
+            "job requeued",
+            extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "error_code": error.get("code")},
+        )
 
     def _finish(
         self,

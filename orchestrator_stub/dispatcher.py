@@ -87,8 +87,9 @@ class Dispatcher:
             log.warning("dispatcher lost the lease; dropping the job")
             return
         # Final even when retryable: _deliver already made Salad's re-deliveries, and the stub does not add its own.
-        outcome = await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error,
-                                          requeue_retryable=False)
+        outcome = await asyncio.to_thread(
+            self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error, requeue_retryable=False
+        )
         log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
 
     async def _watch_lease(self, job_id: str) -> LeaseState:
@@ -102,7 +103,9 @@ class Dispatcher:
     async def _deliver(self, client: httpx.AsyncClient, job: Claimed) -> Outcome:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.DISPATCH_MAX_ATTEMPTS),
-            wait=wait_exponential(multiplier=self._settings.DISPATCH_RETRY_BASE_S, max=self._settings.DISPATCH_RETRY_MAX_S),
+            wait=wait_exponential(
+                multiplier=self._settings.DISPATCH_RETRY_BASE_S, max=self._settings.DISPATCH_RETRY_MAX_S
+            ),
             retry=retry_if_exception_type(RetryableAnswer),
             reraise=True,
         )

@@ -49,8 +49,10 @@ def build_router(store: Store) -> APIRouter:
     def status(body: StatusUpdate, job_id: str = JOB_ID) -> dict[str, Any]:
         result, error = _final_payload(body)
         outcome = store.apply_status(job_id, body.worker_id, body.status, result, error)
-        log.info("status report", extra={"job_id": job_id, "worker_id": body.worker_id, "status": body.status,
-                                         "outcome": outcome.value})
+        log.info(
+            "status report",
+            extra={"job_id": job_id, "worker_id": body.worker_id, "status": body.status, "outcome": outcome.value},
+        )
         if outcome is StatusOutcome.missing:
             # 409, not 404: the protocol's one answer for "not yours", so the worker drops the report (its
             # outbox would keep a 404'd one forever, e.g. after this stub's database was deleted).

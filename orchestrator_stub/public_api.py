@@ -48,8 +48,9 @@ def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
             raise HTTPException(422, "Idempotency-Key: was already used with a different body") from None
         if created:
             on_new_job()
-        return JSONResponse({"job_id": job_id}, status_code=201 if created else 200,
-                            headers={"Location": f"/v1/jobs/{job_id}"})
+        return JSONResponse(
+            {"job_id": job_id}, status_code=201 if created else 200, headers={"Location": f"/v1/jobs/{job_id}"}
+        )
 
     @router.get("/v1/jobs")
     def list_jobs(
@@ -94,7 +95,9 @@ def _parse_submission(payload: Any) -> tuple[JobInput, str | None]:
     job = parse_job_input(payload)
     notify_url = payload.get("notify_url")
     if notify_url is not None and not _is_http_url(notify_url):
-        raise JobFailure(ErrorCode.invalid_input, f"notify_url: must be an http(s) URL of at most {MAX_URL_CHARS} characters")
+        raise JobFailure(
+            ErrorCode.invalid_input, f"notify_url: must be an http(s) URL of at most {MAX_URL_CHARS} characters"
+        )
     return job, notify_url
 
 

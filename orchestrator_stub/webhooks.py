@@ -74,14 +74,18 @@ class WebhookSender:
             log.exception("webhook delivery crashed", extra={"job_id": job_id})
             await asyncio.sleep(self._settings.WEBHOOK_SCAN_S)
 
-    async def _attempts(self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], done: int) -> str:
+    async def _attempts(
+        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], done: int
+    ) -> str:
         """Try the attempts left (of WEBHOOK_MAX_ATTEMPTS) with exponential backoff; returns the final state."""
         left = self._settings.WEBHOOK_MAX_ATTEMPTS - done
         if left <= 0:
             return "gave_up"
         retrying = AsyncRetrying(
             stop=stop_after_attempt(left),
-            wait=wait_exponential(multiplier=self._settings.WEBHOOK_BASE_DELAY_S, max=self._settings.WEBHOOK_MAX_DELAY_S),
+            wait=wait_exponential(
+                multiplier=self._settings.WEBHOOK_BASE_DELAY_S, max=self._settings.WEBHOOK_MAX_DELAY_S
+            ),
             retry=retry_if_exception_type(WebhookFailed),
             reraise=True,
         )
@@ -94,7 +98,9 @@ class WebhookSender:
             return "gave_up"
         return "delivered"
 
-    async def _post(self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int) -> None:
+    async def _post(
+        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int
+    ) -> None:
         headers = {"X-Stub-Job-Id": job_id, "X-Stub-Webhook-Attempt": str(number)}
         status_code: int | None = None
         try:
@@ -104,8 +110,16 @@ class WebhookSender:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error = f"{type(exc).__name__}: {exc}"
         # The URL may carry a secret token, so only its host is logged.
-        log.info("webhook attempt", extra={"job_id": job_id, "attempt": number, "host": urlsplit(url).hostname,
-                                           "status_code": status_code, "error": error})
+        log.info(
+            "webhook attempt",
+            extra={
+                "job_id": job_id,
+                "attempt": number,
+                "host": urlsplit(url).hostname,
+                "status_code": status_code,
+                "error": error,
+            },
+        )
         await asyncio.to_thread(self._store.add_webhook_attempt, job_id, number, status_code, error, error is None)
         if error is not None:
             raise WebhookFailed(error)

@@ -49,5 +49,3 @@ def download(api: B2Api, bucket_name: str, key: str) -> bytes:
     buf = io.BytesIO()
     api.get_bucket_by_name(bucket_name).download_file_by_name(key).save(buf)
     return buf.getvalue()
-
-

@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from helpers_http import ThreadedServer
 from stub_fixtures import API_KEY, REPO, StubProcess, free_port, wait_for
 
@@ -61,15 +60,22 @@ class WorkerProcess:
     @classmethod
     def buffer(cls, folder: Path, orchestrator_url: str, name: str = "worker", **env: Any) -> WorkerProcess:
         """A buffer-mode worker; its STATE_DIR (outbox, worker id) and videos live under `folder`."""
-        base = {"ORCHESTRATOR_BASE_URL": orchestrator_url, "STATE_DIR": str(folder / "state"),
-                "LOCAL_OUTPUT_DIR": str(folder / "videos")}
+        base = {
+            "ORCHESTRATOR_BASE_URL": orchestrator_url,
+            "STATE_DIR": str(folder / "state"),
+            "LOCAL_OUTPUT_DIR": str(folder / "videos"),
+        }
         return cls(folder, {**WORKER_ENV, **base, **{k: str(v) for k, v in env.items()}}, "buffer", name)
 
     @classmethod
     def queue(cls, folder: Path, port: int, name: str = "worker", **env: Any) -> WorkerProcess:
         """A queue-mode worker (`serve`) on 127.0.0.1:`port`."""
-        base = {"PORT": str(port), "HOST": "127.0.0.1", "STATE_DIR": str(folder / "state"),
-                "LOCAL_OUTPUT_DIR": str(folder / "videos")}
+        base = {
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "STATE_DIR": str(folder / "state"),
+            "LOCAL_OUTPUT_DIR": str(folder / "videos"),
+        }
         return cls(folder, {**WORKER_ENV, **base, **{k: str(v) for k, v in env.items()}}, "serve", name)
 
     @property
@@ -88,8 +94,13 @@ class WorkerProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker_app_fastwan", self.command], env=env,
-                                         cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker_app_fastwan", self.command],
+                env=env,
+                cwd=self.folder,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     @property
@@ -150,10 +161,13 @@ class WorkerProcess:
 
     def wait_for_event(self, event: str, timeout_s: float = WORKER_START_S, **fields: Any) -> dict[str, Any]:
         """The first log line matching; fails the test (with the log) if the worker exits or time runs out."""
+
         def check() -> dict[str, Any] | None:
             if not self.alive() and not self.events(event, **fields):
-                pytest.fail(f"{self.name} exited ({self.proc.returncode if self.proc else None}) "
-                            f"before logging {event!r}:\n{self.log_tail()}")
+                pytest.fail(
+                    f"{self.name} exited ({self.proc.returncode if self.proc else None}) "
+                    f"before logging {event!r}:\n{self.log_tail()}"
+                )
             found = self.events(event, **fields)
             return found[0] if found else None
 
@@ -179,8 +193,12 @@ class WorkerSet:
 def start_stub(folder: Path, name: str = "stub", *args: str, **env: Any) -> StubProcess:
     """`python -m orchestrator_stub` with its own SQLite file in `folder`, on a free loopback port."""
     folder.mkdir(parents=True, exist_ok=True)
-    stub = StubProcess(db=folder / f"{name}.sqlite3", log_path=folder / f"{name}.log",
-                       env={k: str(v) for k, v in env.items()}, args=list(args))
+    stub = StubProcess(
+        db=folder / f"{name}.sqlite3",
+        log_path=folder / f"{name}.log",
+        env={k: str(v) for k, v in env.items()},
+        args=list(args),
+    )
     return stub.start()
 
 
@@ -219,9 +237,15 @@ def stubs(tmp_path: Path) -> Iterator[StubSet]:
     started.close()
 
 
-def wait_job(stub: StubProcess, job_id: str, check: Callable[[dict[str, Any]], bool], timeout_s: float = 60,
-             what: str = "job state") -> dict[str, Any]:
+def wait_job(
+    stub: StubProcess,
+    job_id: str,
+    check: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 60,
+    what: str = "job state",
+) -> dict[str, Any]:
     """The stub's view of the job once `check(view)` holds."""
+
     def probe() -> dict[str, Any] | None:
         view = stub.job(job_id)
         return view if check(view) else None
@@ -333,13 +357,27 @@ class FileServer(ThreadedServer):
         return Handler
 
 
-
-__all__ = ["API_KEY", "FileServer", "RecordingProxy", "Seen", "StubSet", "WorkerProcess", "WorkerSet", "free_port",
-           "start_stub", "stubs", "wait_final", "wait_for", "wait_job", "workers"]
+__all__ = [
+    "API_KEY",
+    "FileServer",
+    "RecordingProxy",
+    "Seen",
+    "StubSet",
+    "WorkerProcess",
+    "WorkerSet",
+    "free_port",
+    "start_stub",
+    "stubs",
+    "wait_final",
+    "wait_for",
+    "wait_job",
+    "workers",
+]
 
 
 def wait_health(base: str, states: tuple[str, ...], timeout_s: float = WORKER_START_S) -> dict[str, Any]:
     """A queue-mode worker's /health body once its status is one of `states`."""
+
     def probe() -> dict[str, Any] | None:
         try:
             body = httpx.get(f"{base}/health", timeout=2).json()

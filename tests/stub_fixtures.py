@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from helpers_http import ThreadedServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +39,9 @@ FAST_ENV = {
 }
 
 
-def wait_for(check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.05, what: str = "condition") -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll `check` until it returns something truthy; returns it, or fails the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -55,10 +56,26 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float
 def job_result(job_id: str) -> dict[str, Any]:
     """A valid protocol result for a completed job."""
     return {
-        "job_id": job_id, "status": "completed", "video_url": f"http://127.0.0.1/videos/{job_id}.mp4",
-        "storage_key": f"videos/{job_id}.mp4", "width": 1280, "height": 704, "num_frames": 121, "fps": 24,
-        "seed": 42, "mode": "t2v", "bytes": 1234, "sha256": "0" * 64,
-        "timings": {"queue_s": 0.1, "download_s": 0.0, "inference_s": 1.0, "encode_s": 0.2, "upload_s": 0.1, "total_s": 1.4},
+        "job_id": job_id,
+        "status": "completed",
+        "video_url": f"http://127.0.0.1/videos/{job_id}.mp4",
+        "storage_key": f"videos/{job_id}.mp4",
+        "width": 1280,
+        "height": 704,
+        "num_frames": 121,
+        "fps": 24,
+        "seed": 42,
+        "mode": "t2v",
+        "bytes": 1234,
+        "sha256": "0" * 64,
+        "timings": {
+            "queue_s": 0.1,
+            "download_s": 0.0,
+            "inference_s": 1.0,
+            "encode_s": 0.2,
+            "upload_s": 0.1,
+            "total_s": 1.4,
+        },
     }
 
 
@@ -81,12 +98,22 @@ class StubProcess:
     def start(self) -> StubProcess:
         self.http.close()  # a fresh connection pool: the old one may hold sockets of a killed process
         self.http = httpx.Client(base_url=self.url, timeout=10)
-        env = {**os.environ, **FAST_ENV, "INTERNAL_API_KEY": API_KEY, **self.env, "STUB_PORT": str(self.port),
-               "STUB_DB": str(self.db), "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            **FAST_ENV,
+            "INTERNAL_API_KEY": API_KEY,
+            **self.env,
+            "STUB_PORT": str(self.port),
+            "STUB_DB": str(self.db),
+            "PYTHONPATH": str(REPO),
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator_stub", "--env-file", os.devnull, *self.args],
-                env=env, cwd=self.db.parent, stdout=log, stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.db.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(self._ready, timeout_s=20, what=f"the stub on port {self.port} ({self.log_path})")
         return self
@@ -144,8 +171,13 @@ class StubProcess:
         return response.json()["job"]
 
     def heartbeat(self, worker_id: str, job_id: str | None = None, state: str = "busy") -> httpx.Response:
-        body = {"gpu_class": "test-gpu", "state": state, "job_id": job_id, "progress": 0.5,
-                "gpu": {"name": "Test GPU", "memory_used_mb": 1000, "memory_total_mb": 24000}}
+        body = {
+            "gpu_class": "test-gpu",
+            "state": state,
+            "job_id": job_id,
+            "progress": 0.5,
+            "gpu": {"name": "Test GPU", "memory_used_mb": 1000, "memory_total_mb": 24000},
+        }
         return self.post(f"/internal/buffer/workers/{worker_id}/heartbeat", body)
 
     def status(self, job_id: str, worker_id: str, status: str, **fields: Any) -> httpx.Response:
@@ -161,8 +193,12 @@ def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
 
     def start(*args: str, **env: Any) -> StubProcess:
         n = len(started)
-        stub = StubProcess(db=tmp_path / f"stub{n}.sqlite3", log_path=tmp_path / f"stub{n}.log",
-                           env={k: str(v) for k, v in env.items()}, args=list(args))
+        stub = StubProcess(
+            db=tmp_path / f"stub{n}.sqlite3",
+            log_path=tmp_path / f"stub{n}.log",
+            env={k: str(v) for k, v in env.items()},
+            args=list(args),
+        )
         started.append(stub)
         return stub.start()
 
@@ -218,8 +254,12 @@ class ScriptedServer(ThreadedServer):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorded = Recorded(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                    json.loads(raw) if raw else None, time.monotonic())
+                recorded = Recorded(
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    json.loads(raw) if raw else None,
+                    time.monotonic(),
+                )
                 answer = server._next(recorded)
                 if server.on_request:
                     server.on_request(recorded)

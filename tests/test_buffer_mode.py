@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers_procs import (  # noqa: F401 (stubs, workers: fixtures)
     FileServer,
     RecordingProxy,
@@ -66,9 +65,16 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     stubs, workers = StubSet(root), WorkerSet()
     stub = stubs.start()
     with RecordingProxy(stub.url) as proxy:
-        worker = workers.add(WorkerProcess.buffer(root / "worker", proxy.url, BUFFER_WORKER_ID="shared-worker",
-                                                  ALLOW_PRIVATE_IMAGE_URLS="true", HEARTBEAT_INTERVAL_S="0.5",
-                                                  DRAIN_TIMEOUT_S="2"))
+        worker = workers.add(
+            WorkerProcess.buffer(
+                root / "worker",
+                proxy.url,
+                BUFFER_WORKER_ID="shared-worker",
+                ALLOW_PRIVATE_IMAGE_URLS="true",
+                HEARTBEAT_INTERVAL_S="0.5",
+                DRAIN_TIMEOUT_S="2",
+            )
+        )
         try:
             worker.wait_for_event("claiming jobs")
             yield Shared(stub, worker, proxy)
@@ -150,13 +156,14 @@ def test_drain_deadline_stops_the_job_and_reports_it_failed_retryable(shared: Sh
 # ---- failures around the worker ----------------------------------------------------------------------------
 
 
-def test_killed_worker_job_is_requeued_and_done_by_another(tmp_path: Path, stubs: StubSet,
-                                                            workers: WorkerSet) -> None:
+def test_killed_worker_job_is_requeued_and_done_by_another(tmp_path: Path, stubs: StubSet, workers: WorkerSet) -> None:
     stub = stubs.start(LEASE_SECONDS=4)
     first = workers.add(WorkerProcess.buffer(tmp_path / "a", stub.url, name="a", BUFFER_WORKER_ID="worker-a"))
     first.wait_for_event("claiming jobs")
     job_id = stub.submit("interrupted", **MEDIUM)
-    wait_job(stub, job_id, lambda v: v["worker_id"] == "worker-a" and v["status"] == "running", 60, "worker-a running it")
+    wait_job(
+        stub, job_id, lambda v: v["worker_id"] == "worker-a" and v["status"] == "running", 60, "worker-a running it"
+    )
     # Started now, so its model loads while the lease runs out.
     second = workers.add(WorkerProcess.buffer(tmp_path / "b", stub.url, name="b", BUFFER_WORKER_ID="worker-b"))
     first.kill()
@@ -165,8 +172,11 @@ def test_killed_worker_job_is_requeued_and_done_by_another(tmp_path: Path, stubs
 
     assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 2, "worker-b"), view
     assert second.events("job claimed", job_id=job_id, attempt=2)
-    assert [line for line in stub.log_text().splitlines()
-            if '"event": "lease expired"' in line and '"worker_id": "worker-a"' in line]
+    assert [
+        line
+        for line in stub.log_text().splitlines()
+        if '"event": "lease expired"' in line and '"worker_id": "worker-a"' in line
+    ]
     frames, _ = read_video(video_path(view["result"]))
     assert frames.shape[0] == MEDIUM["num_frames"]
 
@@ -182,8 +192,7 @@ def finish_in_the_dark(stub: StubProcess, worker: WorkerProcess, prompt: str) ->
     return job_id
 
 
-def test_results_survive_stub_outages_and_a_worker_restart(tmp_path: Path, stubs: StubSet,
-                                                           workers: WorkerSet) -> None:
+def test_results_survive_stub_outages_and_a_worker_restart(tmp_path: Path, stubs: StubSet, workers: WorkerSet) -> None:
     stub = stubs.start(LEASE_SECONDS=60)
     # No BUFFER_WORKER_ID: the id kept in STATE_DIR/worker_id is what lets the next start deliver a result.
     first = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, name="first"))
@@ -214,13 +223,15 @@ def test_results_survive_stub_outages_and_a_worker_restart(tmp_path: Path, stubs
     assert second.events("final status delivered", job_id=job_id, outcome="ok")
 
 
-def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(tmp_path: Path, stubs: StubSet,
-                                                                  workers: WorkerSet) -> None:
+def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(
+    tmp_path: Path, stubs: StubSet, workers: WorkerSet
+) -> None:
     stub = stubs.start()
     job_id = stub.submit("nobody may take this", **SMALL)
     bad_key = "not-the-key-0123"
-    worker = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2",
-                                                RETRY_MAX_S="10"))
+    worker = workers.add(
+        WorkerProcess.buffer(tmp_path / "w", stub.url, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2", RETRY_MAX_S="10")
+    )
     wait_for(lambda: len(worker.events("claim refused")) >= 4, 60, interval_s=0.1, what="four refused claims")
 
     refusals = worker.events("claim refused")
@@ -239,18 +250,29 @@ def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(tmp_path: Path
 # ---- heartbeats and the drain, through a recording proxy ---------------------------------------------------
 
 
-def test_heartbeat_cadence_during_a_long_job_and_sigterm_drain(tmp_path: Path, stubs: StubSet,
-                                                               workers: WorkerSet) -> None:
+def test_heartbeat_cadence_during_a_long_job_and_sigterm_drain(
+    tmp_path: Path, stubs: StubSet, workers: WorkerSet
+) -> None:
     stub = stubs.start()
     with RecordingProxy(stub.url) as proxy:
-        worker = workers.add(WorkerProcess.buffer(tmp_path / "w", proxy.url, BUFFER_WORKER_ID="w-beat",
-                                                  HEARTBEAT_INTERVAL_S="5", PROGRESS_MIN_INTERVAL_S="1",
-                                                  OMP_NUM_THREADS="2"))
+        worker = workers.add(
+            WorkerProcess.buffer(
+                tmp_path / "w",
+                proxy.url,
+                BUFFER_WORKER_ID="w-beat",
+                HEARTBEAT_INTERVAL_S="5",
+                PROGRESS_MIN_INTERVAL_S="1",
+                OMP_NUM_THREADS="2",
+            )
+        )
         worker.wait_for_event("claiming jobs")
         job_id = stub.submit("a long one", seed=5, **LONG)
         wait_job(stub, job_id, lambda v: v["stage"] == "decoding", 120, "decoding")
-        wait_for(lambda: len([s for s in proxy.requests("/heartbeat") if s.body["job_id"] == job_id]) >= 2, 30,
-                 what="two busy heartbeats")
+        wait_for(
+            lambda: len([s for s in proxy.requests("/heartbeat") if s.body["job_id"] == job_id]) >= 2,
+            30,
+            what="two busy heartbeats",
+        )
         signalled_at = time.monotonic()
         worker.signal(signal.SIGTERM)
         code = worker.wait(180)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers_procs import WorkerProcess, start_stub, wait_final, wait_health
 from helpers_video import read_video
 from stub_fixtures import free_port
@@ -19,8 +18,14 @@ def dispatched(tmp_path_factory):
     port = free_port()
     worker = WorkerProcess.queue(tmp / "worker", port, ALLOW_PRIVATE_IMAGE_URLS="false").start()
     wait_health(f"http://127.0.0.1:{port}", ("ready",))
-    stub = start_stub(tmp / "stub", "stub", "--dispatch-to", f"http://127.0.0.1:{port}/generate",
-                      DISPATCH_RETRY_BASE_S=0.1, DISPATCH_RETRY_MAX_S=0.2)
+    stub = start_stub(
+        tmp / "stub",
+        "stub",
+        "--dispatch-to",
+        f"http://127.0.0.1:{port}/generate",
+        DISPATCH_RETRY_BASE_S=0.1,
+        DISPATCH_RETRY_MAX_S=0.2,
+    )
     yield stub, worker
     stub.kill()
     worker.stop()

@@ -36,7 +36,9 @@ def test_documented_defaults_match_the_code():
     defaults = {name: field.default for name, field in Settings.model_fields.items() if field.default_factory is None}
     wrong = []
     rows = []  # a row may name several: | `PORT`, `HOST` | `8000`, `0.0.0.0` | …
-    for names, cell in re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M):
+    for names, cell in re.findall(
+        r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M
+    ):
         names, shown = re.findall(r"`([^`]*)`", names), re.findall(r"`([^`]*)`", cell)
         rows += zip(names, shown) if len(names) == len(shown) else []
     assert len(rows) > 25

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers_video import read_video
+
 from worker_app_fastwan.encoder import EncodeError, Mp4Writer, encode_mp4
 
 

@@ -49,8 +49,13 @@ def _env(fake: Path, *, salad_on_path: bool = True, **extra: str) -> dict[str, s
     """No worker setting leaks in from the runner's environment; the stand-ins unless told otherwise."""
     env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     path = os.environ.get("PATH", "/usr/bin:/bin")
-    env.update(PATH=f"{fake / 'bin'}:{path}" if salad_on_path else path, FAKE_DIR=str(fake),
-               PYTHON=str(fake / "fake_python.sh"), DRAIN_TIMEOUT_S="1", STOP_MARGIN_S="2")
+    env.update(
+        PATH=f"{fake / 'bin'}:{path}" if salad_on_path else path,
+        FAKE_DIR=str(fake),
+        PYTHON=str(fake / "fake_python.sh"),
+        DRAIN_TIMEOUT_S="1",
+        STOP_MARGIN_S="2",
+    )
     env.update(extra)
     return env
 
@@ -59,8 +64,15 @@ class Script:
     """The entrypoint as a process of its own session, so that cleanup can end everything it started."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen([str(SCRIPT)], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(SCRIPT)],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def finish(self, timeout: float = 15) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
@@ -119,16 +131,33 @@ def _gone_soon(pid: int, timeout: float = 5) -> bool:
 
 # --- the environment check ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("extra", "named"), [
-    ({"WORKER_MODE": "turbo", "PORT": "80a", "PIPELINE_BACKEND": "onnx"}, ["WORKER_MODE", "PORT", "PIPELINE_BACKEND"]),
-    ({"PORT": "70000", "STORAGE_BACKEND": "s3", "DRAIN_TIMEOUT_S": "soon"}, ["PORT", "STORAGE_BACKEND", "DRAIN_TIMEOUT_S"]),
-    ({"WORKER_MODE": "buffer"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
-    ({"B2_KEY_ID": "key-id-value-1234", "B2_APP_KEY": "app-key-secret-5678"}, ["B2_BUCKET_NAME"]),
-    ({"STORAGE_BACKEND": "b2"}, ["B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME"]),
-    ({"ORCHESTRATOR_BASE_URL": "ftp://user:hunter2@orch.example"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
-    ({"WORKER_MODE": "buffer", "ORCHESTRATOR_BASE_URL": "http://127.0.0.1:9", "INTERNAL_API_KEY": "k",
-      "BUFFER_WORKER_ID": "vast 1/2"}, ["BUFFER_WORKER_ID"]),
-])
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (
+            {"WORKER_MODE": "turbo", "PORT": "80a", "PIPELINE_BACKEND": "onnx"},
+            ["WORKER_MODE", "PORT", "PIPELINE_BACKEND"],
+        ),
+        (
+            {"PORT": "70000", "STORAGE_BACKEND": "s3", "DRAIN_TIMEOUT_S": "soon"},
+            ["PORT", "STORAGE_BACKEND", "DRAIN_TIMEOUT_S"],
+        ),
+        ({"WORKER_MODE": "buffer"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
+        ({"B2_KEY_ID": "key-id-value-1234", "B2_APP_KEY": "app-key-secret-5678"}, ["B2_BUCKET_NAME"]),
+        ({"STORAGE_BACKEND": "b2"}, ["B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME"]),
+        ({"ORCHESTRATOR_BASE_URL": "ftp://user:hunter2@orch.example"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
+        (
+            {
+                "WORKER_MODE": "buffer",
+                "ORCHESTRATOR_BASE_URL": "http://127.0.0.1:9",
+                "INTERNAL_API_KEY": "k",
+                "BUFFER_WORKER_ID": "vast 1/2",
+            },
+            ["BUFFER_WORKER_ID"],
+        ),
+    ],
+)
 def test_bad_environment_exits_2_naming_each_variable(fake, run_script, extra, named):
     code, out, err = run_script(_env(fake, **extra)).finish()
     assert code == 2, err
@@ -142,6 +171,7 @@ def test_bad_environment_exits_2_naming_each_variable(fake, run_script, extra, n
 
 
 # --- queue mode supervision, with stand-ins -------------------------------------------------------------
+
 
 def test_sigterm_reaches_both_and_script_exits_0(fake, run_script):
     script = run_script(_env(fake))
@@ -227,9 +257,17 @@ def test_salad_binary_can_be_named_by_path(fake, run_script):
 
 # --- buffer mode: exec ----------------------------------------------------------------------------------
 
+
 def test_buffer_mode_execs_the_buffer_command(fake, run_script):
-    env = _env(fake, WORKER_MODE="buffer", ORCHESTRATOR_BASE_URL="http://127.0.0.1:9", INTERNAL_API_KEY="k",
-               B2_KEY_ID="a", B2_APP_KEY="b", B2_BUCKET_NAME="c")
+    env = _env(
+        fake,
+        WORKER_MODE="buffer",
+        ORCHESTRATOR_BASE_URL="http://127.0.0.1:9",
+        INTERNAL_API_KEY="k",
+        B2_KEY_ID="a",
+        B2_APP_KEY="b",
+        B2_BUCKET_NAME="c",
+    )
     script = run_script(env)
     code, out, err = script.finish()
     assert code == 0, err
@@ -243,8 +281,13 @@ def test_baked_model_becomes_model_path_unless_one_is_set(fake, run_script):
     baked = fake / "baked"
     baked.mkdir()
     (baked / "model_index.json").write_text("{}")
-    env = _env(fake, WORKER_MODE="buffer", ORCHESTRATOR_BASE_URL="http://127.0.0.1:9", INTERNAL_API_KEY="k",
-               BAKED_MODEL_PATH=str(baked))
+    env = _env(
+        fake,
+        WORKER_MODE="buffer",
+        ORCHESTRATOR_BASE_URL="http://127.0.0.1:9",
+        INTERNAL_API_KEY="k",
+        BAKED_MODEL_PATH=str(baked),
+    )
     code, _, err = run_script(env).finish()
     assert code == 0 and (fake / "app.model_path").read_text().strip() == str(baked)
     assert "baked into the image" in err
@@ -314,6 +357,7 @@ def test_deploy_doc_shows_the_settings_the_image_sets():
 
 # --- the real app ---------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -330,13 +374,24 @@ def _health(port: int) -> int | None:
         return None
 
 
-@pytest.mark.skipif(not (REPO / "worker_app_fastwan" / "queue_mode.py").exists(),
-                    reason="worker_app_fastwan/queue_mode.py (the `serve` command) is not written yet")
+@pytest.mark.skipif(
+    not (REPO / "worker_app_fastwan" / "queue_mode.py").exists(),
+    reason="worker_app_fastwan/queue_mode.py (the `serve` command) is not written yet",
+)
 def test_real_app_with_stand_in_salad_starts_and_drains_on_sigterm(fake, run_script):
     port = _free_port()
-    env = _env(fake, PYTHON=sys.executable, PIPELINE_BACKEND="tiny", STORAGE_BACKEND="local", PORT=str(port),
-               HOST="127.0.0.1", LOCAL_OUTPUT_DIR=str(fake / "outputs"), STATE_DIR=str(fake / "state"),
-               DRAIN_TIMEOUT_S="10", HF_HUB_OFFLINE="1")
+    env = _env(
+        fake,
+        PYTHON=sys.executable,
+        PIPELINE_BACKEND="tiny",
+        STORAGE_BACKEND="local",
+        PORT=str(port),
+        HOST="127.0.0.1",
+        LOCAL_OUTPUT_DIR=str(fake / "outputs"),
+        STATE_DIR=str(fake / "state"),
+        DRAIN_TIMEOUT_S="10",
+        HF_HUB_OFFLINE="1",
+    )
     script = run_script(env)
     salad_pid = int(_wait_for(fake / "salad.pid"))
     deadline, seen = time.monotonic() + 120, []
@@ -357,6 +412,7 @@ def test_real_app_with_stand_in_salad_starts_and_drains_on_sigterm(fake, run_scr
 
 
 # --- linters ----------------------------------------------------------------------------------------------
+
 
 def _tool(name: str) -> str:
     path = VENV_BIN / name
@@ -380,6 +436,7 @@ def test_shellcheck_clean():
 
 
 def test_hadolint_clean():
-    proc = subprocess.run([_tool("hadolint"), str(REPO / "Dockerfile.fastwan")], capture_output=True, text=True,
-                          cwd=REPO)
+    proc = subprocess.run(
+        [_tool("hadolint"), str(REPO / "Dockerfile.fastwan")], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

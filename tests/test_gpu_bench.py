@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from helpers_video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +59,32 @@ def test_random_weights_have_the_dtypes_from_pretrained_gives(tmp_path: Path) ->
 
 def test_tiny_scale_runs_both_paths_on_cpu(tmp_path: Path) -> None:
     out, videos = tmp_path / "gpu.json", tmp_path / "videos"
-    subprocess.run([sys.executable, str(SCRIPT), "--scale", "tiny", "--device", "cpu", "--width", "256",
-                    "--height", "256", "--frames", "9", "--warmup", "0", "--videos", str(videos), "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--scale",
+            "tiny",
+            "--device",
+            "cpu",
+            "--width",
+            "256",
+            "--height",
+            "256",
+            "--frames",
+            "9",
+            "--warmup",
+            "0",
+            "--videos",
+            str(videos),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     for key in ("plain_denoise", "plain_total", "project_denoise", "project_decode_and_encode", "project_total"):
         assert report[key] > 0, key
@@ -86,8 +108,10 @@ def test_device_wheels_moves_ffmpeg_out_of_its_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("imageio_ffmpeg/__init__.py", "version = 1\n")
         zf.writestr(binary_name, binary)
-        zf.writestr("imageio_ffmpeg-0.8.1.dist-info/RECORD",
-                    f"imageio_ffmpeg/__init__.py,sha256=a,12\n{binary_name},sha256=b,256000\n")
+        zf.writestr(
+            "imageio_ffmpeg-0.8.1.dist-info/RECORD",
+            f"imageio_ffmpeg/__init__.py,sha256=a,12\n{binary_name},sha256=b,256000\n",
+        )
 
     device_wheels.split_ffmpeg(wheel, tmp_path / "ffmpeg.xz")
     device_wheels.split_ffmpeg(wheel, tmp_path / "ffmpeg.xz")  # a second run finds it stripped, leaves nothing

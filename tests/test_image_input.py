@@ -112,9 +112,7 @@ def server() -> Iterator[tuple[str, FastAPI]]:
 
 
 def fetch(url: str, dest: Path, *, allow_private: bool = True, timeout_s: float = 5.0) -> Path:
-    return asyncio.run(
-        download_image(url, dest, allow_private=allow_private, max_bytes=MAX_BYTES, timeout_s=timeout_s)
-    )
+    return asyncio.run(download_image(url, dest, allow_private=allow_private, max_bytes=MAX_BYTES, timeout_s=timeout_s))
 
 
 def failure(url: str, dest: Path, **kwargs: object) -> JobFailure:
@@ -123,8 +121,16 @@ def failure(url: str, dest: Path, **kwargs: object) -> JobFailure:
     return info.value
 
 
-@pytest.mark.parametrize(("name", "size"), [("img.png", (40, 24)), ("img.jpg", (33, 17)), ("img.webp", (16, 48)),
-                                            ("untyped.png", (40, 24)), ("rotated.jpg", (17, 33))])
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("img.png", (40, 24)),
+        ("img.jpg", (33, 17)),
+        ("img.webp", (16, 48)),
+        ("untyped.png", (40, 24)),
+        ("rotated.jpg", (17, 33)),
+    ],
+)
 def test_images_become_trusted_rgb_pngs(server, tmp_path: Path, name: str, size: tuple[int, int]) -> None:
     base, _ = server
     path = fetch(f"{base}/f/{name}", tmp_path / "in")

@@ -100,6 +100,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 # --- MODEL_PATH -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["index", "subfolders"])
 def test_model_path_is_used_without_network(tmp_path, no_network, layout):
     folder = _fake_model(tmp_path / "model", layout)
@@ -132,6 +133,7 @@ def test_download_into_a_model_path_that_already_holds_the_model_is_a_no_op(tmp_
 
 # --- the hub cache, in process ----------------------------------------------------------------------------
 
+
 def test_cached_snapshot_is_used_offline(hub_cache, no_network):
     snapshot = _fake_cache(hub_cache, DEFAULT_MODEL_ID)
     assert resolve_model_source(_settings()) == snapshot
@@ -161,6 +163,7 @@ def test_main_download_returns_1_with_one_line(hub_cache, no_network, capsys):
 
 # --- the real process, configured by its environment ------------------------------------------------------
 
+
 def test_offline_download_subprocess_exits_1_with_one_line(tmp_path):
     env = _env(tmp_path, HF_HUB_OFFLINE="1")
     proc, took = _run(["-m", "worker_app_fastwan.model_fetch"], env, tmp_path)
@@ -174,8 +177,7 @@ def test_offline_download_subprocess_exits_1_with_one_line(tmp_path):
 
 def test_unreachable_hub_subprocess_is_fast_and_one_line(tmp_path):
     port = _closed_port()
-    env = _env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_ETAG_TIMEOUT="2",
-               HF_HUB_DOWNLOAD_TIMEOUT="2")
+    env = _env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
     proc, took = _run(["-m", "worker_app_fastwan.model_fetch"], env, tmp_path)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -196,8 +198,7 @@ def test_cli_download_model_subcommand(tmp_path):
 
 
 def test_module_import_does_not_import_the_hub():
-    code = ("import sys; import worker_app_fastwan.model_fetch; "
-            "print('huggingface_hub' in sys.modules)")
+    code = "import sys; import worker_app_fastwan.model_fetch; print('huggingface_hub' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert out.stdout.strip() == "False", out.stderr
     assert model_fetch.IGNORE_PATTERNS  # and the module is importable here

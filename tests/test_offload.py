@@ -24,11 +24,22 @@ from worker_app_fastwan.schema import ErrorCode
 DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 
 
-@pytest.mark.parametrize(("vram_gb", "profile"), [
-    (10, "low_vram"), (16, "low_vram"), (24, "balanced"), (48, "none"), (80, "none"),
-    # what torch reports for some real cards (less than the nominal size)
-    (15.7, "low_vram"), (22.0, "balanced"), (23.6, "balanced"), (79.1, "none"), (139.8, "none"),
-])
+@pytest.mark.parametrize(
+    ("vram_gb", "profile"),
+    [
+        (10, "low_vram"),
+        (16, "low_vram"),
+        (24, "balanced"),
+        (48, "none"),
+        (80, "none"),
+        # what torch reports for some real cards (less than the nominal size)
+        (15.7, "low_vram"),
+        (22.0, "balanced"),
+        (23.6, "balanced"),
+        (79.1, "none"),
+        (139.8, "none"),
+    ],
+)
 def test_auto_profile_by_card_size(vram_gb, profile):
     assert choose_profile("auto", vram_gb) == profile
 
@@ -63,10 +74,12 @@ def test_unknown_profile_is_refused_naming_the_setting():
 
 
 def test_plans():
-    assert plan_for("none") == OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=False,
-                                           vae_tiling=False)
-    assert plan_for("balanced") == OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=True,
-                                               vae_tiling=True)
+    assert plan_for("none") == OffloadPlan(
+        model_cpu_offload=False, text_encoder_off_gpu_after_encode=False, vae_tiling=False
+    )
+    assert plan_for("balanced") == OffloadPlan(
+        model_cpu_offload=False, text_encoder_off_gpu_after_encode=True, vae_tiling=True
+    )
     assert plan_for("low_vram").model_cpu_offload and plan_for("low_vram").vae_tiling
     with pytest.raises(AttributeError):
         plan_for("none").vae_tiling = True  # frozen: a plan is shared, never edited

@@ -24,6 +24,7 @@ def failed(code: ErrorCode = ErrorCode.internal, message: str = "boom") -> Statu
 
 def client_for(answers: dict[str, list[int]], seen: list[tuple[str, dict]]) -> OrchestratorClient:
     """A real OrchestratorClient over a scripted transport: per job id, the status codes to answer in turn."""
+
     def handle(request: httpx.Request) -> httpx.Response:
         job_id = request.url.path.split("/")[-2]
         seen.append((job_id, json.loads(request.content)))
@@ -31,8 +32,9 @@ def client_for(answers: dict[str, list[int]], seen: list[tuple[str, dict]]) -> O
         code = script.pop(0) if len(script) > 1 else script[0]
         return httpx.Response(code, json={})
 
-    return OrchestratorClient("http://orchestrator.test", KEY, retry_initial_s=0.001, retry_max_s=0.01,
-                              transport=httpx.MockTransport(handle))
+    return OrchestratorClient(
+        "http://orchestrator.test", KEY, retry_initial_s=0.001, retry_max_s=0.01, transport=httpx.MockTransport(handle)
+    )
 
 
 def test_put_writes_the_whole_update_and_replaces_an_earlier_one(tmp_path: Path) -> None:
@@ -93,7 +95,9 @@ def test_removed_after_ok_and_after_gone_kept_after_another_4xx(tmp_path: Path) 
     for job_id in ("ok-job", "gone-job", "bad-job"):
         box.put(job_id, failed())
 
-    outcomes = {job_id: asyncio.run(deliver(box, client, job_id, failed())) for job_id in ("ok-job", "gone-job", "bad-job")}
+    outcomes = {
+        job_id: asyncio.run(deliver(box, client, job_id, failed())) for job_id in ("ok-job", "gone-job", "bad-job")
+    }
 
     assert outcomes == {"ok-job": "ok", "gone-job": "gone", "bad-job": "kept"}
     assert [job_id for job_id, _ in seen] == ["ok-job"] * 3 + ["gone-job", "bad-job"], "5xx retried, 4xx not"
@@ -108,10 +112,12 @@ def test_send_final_stores_before_it_sends(tmp_path: Path) -> None:
         on_disk_when_sent.append(box.path("job-1").exists())
         return httpx.Response(503 if len(on_disk_when_sent) < 2 else 200, json={})
 
-    client = OrchestratorClient("http://orchestrator.test", KEY, retry_initial_s=0.001, retry_max_s=0.01,
-                                transport=httpx.MockTransport(handle))
-    update = StatusUpdate(worker_id="w1", status="failed",
-                          error=JobError(code=ErrorCode.cancelled, message="stop", retryable=False))
+    client = OrchestratorClient(
+        "http://orchestrator.test", KEY, retry_initial_s=0.001, retry_max_s=0.01, transport=httpx.MockTransport(handle)
+    )
+    update = StatusUpdate(
+        worker_id="w1", status="failed", error=JobError(code=ErrorCode.cancelled, message="stop", retryable=False)
+    )
     assert asyncio.run(send_final(box, client, "job-1", update)) == "ok"
     assert on_disk_when_sent == [True, True]
     assert not box.path("job-1").exists()

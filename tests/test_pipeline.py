@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers_video import gradient_image, read_video
+
 from worker_app_fastwan.encoder import encode_mp4
 from worker_app_fastwan.pipelines.dmd import DMD_TIMESTEPS, dmd_timesteps
 from worker_app_fastwan.schema import JobInput
@@ -88,8 +88,17 @@ def test_project_loop_matches_plain_pipeline_call(tiny_backend, mode):
     gen.scheduler.generator = g  # the plain call re-noises through the scheduler's own generator
     try:
         kwargs = dict(image=image) if image else {}
-        plain = plain_pipe(prompt=job.prompt, height=256, width=256, num_frames=9, num_inference_steps=3,
-                           guidance_scale=1.0, generator=g, output_type="latent", **kwargs).frames
+        plain = plain_pipe(
+            prompt=job.prompt,
+            height=256,
+            width=256,
+            num_frames=9,
+            num_inference_steps=3,
+            guidance_scale=1.0,
+            generator=g,
+            output_type="latent",
+            **kwargs,
+        ).frames
     finally:
         gen.scheduler.generator = None
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)

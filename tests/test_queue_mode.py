@@ -12,11 +12,11 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
-
 from helpers_http import free_port, serve
 from helpers_procs import WORKER_START_S, WorkerProcess, wait_health
 from helpers_video import gradient_image, png_bytes, read_video
 from stub_fixtures import API_KEY
+
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 SLOW = {"width": 512, "height": 512, "num_frames": 33}
 
@@ -40,8 +40,15 @@ class Recorder:
 
 
 def start_worker(tmp: Path, port: int, orchestrator: str, **env: str) -> WorkerProcess:
-    return WorkerProcess.queue(tmp, port, name=f"worker-{port}", ORCHESTRATOR_BASE_URL=orchestrator,
-                               ALLOW_PRIVATE_IMAGE_URLS="true", PROGRESS_MIN_INTERVAL_S="0.2", **env).start()
+    return WorkerProcess.queue(
+        tmp,
+        port,
+        name=f"worker-{port}",
+        ORCHESTRATOR_BASE_URL=orchestrator,
+        ALLOW_PRIVATE_IMAGE_URLS="true",
+        PROGRESS_MIN_INTERVAL_S="0.2",
+        **env,
+    ).start()
 
 
 def wait_status(base: str, want: str, timeout_s: float = WORKER_START_S) -> dict:
@@ -87,7 +94,9 @@ def test_start_up_logs_the_settings_but_never_the_key(worker):
 def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
     (tmp_path / "empty-model").mkdir()
     port = free_port()
-    proc = WorkerProcess.queue(tmp_path, port, PIPELINE_BACKEND="diffusers", MODEL_PATH=str(tmp_path / "empty-model")).start()
+    proc = WorkerProcess.queue(
+        tmp_path, port, PIPELINE_BACKEND="diffusers", MODEL_PATH=str(tmp_path / "empty-model")
+    ).start()
     base = f"http://127.0.0.1:{port}"
     try:
         body = wait_status(base, "unhealthy")
@@ -100,8 +109,9 @@ def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
 
 
 def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
-    resp = post(worker["base"], {"prompt": "a paper boat", **SMALL, "fps": 8, "seed": 3},
-                **{"Salad-Job-Id": "salad-t2v-1"})
+    resp = post(
+        worker["base"], {"prompt": "a paper boat", **SMALL, "fps": 8, "seed": 3}, **{"Salad-Job-Id": "salad-t2v-1"}
+    )
     assert resp.status_code == 200, resp.text
     result = resp.json()
     assert result["job_id"] == "salad-t2v-1" and result["storage_key"] == "videos/salad-t2v-1.mp4"
@@ -111,8 +121,14 @@ def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
 
 
 def test_i2v_job_from_a_loopback_image_host(worker, recorder):
-    body = {"prompt": "the picture comes alive", "image_url": f"{recorder.url}/image.png", "width": 320,
-            "height": 256, "num_frames": 13, "job_id": "i2v-1"}
+    body = {
+        "prompt": "the picture comes alive",
+        "image_url": f"{recorder.url}/image.png",
+        "width": 320,
+        "height": 256,
+        "num_frames": 13,
+        "job_id": "i2v-1",
+    }
     resp = post(worker["base"], body)
     assert resp.status_code == 200, resp.text
     result = resp.json()
@@ -121,11 +137,19 @@ def test_i2v_job_from_a_loopback_image_host(worker, recorder):
     assert frames.shape == (13, 256, 320, 3)
 
 
-@pytest.mark.parametrize(("patch", "field"), [
-    ({"width": 300}, "width"), ({"num_frames": 12}, "num_frames"), ({"prompt": ""}, "prompt"),
-    ({"image_url": "file:///etc/passwd"}, "image_url"), ({"fps": 0}, "fps"), ({"seed": -5}, "seed"),
-    ({"num_inference_steps": 20}, "num_inference_steps"), ({"job_id": "bad id!"}, "job_id"),
-])
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"width": 300}, "width"),
+        ({"num_frames": 12}, "num_frames"),
+        ({"prompt": ""}, "prompt"),
+        ({"image_url": "file:///etc/passwd"}, "image_url"),
+        ({"fps": 0}, "fps"),
+        ({"seed": -5}, "seed"),
+        ({"num_inference_steps": 20}, "num_inference_steps"),
+        ({"job_id": "bad id!"}, "job_id"),
+    ],
+)
 def test_each_invalid_field_is_a_422_naming_it(worker, patch, field):
     resp = post(worker["base"], {"prompt": "ok", **SMALL, **patch})
     assert resp.status_code == 422
@@ -135,8 +159,9 @@ def test_each_invalid_field_is_a_422_naming_it(worker, patch, field):
 
 
 def test_malformed_json_is_a_final_4xx(worker):
-    resp = httpx.post(f"{worker['base']}/generate", content=b"{not json", timeout=10,
-                      headers={"Content-Type": "application/json"})
+    resp = httpx.post(
+        f"{worker['base']}/generate", content=b"{not json", timeout=10, headers={"Content-Type": "application/json"}
+    )
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_input"
 
 
@@ -186,7 +211,10 @@ def _counter(base: str, labels: str) -> float:
 
 def test_metrics_count_jobs(worker):
     base = worker["base"]
-    completed, invalid = _counter(base, 'code="",outcome="completed"'), _counter(base, 'code="invalid_input",outcome="failed"')
+    completed, invalid = (
+        _counter(base, 'code="",outcome="completed"'),
+        _counter(base, 'code="invalid_input",outcome="failed"'),
+    )
     assert post(base, {"prompt": "count me", **SMALL}).status_code == 200
     assert post(base, {"prompt": "count me", **SMALL, "width": 100}).status_code == 422
     assert _counter(base, 'code="",outcome="completed"') == completed + 1
@@ -234,6 +262,7 @@ def test_queue_mode_uploads_to_b2(tmp_path):
     import urllib.parse
 
     from helpers_b2 import download, new_api
+
     from worker_app_fastwan.metrics import Metrics
     from worker_app_fastwan.queue_mode import QueueWorker, create_app
     from worker_app_fastwan.runner import JobRunner

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers_loop import LoopThread
 from helpers_video import read_video
+
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.runner import Busy, JobRunner, RunnerState
 from worker_app_fastwan.schema import ErrorCode
@@ -31,8 +31,9 @@ def loop():
 @pytest.fixture(scope="module")
 def runner(loop, tmp_path_factory):
     root = tmp_path_factory.mktemp("runner")
-    settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state",
-                             LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600)
+    settings = load_settings(
+        None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state", LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600
+    )
     runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
     loop.run(runner.start())
     assert runner.state is RunnerState.ready
@@ -63,7 +64,12 @@ def test_t2v_job_result_matches_the_stored_video(loop, runner):
     assert frames.shape == (9, 256, 256, 3)
     assert result.timings.inference_s > 0 and result.timings.total_s >= result.timings.inference_s
     stages = [s for s, _ in seen]
-    assert stages.index("encoding_prompt") < stages.index("denoising") < stages.index("decoding") < stages.index("uploading")
+    assert (
+        stages.index("encoding_prompt")
+        < stages.index("denoising")
+        < stages.index("decoding")
+        < stages.index("uploading")
+    )
     progress = [p for _, p in seen]
     assert progress == sorted(progress) and progress[-1] >= 0.95
 

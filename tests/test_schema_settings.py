@@ -52,19 +52,22 @@ def test_non_object_body_is_invalid_input():
         parse_job_input(["prompt"])
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"PIPELINE_BACKEND": "onnx"}, "PIPELINE_BACKEND"),
-    ({"WORKER_MODE": "batch"}, "WORKER_MODE"),
-    ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND"),
-    ({"B2_KEY_ID": "k", "B2_BUCKET_NAME": "b"}, "B2_APP_KEY"),
-    ({"STORAGE_BACKEND": "b2"}, "B2_KEY_ID"),
-    ({"ORCHESTRATOR_BASE_URL": "http://o"}, "INTERNAL_API_KEY"),
-    ({"ORCHESTRATOR_BASE_URL": "o.example", "INTERNAL_API_KEY": "k"}, "ORCHESTRATOR_BASE_URL"),
-    ({"PORT": "eighty"}, "PORT"),
-    ({"HEARTBEAT_INTERVAL_S": "-1"}, "HEARTBEAT_INTERVAL_S"),
-    ({"MODEL_PATH": "/no/such/folder"}, "MODEL_PATH"),
-    ({"BUFFER_WORKER_ID": "has space"}, "BUFFER_WORKER_ID"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PIPELINE_BACKEND": "onnx"}, "PIPELINE_BACKEND"),
+        ({"WORKER_MODE": "batch"}, "WORKER_MODE"),
+        ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND"),
+        ({"B2_KEY_ID": "k", "B2_BUCKET_NAME": "b"}, "B2_APP_KEY"),
+        ({"STORAGE_BACKEND": "b2"}, "B2_KEY_ID"),
+        ({"ORCHESTRATOR_BASE_URL": "http://o"}, "INTERNAL_API_KEY"),
+        ({"ORCHESTRATOR_BASE_URL": "o.example", "INTERNAL_API_KEY": "k"}, "ORCHESTRATOR_BASE_URL"),
+        ({"PORT": "eighty"}, "PORT"),
+        ({"HEARTBEAT_INTERVAL_S": "-1"}, "HEARTBEAT_INTERVAL_S"),
+        ({"MODEL_PATH": "/no/such/folder"}, "MODEL_PATH"),
+        ({"BUFFER_WORKER_ID": "has space"}, "BUFFER_WORKER_ID"),
+    ],
+)
 def test_bad_setting_is_one_line_naming_the_variable(monkeypatch, env, variable):
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -10,7 +10,6 @@ from urllib.request import url2pathname
 
 import pytest
 from b2sdk.v2 import B2Api, RawSimulator
-
 from helpers_b2 import FlakySimulator, download, new_api
 
 from worker_app_fastwan.errors import JobFailure

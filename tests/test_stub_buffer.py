@@ -16,14 +16,25 @@ def test_submit_claim_run_complete(stub: StubProcess) -> None:
     assert job["attempt"] == 1
     assert job["lease_seconds"] == 30
     assert job["input"]["prompt"] == "a lighthouse at dusk"
-    assert (job["input"]["width"], job["input"]["height"], job["input"]["num_frames"], job["input"]["seed"]) == (640, 352, 81, 7)
+    assert (job["input"]["width"], job["input"]["height"], job["input"]["num_frames"], job["input"]["seed"]) == (
+        640,
+        352,
+        81,
+        7,
+    )
     assert stub.claim("w2").status_code == 204, "the only job is taken"
 
     assert stub.status(job_id, "w1", "running").status_code == 200
     progress = {"worker_id": "w1", "stage": "denoising", "progress": 0.5, "step": 2, "total_steps": 3}
     assert stub.post(f"/internal/videogen/jobs/{job_id}/progress", progress).status_code == 204
     view = stub.job(job_id)
-    assert (view["status"], view["stage"], view["progress"], view["step"], view["worker_id"]) == ("running", "denoising", 0.5, 2, "w1")
+    assert (view["status"], view["stage"], view["progress"], view["step"], view["worker_id"]) == (
+        "running",
+        "denoising",
+        0.5,
+        2,
+        "w1",
+    )
 
     response = stub.status(job_id, "w1", "completed")
     assert response.status_code == 200, response.text
@@ -61,9 +72,18 @@ def test_wrong_or_missing_key_is_refused_and_changes_nothing(stub: StubProcess) 
     calls = [
         ("/internal/buffer/jobs/claim", {"worker_id": "intruder"}),
         ("/internal/buffer/workers/intruder/heartbeat", {"state": "idle"}),
-        (f"/internal/buffer/jobs/{job_id}/status", {"worker_id": "intruder", "status": "failed",
-                                                    "error": {"code": "internal", "message": "x", "retryable": False}}),
-        (f"/internal/videogen/jobs/{job_id}/progress", {"worker_id": "intruder", "stage": "denoising", "progress": 0.9}),
+        (
+            f"/internal/buffer/jobs/{job_id}/status",
+            {
+                "worker_id": "intruder",
+                "status": "failed",
+                "error": {"code": "internal", "message": "x", "retryable": False},
+            },
+        ),
+        (
+            f"/internal/videogen/jobs/{job_id}/progress",
+            {"worker_id": "intruder", "stage": "denoising", "progress": 0.9},
+        ),
     ]
     for path, body in calls:
         for key in (None, "wrong-key", API_KEY + "x", ""):

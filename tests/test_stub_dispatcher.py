@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-
 from stub_fixtures import (  # noqa: F401 (fixtures)
     API_KEY,
     Answer,
@@ -23,8 +22,11 @@ StartServer = Callable[..., ScriptedServer]
 
 
 def _final(stub: StubProcess, job_id: str, timeout_s: float = 6.0) -> dict:
-    return wait_for(lambda: (v := stub.job(job_id))["status"] in ("completed", "failed") and v, timeout_s,
-                    what="the dispatched job to finish")
+    return wait_for(
+        lambda: (v := stub.job(job_id))["status"] in ("completed", "failed") and v,
+        timeout_s,
+        what="the dispatched job to finish",
+    )
 
 
 def _busy(code: str = "generation_failed") -> dict:
@@ -37,8 +39,12 @@ def test_retryable_answer_then_success(stub_factory: StartStub, scripted_server:
     def report_progress(request: Recorded) -> None:
         # What a queue-mode worker does while it runs: progress to the orchestrator, by its Salad job id.
         body = {"worker_id": "salad-node-1", "stage": "uploading", "progress": 0.95, "step": 3, "total_steps": 3}
-        httpx.post(f"{stub_box[0].url}/internal/videogen/jobs/{request.headers['salad-job-id']}/progress",
-                   json=body, headers={"X-Internal-Api-Key": API_KEY}, timeout=5)
+        httpx.post(
+            f"{stub_box[0].url}/internal/videogen/jobs/{request.headers['salad-job-id']}/progress",
+            json=body,
+            headers={"X-Internal-Api-Key": API_KEY},
+            timeout=5,
+        )
 
     result = Answer(200, lambda request: job_result(request.headers["salad-job-id"]))
     worker = scripted_server([Answer(503, _busy()), result], on_request=report_progress)
@@ -69,8 +75,12 @@ def test_invalid_input_answer_is_final(stub_factory: StartStub, scripted_server:
     assert len(worker.requests) == 1
 
 
-def test_gives_up_after_four_attempts_with_the_last_error(stub_factory: StartStub, scripted_server: StartServer) -> None:
-    worker = scripted_server([Answer(429, _busy()), Answer(500, {"no": "error object"}), Answer(408), Answer(503, _busy("out_of_memory"))])
+def test_gives_up_after_four_attempts_with_the_last_error(
+    stub_factory: StartStub, scripted_server: StartServer
+) -> None:
+    worker = scripted_server(
+        [Answer(429, _busy()), Answer(500, {"no": "error object"}), Answer(408), Answer(503, _busy("out_of_memory"))]
+    )
     stub = stub_factory("--dispatch-to", f"{worker.url}/generate")
     first, second = stub.submit("first"), stub.submit("second")
     view = _final(stub, first)

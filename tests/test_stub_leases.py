@@ -9,7 +9,9 @@ from stub_fixtures import StubProcess, stub_factory, wait_for  # noqa: F401 (fix
 
 
 def _wait_status(stub: StubProcess, job_id: str, status: str, timeout_s: float = 5.0) -> dict:
-    return wait_for(lambda: (view := stub.job(job_id))["status"] == status and view, timeout_s, what=f"{job_id} {status}")
+    return wait_for(
+        lambda: (view := stub.job(job_id))["status"] == status and view, timeout_s, what=f"{job_id} {status}"
+    )
 
 
 def test_heartbeats_keep_the_lease(stub_factory: Callable[..., StubProcess]) -> None:
@@ -25,7 +27,9 @@ def test_heartbeats_keep_the_lease(stub_factory: Callable[..., StubProcess]) -> 
     assert stub.status(job_id, "w1", "completed").status_code == 200
 
 
-def test_expired_lease_requeues_with_next_attempt_and_old_worker_gets_409(stub_factory: Callable[..., StubProcess]) -> None:
+def test_expired_lease_requeues_with_next_attempt_and_old_worker_gets_409(
+    stub_factory: Callable[..., StubProcess],
+) -> None:
     stub = stub_factory(LEASE_SECONDS=1)
     job_id = stub.submit()
     assert stub.claim_job("w1")["attempt"] == 1

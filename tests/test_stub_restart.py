@@ -25,8 +25,14 @@ from stub_fixtures import (  # noqa: F401 (fixtures)
 
 def test_refuses_to_start_without_internal_api_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "INTERNAL_API_KEY"} | {"PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "orchestrator_stub", "--env-file", os.devnull], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator_stub", "--env-file", os.devnull],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "INTERNAL_API_KEY" in lines[0], done.stderr
@@ -59,7 +65,13 @@ def test_sigterm_then_sigkill_restarts_lose_no_job(stub_factory: Callable[..., S
     assert stub.status(done, "w1", "completed").status_code == 200, "idempotent across the restart too"
     assert stub.claim_job("w3")["job_id"] == queued
     assert stub.get("/v1/jobs").json()["total"] == 4
-    assert stub.get("/v1/queue").json()["counts"] == {"queued": 0, "claimed": 1, "running": 0, "completed": 2, "failed": 1}
+    assert stub.get("/v1/queue").json()["counts"] == {
+        "queued": 0,
+        "claimed": 1,
+        "running": 0,
+        "completed": 2,
+        "failed": 1,
+    }
 
 
 def test_pending_webhook_survives_a_restart(
@@ -102,7 +114,10 @@ def test_held_leases_restart_with_the_stub(stub_factory: Callable[..., StubProce
     assert stub.status(finished, "w1", "completed").status_code == 200, "the result made in the dark is kept"
 
     # Without a heartbeat the restarted lease still runs out, lease_seconds after the start.
-    requeued_at = wait_for(lambda: stub.job(silent)["status"] == "queued" and time.time(), lease + 3,
-                           what="the silent worker's lease to run out")
+    requeued_at = wait_for(
+        lambda: stub.job(silent)["status"] == "queued" and time.time(),
+        lease + 3,
+        what="the silent worker's lease to run out",
+    )
     assert requeued_at >= started + lease
     assert stub.claim_job("w3")["attempt"] == 2

@@ -17,8 +17,11 @@ from stub_fixtures import (  # noqa: F401 (fixtures)
 
 
 def _webhook_done(stub: StubProcess, job_id: str, timeout_s: float = 5.0) -> dict:
-    return wait_for(lambda: (v := stub.job(job_id))["webhook_state"] in ("delivered", "gave_up") and v, timeout_s,
-                    what="webhook delivery")
+    return wait_for(
+        lambda: (v := stub.job(job_id))["webhook_state"] in ("delivered", "gave_up") and v,
+        timeout_s,
+        what="webhook delivery",
+    )
 
 
 def test_completed_job_is_posted_once_even_when_reported_twice(
@@ -56,7 +59,11 @@ def test_webhook_is_retried_after_500s(
     view = _webhook_done(stub, job_id)
     assert view["webhook_state"] == "delivered"
     attempts = view["webhook_attempts"]
-    assert [(a["attempt"], a["status_code"], a["ok"]) for a in attempts] == [(1, 500, False), (2, 503, False), (3, 204, True)]
+    assert [(a["attempt"], a["status_code"], a["ok"]) for a in attempts] == [
+        (1, 500, False),
+        (2, 503, False),
+        (3, 204, True),
+    ]
     assert attempts[0]["error"] == "HTTP 500" and attempts[0]["at"].endswith("Z")
     assert len(receiver.requests) == 3
     assert [r.headers["x-stub-webhook-attempt"] for r in receiver.requests] == ["1", "2", "3"]

@@ -71,8 +71,17 @@ class HeldJob:
 
 
 class BufferWorker:
-    def __init__(self, settings: Settings, runner: JobRunner, client: OrchestratorClient, outbox: Outbox,
-                 worker_id: str, *, max_jobs: int | None = None, exit_when_idle: bool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner: JobRunner,
+        client: OrchestratorClient,
+        outbox: Outbox,
+        worker_id: str,
+        *,
+        max_jobs: int | None = None,
+        exit_when_idle: bool | None = None,
+    ) -> None:
         self.settings, self.runner, self.client, self.outbox = settings, runner, client, outbox
         self.worker_id = worker_id
         # Burst runs (tests, the demo, batches), like arq's burst mode: stop after N jobs, or once idle.
@@ -98,8 +107,7 @@ class BufferWorker:
             loop.add_signal_handler(sig, self._on_signal)
         heartbeats = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self._work = asyncio.create_task(self._main(), name="work")
-        log.info("buffer worker starting", extra={"worker_id": self.worker_id,
-                                                  "orchestrator": self.client.base_url})
+        log.info("buffer worker starting", extra={"worker_id": self.worker_id, "orchestrator": self.client.base_url})
         try:
             return await self._work
         except asyncio.CancelledError:  # cut short on purpose (and logged) by a deadline or a second signal
@@ -146,8 +154,10 @@ class BufferWorker:
                 self._work.cancel()
             return
         self.stopping.set()
-        log.info("draining", extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S,
-                                    "job_id": self.held.job_id if self.held else None})
+        log.info(
+            "draining",
+            extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S, "job_id": self.held.job_id if self.held else None},
+        )
         # The orchestrator hears of the drain now, not at the next tick; the cadence itself is unchanged.
         self._send_beat()
         self._drain = asyncio.get_running_loop().create_task(self._drain_deadlines())
@@ -170,8 +180,10 @@ class BufferWorker:
     async def _deliver(self, aw: Awaitable[object]) -> None:
         """Outbox deliveries go on until done, except in a drain: then OUTBOX_FLUSH_TIMEOUT_S at most."""
         if await self._unless_stopping(aw, grace_s=self.settings.OUTBOX_FLUSH_TIMEOUT_S) is None:
-            log.warning("final statuses not delivered in time; they stay in the outbox for the next start",
-                        extra={"outbox": str(self.outbox.folder)})
+            log.warning(
+                "final statuses not delivered in time; they stay in the outbox for the next start",
+                extra={"outbox": str(self.outbox.folder)},
+            )
 
     async def _unless_stopping(self, aw: Awaitable[_T], grace_s: float = 0.0) -> _T | None:
         """`aw`'s result; or None, with `aw` cancelled, if it is still going `grace_s` after a signal."""
@@ -220,8 +232,10 @@ class BufferWorker:
         self._refusals += 1
         delay = min(self.settings.RETRY_MAX_S, self.settings.CLAIM_POLL_S * 2 ** min(self._refusals, 16))
         hint = " check INTERNAL_API_KEY" if exc.status_code in (401, 403) else ""
-        log.error(f"claim refused by the orchestrator (HTTP {exc.status_code});{hint}",
-                  extra={"error": str(exc), "retry_in_s": round(delay, 2), "refusals": self._refusals})
+        log.error(
+            f"claim refused by the orchestrator (HTTP {exc.status_code});{hint}",
+            extra={"error": str(exc), "retry_in_s": round(delay, 2), "refusals": self._refusals},
+        )
         return delay
 
     async def _runner_ready(self) -> bool:
@@ -255,8 +269,10 @@ class BufferWorker:
         with job_context(held.job_id):
             log.info("job claimed", extra={"attempt": claimed.attempt, "lease_seconds": claimed.lease_seconds})
             if claimed.lease_seconds <= self.settings.HEARTBEAT_INTERVAL_S:
-                log.warning("lease shorter than the heartbeat interval; the job may be handed out again",
-                            extra={"heartbeat_interval_s": self.settings.HEARTBEAT_INTERVAL_S})
+                log.warning(
+                    "lease shorter than the heartbeat interval; the job may be handed out again",
+                    extra={"heartbeat_interval_s": self.settings.HEARTBEAT_INTERVAL_S},
+                )
             running = asyncio.create_task(self._report_running(held))
             try:
                 update = await self._execute(held)
@@ -272,7 +288,9 @@ class BufferWorker:
     async def _report_running(self, held: HeldJob) -> None:
         # Not outboxed, and in the background: the job need not wait for a slow orchestrator.
         try:
-            outcome = await self.client.post_status(held.job_id, StatusUpdate(worker_id=self.worker_id, status="running"))
+            outcome = await self.client.post_status(
+                held.job_id, StatusUpdate(worker_id=self.worker_id, status="running")
+            )
         except OrchestratorRejected as exc:
             log.warning("running status refused", extra={"error": str(exc)})
             return
@@ -347,9 +365,14 @@ class BufferWorker:
 
     def _heartbeat_body(self) -> HeartbeatRequest:
         held = self.held
-        return HeartbeatRequest(gpu_class=self.gpu_class, state=self._state(), job_id=held.job_id if held else None,
-                                stage=held.stage if held else None, progress=held.progress if held else 0.0,
-                                gpu=self._gpu())
+        return HeartbeatRequest(
+            gpu_class=self.gpu_class,
+            state=self._state(),
+            job_id=held.job_id if held else None,
+            stage=held.stage if held else None,
+            progress=held.progress if held else 0.0,
+            gpu=self._gpu(),
+        )
 
     def _state(self) -> WorkerState:
         if self.stopping.is_set():
@@ -372,7 +395,7 @@ class BufferWorker:
 
 
 def normalise_gpu_name(name: str) -> str:
-    """"NVIDIA H100 80GB HBM3" → "nvidia-h100-80gb-hbm3"; "" → "cpu"."""
+    """ "NVIDIA H100 80GB HBM3" → "nvidia-h100-80gb-hbm3"; "" → "cpu"."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64] or "cpu"
 
 

@@ -88,8 +88,11 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
     from worker_app_fastwan.runner import JobRunner
     from worker_app_fastwan.schema import parse_job_input
 
-    job = {k: getattr(args, k) for k in ("prompt", "negative_prompt", "width", "height", "num_frames", "fps",
-                                          "num_inference_steps", "seed") if getattr(args, k) is not None}
+    job = {
+        k: getattr(args, k)
+        for k in ("prompt", "negative_prompt", "width", "height", "num_frames", "fps", "num_inference_steps", "seed")
+        if getattr(args, k) is not None
+    }
     image_file = None
     if args.image:
         if args.image.startswith(("http://", "https://")):

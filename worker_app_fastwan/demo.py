@@ -110,9 +110,17 @@ def start_stub(root: Path, key: str, port: int) -> Proc:
 
 
 def start_worker(root: Path, key: str, base: str) -> Proc:
-    env = {"ORCHESTRATOR_BASE_URL": base, "INTERNAL_API_KEY": key, "PIPELINE_BACKEND": "tiny",
-           "STORAGE_BACKEND": "local", "LOCAL_OUTPUT_DIR": str(root), "STATE_DIR": str(root / "state"),
-           "ALLOW_PRIVATE_IMAGE_URLS": "true", "BUFFER_WORKER_ID": "demo-worker", "CLAIM_POLL_S": "0.5"}
+    env = {
+        "ORCHESTRATOR_BASE_URL": base,
+        "INTERNAL_API_KEY": key,
+        "PIPELINE_BACKEND": "tiny",
+        "STORAGE_BACKEND": "local",
+        "LOCAL_OUTPUT_DIR": str(root),
+        "STATE_DIR": str(root / "state"),
+        "ALLOW_PRIVATE_IMAGE_URLS": "true",
+        "BUFFER_WORKER_ID": "demo-worker",
+        "CLAIM_POLL_S": "0.5",
+    }
     return spawn("worker", [sys.executable, "-m", "worker_app_fastwan", "buffer"], env, root)
 
 
@@ -120,7 +128,11 @@ def spawn(name: str, argv: list[str], env: dict[str, str], root: Path) -> Proc:
     log = root / f"{name}.log"
     repo = Path(__file__).resolve().parents[1]
     # cwd is .demo/: neither process reads the checkout's .env, so the demo runs the same everywhere.
-    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    full_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+    }
     with log.open("wb") as out:
         popen = subprocess.Popen(argv, env=full_env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     return Proc(name, popen, log)
@@ -170,9 +182,11 @@ def report(views: dict[str, dict[str, Any]]) -> None:
         frames = count_frames(path)
         if frames != result["num_frames"]:
             raise DemoFailed(f"{path} has {frames} frames, the result says {result['num_frames']}")
-        print(f"  {mode}: {path}\n       {path.stat().st_size:,} bytes, {frames} frames, "
-              f"{result['width']}x{result['height']} @ {result['fps']} fps, seed {result['seed']}, "
-              f"{result['timings']['total_s']:.1f}s in the worker")
+        print(
+            f"  {mode}: {path}\n       {path.stat().st_size:,} bytes, {frames} frames, "
+            f"{result['width']}x{result['height']} @ {result['fps']} fps, seed {result['seed']}, "
+            f"{result['timings']['total_s']:.1f}s in the worker"
+        )
 
 
 def count_frames(path: Path) -> int:

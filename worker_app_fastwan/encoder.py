@@ -33,8 +33,22 @@ def codec_args(codec: str, preset: str, crf: int) -> list[str]:
 def nvenc_works() -> bool:
     """Whether this machine can encode with NVENC: the bundled ffmpeg has it, but only some GPUs do
     (consumer RTX, L4, L40S; not H100 or A100). A two-frame trial encode tells."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-           "color=c=gray:s=256x256:d=0.1", "-frames:v", "2", *codec_args(NVENC, "", DEFAULT_CRF), "-f", "null", "-"]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:s=256x256:d=0.1",
+        "-frames:v",
+        "2",
+        *codec_args(NVENC, "", DEFAULT_CRF),
+        "-f",
+        "null",
+        "-",
+    ]
     try:
         return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
@@ -57,15 +71,43 @@ class EncodeError(RuntimeError):
 class Mp4Writer:
     """Write uint8 (n, H, W, 3) chunks with `write()`; `close()` waits for ffmpeg and returns the tail time."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, *, preset: str = DEFAULT_PRESET,
-                 crf: int = DEFAULT_CRF, codec: str = X264, max_queued_chunks: int = 4) -> None:
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        fps: int,
+        *,
+        preset: str = DEFAULT_PRESET,
+        crf: int = DEFAULT_CRF,
+        codec: str = X264,
+        max_queued_chunks: int = 4,
+    ) -> None:
         self.path, self.width, self.height = Path(path), width, height
         self.frames_written = 0
         cmd = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-            "-an", *codec_args(codec, preset, crf), "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", str(self.path),
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-an",
+            *codec_args(codec, preset, crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            str(self.path),
         ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued_chunks)
@@ -75,7 +117,9 @@ class Mp4Writer:
 
     def write(self, chunk: np.ndarray) -> None:
         if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[1:] != (self.height, self.width, 3):
-            raise EncodeError(f"expected uint8 (n, {self.height}, {self.width}, 3) frames, got {chunk.dtype} {chunk.shape}")
+            raise EncodeError(
+                f"expected uint8 (n, {self.height}, {self.width}, 3) frames, got {chunk.dtype} {chunk.shape}"
+            )
         if self._error is not None:
             raise EncodeError(f"ffmpeg failed: {self._stderr()}") from self._error
         self._queue.put(np.ascontiguousarray(chunk))

@@ -126,8 +126,15 @@ def _run_job(conn: Connection, cancel, backend, settings: Settings, codec: str, 
         image = _open_image(msg.image_path)
         start = time.perf_counter()
         generation = backend.generate(job, image, clock)
-        writer = Mp4Writer(Path(msg.out_path), job.width, job.height, job.fps,
-                           preset=settings.ENCODER_PRESET, crf=settings.ENCODER_CRF, codec=codec)
+        writer = Mp4Writer(
+            Path(msg.out_path),
+            job.width,
+            job.height,
+            job.fps,
+            preset=settings.ENCODER_PRESET,
+            crf=settings.ENCODER_CRF,
+            codec=codec,
+        )
         for chunk in generation.frames:
             clock.check_cancel()
             writer.write(chunk)
@@ -135,8 +142,18 @@ def _run_job(conn: Connection, cancel, backend, settings: Settings, codec: str, 
         clock(Stage.encoding_video.value)
         tail_s = writer.close()
         stage_s = clock.finish()
-        conn.send(Done(msg.job_id, generation.seed, msg.out_path, writer.frames_written, inference_s,
-                       stage_s.get(Stage.encoding_video.value, tail_s), tail_s, stage_s))
+        conn.send(
+            Done(
+                msg.job_id,
+                generation.seed,
+                msg.out_path,
+                writer.frames_written,
+                inference_s,
+                stage_s.get(Stage.encoding_video.value, tail_s),
+                tail_s,
+                stage_s,
+            )
+        )
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a typed message to the parent
         if writer is not None:
             writer.abort()
@@ -160,8 +177,14 @@ def _report_failure(conn: Connection, backend, job_id: str, exc: BaseException) 
     elif isinstance(exc, torch.OutOfMemoryError):
         backend.free_memory()
         gc.collect()
-        conn.send(Failed(job_id, ErrorCode.out_of_memory.value,
-                         f"the GPU ran out of memory: {str(exc).splitlines()[0][:300]}", True))
+        conn.send(
+            Failed(
+                job_id,
+                ErrorCode.out_of_memory.value,
+                f"the GPU ran out of memory: {str(exc).splitlines()[0][:300]}",
+                True,
+            )
+        )
     elif _is_fatal_gpu_error(exc):
         log.exception("fatal GPU error; the GPU process exits and is restarted")
         conn.send(Failed(job_id, ErrorCode.generation_failed.value, f"fatal GPU error: {exc}"[:1000], True, fatal=True))
@@ -174,8 +197,17 @@ def _report_failure(conn: Connection, backend, job_id: str, exc: BaseException) 
 def _is_fatal_gpu_error(exc: BaseException) -> bool:
     """After these the CUDA context is unusable until the process restarts."""
     text = str(exc)
-    return any(s in text for s in ("CUDA error", "illegal memory access", "device-side assert", "CUBLAS_STATUS",
-                                   "cuDNN error", "unspecified launch failure"))
+    return any(
+        s in text
+        for s in (
+            "CUDA error",
+            "illegal memory access",
+            "device-side assert",
+            "CUBLAS_STATUS",
+            "cuDNN error",
+            "unspecified launch failure",
+        )
+    )
 
 
 # ---------------------------------------------------------------- parent side
@@ -211,14 +243,19 @@ class GpuChild:
         self._events = asyncio.Queue()
         self._cancel.clear()
         self._exit_expected = False
-        self._proc = self._ctx.Process(target=child_main, args=(child_conn, self._cancel, self.settings),
-                                       name="gpu-child")
+        self._proc = self._ctx.Process(
+            target=child_main, args=(child_conn, self._cancel, self.settings), name="gpu-child"
+        )
         self._proc.start()
         child_conn.close()
         self._conn = parent_conn
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(parent_conn, self._proc, loop, self._events, self._exited),
-                         name="gpu-child-reader", daemon=True).start()
+        threading.Thread(
+            target=self._read,
+            args=(parent_conn, self._proc, loop, self._events, self._exited),
+            name="gpu-child-reader",
+            daemon=True,
+        ).start()
         msg = await self._events.get()
         if isinstance(msg, Ready):
             self.device, self.load_s = msg.device, msg.load_s
@@ -257,8 +294,9 @@ class GpuChild:
             self._conn.send(job)
         except OSError:  # the child is gone; its exit code tells why
             code = self._proc.exitcode if self._proc else None
-            raise ChildJobFailure(ErrorCode.generation_failed, f"the GPU process had exited (code {code})", True,
-                                  fatal=True) from None
+            raise ChildJobFailure(
+                ErrorCode.generation_failed, f"the GPU process had exited (code {code})", True, fatal=True
+            ) from None
         while True:
             msg = await self._events.get()
             if isinstance(msg, Progress):
@@ -268,15 +306,19 @@ class GpuChild:
             elif isinstance(msg, Failed):
                 raise ChildJobFailure(msg.code, msg.message, msg.retryable, fatal=msg.fatal)
             elif isinstance(msg, ChildExited):
-                raise ChildJobFailure(ErrorCode.generation_failed,
-                                      f"the GPU process exited with code {msg.exitcode} during the job", True,
-                                      fatal=True)
+                raise ChildJobFailure(
+                    ErrorCode.generation_failed,
+                    f"the GPU process exited with code {msg.exitcode} during the job",
+                    True,
+                    fatal=True,
+                )
 
     def cancel(self) -> None:
         self._cancel.set()
 
     async def wait_job_end(self, timeout_s: float) -> bool:
         """After a cancel: True once the child has reported the job's end (or exited) within timeout_s."""
+
         async def _until_end() -> None:
             while isinstance(await self._events.get(), Progress):
                 pass

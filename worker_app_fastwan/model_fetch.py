@@ -29,8 +29,9 @@ REQUIRED_SUBFOLDERS = ("transformer", "vae")
 # Files of the hub repository the worker never reads (previews, docs): skipping them saves the download.
 IGNORE_PATTERNS = ["*.mp4", "*.gif", "*.png", "*.jpg", "*.jpeg", "*.webp", "*.md", "assets/*", "images/*"]
 MAX_REASON_CHARS = 240
-DOWNLOAD_HINT = ("set MODEL_PATH to a local copy or run `python -m worker_app_fastwan download-model` "
-                 "on a machine with network")
+DOWNLOAD_HINT = (
+    "set MODEL_PATH to a local copy or run `python -m worker_app_fastwan download-model` on a machine with network"
+)
 
 
 class ModelUnavailable(RuntimeError):
@@ -61,8 +62,10 @@ def model_dir_problem(path: Path) -> str | None:
         return None
     found = sorted(p.name for p in path.iterdir())[:8]
     listing = ", ".join(found) if found else "it is empty"
-    return (f"{path} is not a diffusers model folder: it has no model_index.json and no "
-            f"{' + '.join(s + '/' for s in REQUIRED_SUBFOLDERS)} subfolders (found: {listing})")
+    return (
+        f"{path} is not a diffusers model folder: it has no model_index.json and no "
+        f"{' + '.join(s + '/' for s in REQUIRED_SUBFOLDERS)} subfolders (found: {listing})"
+    )
 
 
 def _hub_cache() -> Path:
@@ -102,8 +105,10 @@ def resolve_model_source(settings: Settings) -> Path:
         path = Path(settings.MODEL_PATH).expanduser()
         problem = model_dir_problem(path)
         if problem:
-            raise ModelUnavailable(f"MODEL_PATH: {problem}; point it at a diffusers-format copy of "
-                                   f"{settings.MODEL_ID} or unset it to use the hub cache")
+            raise ModelUnavailable(
+                f"MODEL_PATH: {problem}; point it at a diffusers-format copy of "
+                f"{settings.MODEL_ID} or unset it to use the hub cache"
+            )
         return path.resolve()
     cached = cached_snapshot(settings.MODEL_ID)
     if cached is not None:
@@ -131,8 +136,10 @@ def download_model(settings: Settings, *, progress: bool = True) -> Path:
         if cached is not None:
             return cached
     if _hub_offline():
-        raise ModelUnavailable(f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
-                               f"(offline: HF_HUB_OFFLINE is set); {DOWNLOAD_HINT}")
+        raise ModelUnavailable(
+            f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
+            f"(offline: HF_HUB_OFFLINE is set); {DOWNLOAD_HINT}"
+        )
 
     bars_were_off = are_progress_bars_disabled()
     if not progress and not bars_were_off:
@@ -156,17 +163,25 @@ def _download_failure(model_id: str, where: str, exc: BaseException) -> str:
 
     auth_errors = tuple(getattr(errors, n) for n in ("RepositoryNotFoundError", "GatedRepoError") if hasattr(errors, n))
     if isinstance(exc, auth_errors):
-        return (f"model {model_id} cannot be downloaded: the hub has no such repository or it needs a token "
-                f"({_reason(exc)}); check MODEL_ID, set HF_TOKEN for a gated model, or set MODEL_PATH")
+        return (
+            f"model {model_id} cannot be downloaded: the hub has no such repository or it needs a token "
+            f"({_reason(exc)}); check MODEL_ID, set HF_TOKEN for a gated model, or set MODEL_PATH"
+        )
     if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:  # ENOSPC
-        return (f"model {model_id} does not fit in {where} ({_reason(exc)}); free space or point HF_HOME "
-                "(or MODEL_PATH) at a larger volume")
+        return (
+            f"model {model_id} does not fit in {where} ({_reason(exc)}); free space or point HF_HOME "
+            "(or MODEL_PATH) at a larger volume"
+        )
     offline_error = getattr(errors, "OfflineModeIsEnabled", ())
     if isinstance(exc, offline_error) or isinstance(exc.__cause__, offline_error):
-        return (f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
-                f"(offline: HF_HUB_OFFLINE is set); {DOWNLOAD_HINT}")
-    return (f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
-            f"(network error: {_reason(exc)}); {DOWNLOAD_HINT}")
+        return (
+            f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
+            f"(offline: HF_HUB_OFFLINE is set); {DOWNLOAD_HINT}"
+        )
+    return (
+        f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
+        f"(network error: {_reason(exc)}); {DOWNLOAD_HINT}"
+    )
 
 
 def main_download(settings: Settings) -> int:

@@ -150,8 +150,10 @@ def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtyp
         encode_w = denoise_w = decode_w = text_encoder + transformer + vae
     pixels = width * height
     if plan.vae_tiling:
-        vae_work = scale * (VAE_STREAM_BYTES_PER_PIXEL_FP32 * min(pixels, VAE_TILE_PIXELS)
-                            + VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 * pixels * num_frames)
+        vae_work = scale * (
+            VAE_STREAM_BYTES_PER_PIXEL_FP32 * min(pixels, VAE_TILE_PIXELS)
+            + VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 * pixels * num_frames
+        )
     else:
         vae_work = scale * VAE_STREAM_BYTES_PER_PIXEL_FP32 * pixels
     return MemoryEstimate(
@@ -180,8 +182,9 @@ def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: st
     return "low_vram"  # the least memory; smaller jobs may still fit, and check_job_fits says which
 
 
-def max_frames(width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "float32",
-               limit: int = MAX_FRAMES) -> int | None:
+def max_frames(
+    width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "float32", limit: int = MAX_FRAMES
+) -> int | None:
     """The largest valid num_frames (4k+1, ≤ limit) that fits at width×height, or None when none does."""
     best = None
     for frames in range(MIN_FRAMES, limit + 1, 4):
@@ -191,8 +194,9 @@ def max_frames(width: int, height: int, vram_total_gb: float, profile: str, *, v
     return best
 
 
-def check_job_fits(width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *,
-                   vae_dtype: str = "float32") -> None:
+def check_job_fits(
+    width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *, vae_dtype: str = "float32"
+) -> None:
     """Refuse, before any GPU work, a job whose size this card cannot hold under this profile.
 
     Too large for the card: `JobFailure(invalid_input)` naming width, height and num_frames and the most this
@@ -209,26 +213,34 @@ def check_job_fits(width: int, height: int, num_frames: int, vram_total_gb: floa
     card = f"{vram_total_gb:.0f} GB GPU"
     if not _fits(*SMALLEST_JOB, vram_total_gb, profile, vae_dtype):
         floor = estimate(*SMALLEST_JOB, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
-        raise JobFailure(ErrorCode.out_of_memory,
-                         f"this {card} cannot run the model with OFFLOAD_PROFILE={profile}: even a "
-                         f"{SMALLEST_JOB[0]}×{SMALLEST_JOB[1]}×{SMALLEST_JOB[2]} job needs ≈ {floor:.1f} GiB of "
-                         f"{vram_total_gb:.1f} GiB; this worker needs a larger GPU"
-                         + ("" if profile == "low_vram" else " or OFFLOAD_PROFILE=low_vram"),
-                         retryable=True)
+        raise JobFailure(
+            ErrorCode.out_of_memory,
+            f"this {card} cannot run the model with OFFLOAD_PROFILE={profile}: even a "
+            f"{SMALLEST_JOB[0]}×{SMALLEST_JOB[1]}×{SMALLEST_JOB[2]} job needs ≈ {floor:.1f} GiB of "
+            f"{vram_total_gb:.1f} GiB; this worker needs a larger GPU"
+            + ("" if profile == "low_vram" else " or OFFLOAD_PROFILE=low_vram"),
+            retryable=True,
+        )
     if _fits(width, height, num_frames, vram_total_gb, profile, vae_dtype):
         return
     need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
-    asked = (f"width×height×num_frames = {width}×{height}×{num_frames} = {width * height * num_frames:,} "
-             f"pixel-frames exceeds what this {card} can generate with OFFLOAD_PROFILE={profile}")
+    asked = (
+        f"width×height×num_frames = {width}×{height}×{num_frames} = {width * height * num_frames:,} "
+        f"pixel-frames exceeds what this {card} can generate with OFFLOAD_PROFILE={profile}"
+    )
     best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype, limit=max(num_frames, MAX_FRAMES))
     if best is None:
-        raise JobFailure(ErrorCode.invalid_input,
-                         f"{asked} (at {width}×{height} not even {MIN_FRAMES} frames fit: this job needs ≈ "
-                         f"{need:.1f} of {vram_total_gb:.1f} GiB); lower the size (width, height)")
-    raise JobFailure(ErrorCode.invalid_input,
-                     f"{asked} (max ≈ {width * height * best:,} pixel-frames at {width}×{height}, i.e. "
-                     f"num_frames ≤ {best}; this job needs ≈ {need:.1f} of {vram_total_gb:.1f} GiB); "
-                     "lower num_frames or the size")
+        raise JobFailure(
+            ErrorCode.invalid_input,
+            f"{asked} (at {width}×{height} not even {MIN_FRAMES} frames fit: this job needs ≈ "
+            f"{need:.1f} of {vram_total_gb:.1f} GiB); lower the size (width, height)",
+        )
+    raise JobFailure(
+        ErrorCode.invalid_input,
+        f"{asked} (max ≈ {width * height * best:,} pixel-frames at {width}×{height}, i.e. "
+        f"num_frames ≤ {best}; this job needs ≈ {need:.1f} of {vram_total_gb:.1f} GiB); "
+        "lower num_frames or the size",
+    )
 
 
 def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "float32") -> str:
@@ -242,10 +254,15 @@ def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "flo
     reserve = reserve_gib(vram_total_gb)
     best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype)
     default_need = estimate(width, height, frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
-    line += (f"; {width}×{height}×{frames} needs ≈ {default_need:.1f} GiB; at {width}×{height} num_frames ≤ {best}"
-             if best is not None else f"; not even {width}×{height}×{MIN_FRAMES} fits")
+    line += (
+        f"; {width}×{height}×{frames} needs ≈ {default_need:.1f} GiB; at {width}×{height} num_frames ≤ {best}"
+        if best is not None
+        else f"; not even {width}×{height}×{MIN_FRAMES} fits"
+    )
     encode_need = estimate(width, height, frames, profile, vae_dtype=vae_dtype).encode_gib + reserve
     if encode_need > vram_total_gb:
-        line += (f"; WARNING: prompt encoding needs ≈ {encode_need:.1f} GiB with the text encoder on the GPU, more "
-                 "than this card has")
+        line += (
+            f"; WARNING: prompt encoding needs ≈ {encode_need:.1f} GiB with the text encoder on the GPU, more "
+            "than this card has"
+        )
     return line

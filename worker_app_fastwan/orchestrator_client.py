@@ -144,8 +144,12 @@ class OrchestratorClient:
         if not settings.orchestrator_url:
             return None
         # A heartbeat's answer must come within its interval to be of use.
-        return cls(settings.orchestrator_url, settings.api_key(), retry_max_s=settings.RETRY_MAX_S,
-                   quick_timeout_s=min(3.0, settings.HEARTBEAT_INTERVAL_S))
+        return cls(
+            settings.orchestrator_url,
+            settings.api_key(),
+            retry_max_s=settings.RETRY_MAX_S,
+            quick_timeout_s=min(3.0, settings.HEARTBEAT_INTERVAL_S),
+        )
 
     def __repr__(self) -> str:
         return f"OrchestratorClient(base_url={self.base_url!r})"
@@ -180,7 +184,7 @@ class OrchestratorClient:
     async def post_status(
         self, job_id: str, update: StatusUpdate, *, deadline_s: float | None = None
     ) -> Literal["ok", "gone"]:
-        """"ok" once accepted, "gone" on 409 (the job is no longer ours); retried until one of those.
+        """ "ok" once accepted, "gone" on 409 (the job is no longer ours); retried until one of those.
 
         Raises `OrchestratorRejected` on another 4xx, or the last retryable error once `deadline_s` passes.
         """

@@ -137,12 +137,16 @@ async def deliver(outbox: Outbox, client: OrchestratorClient, job_id: str, updat
         try:
             outcome = await client.post_status(job_id, update)
         except OrchestratorRejected as exc:
-            log.error("final status refused; kept in the outbox for the next start",
-                      extra={"status": update.status, "error": str(exc), "path": str(outbox.path(job_id))})
+            log.error(
+                "final status refused; kept in the outbox for the next start",
+                extra={"status": update.status, "error": str(exc), "path": str(outbox.path(job_id))},
+            )
             return "kept"
         await asyncio.to_thread(outbox.remove, job_id)
-        log.info("final status delivered" if outcome == "ok" else "final status refused with 409: job no longer ours",
-                 extra={"status": update.status, "outcome": outcome})
+        log.info(
+            "final status delivered" if outcome == "ok" else "final status refused with 409: job no longer ours",
+            extra={"status": update.status, "outcome": outcome},
+        )
         return outcome
 
 

@@ -64,9 +64,16 @@ class QueueWorker:
             body["reason"] = self.runner.unhealthy_reason
         device = self.runner.device
         if device is not None:
-            body.update(backend=device.backend, model=device.model, device=device.device,
-                        gpu={"name": device.name, "memory_used_mb": device.memory_used_mb,
-                             "memory_total_mb": device.memory_total_mb})
+            body.update(
+                backend=device.backend,
+                model=device.model,
+                device=device.device,
+                gpu={
+                    "name": device.name,
+                    "memory_used_mb": device.memory_used_mb,
+                    "memory_total_mb": device.memory_total_mb,
+                },
+            )
         ok = not self.draining and state in (RunnerState.ready, RunnerState.busy)
         return (200 if ok else 503), body
 
@@ -124,19 +131,34 @@ def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:
 
     @router.get("/", summary="List the endpoints")
     async def index() -> dict[str, Any]:
-        return {"service": "fastwan-worker", "mode": "queue", "endpoints": {
-            "GET /health": "starting | ready | busy | draining | unhealthy", "POST /generate": "run one job",
-            "GET /metrics": "Prometheus metrics", "GET /docs": "OpenAPI page"}}
+        return {
+            "service": "fastwan-worker",
+            "mode": "queue",
+            "endpoints": {
+                "GET /health": "starting | ready | busy | draining | unhealthy",
+                "POST /generate": "run one job",
+                "GET /metrics": "Prometheus metrics",
+                "GET /docs": "OpenAPI page",
+            },
+        }
 
     @router.get("/health", summary="Readiness and liveness", responses={503: {"description": "not ready"}})
     async def health() -> JSONResponse:
         status, body = worker.health()
         return JSONResponse(body, status_code=status)
 
-    @router.post("/generate", summary="Run one job and return its result", response_model=JobResult,
-                 responses=error_responses,
-                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                     "schema": GenerateRequest.model_json_schema()}}}})
+    @router.post(
+        "/generate",
+        summary="Run one job and return its result",
+        response_model=JobResult,
+        responses=error_responses,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+            }
+        },
+    )
     async def generate(request: Request, salad_job_id: str | None = Header(None, alias="Salad-Job-Id")) -> Response:
         return await _generate(worker, request, salad_job_id)
 
@@ -214,8 +236,11 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
     reporter = None
     client = OrchestratorClient.from_settings(settings)
     if client is not None:
-        reporter = ProgressReporter(client, worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
-                                    min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
+        reporter = ProgressReporter(
+            client,
+            worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
+            min_interval_s=settings.PROGRESS_MIN_INTERVAL_S,
+        )
     runner = JobRunner(settings, make_storage(settings), metrics=metrics)
     worker = QueueWorker(settings, runner, reporter)
     if reporter is not None:
@@ -227,8 +252,9 @@ def serve(settings: Settings) -> int:
     async def main() -> None:
         worker, metrics = build_worker(settings)
         app = create_app(settings, worker, metrics)
-        config = uvicorn.Config(app, host=settings.HOST, port=settings.PORT, log_config=None,
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, host=settings.HOST, port=settings.PORT, log_config=None, timeout_graceful_shutdown=5
+        )
         await DrainingServer(config, worker).serve()
 
     asyncio.run(main())

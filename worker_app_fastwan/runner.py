@@ -30,8 +30,15 @@ from worker_app_fastwan.settings import Settings
 log = logging.getLogger(__name__)
 
 # Where each stage starts in a job's overall progress; denoising fills the span up to decoding.
-STAGE_START = {Stage.queued: 0.0, Stage.downloading: 0.02, Stage.encoding_prompt: 0.05, Stage.denoising: 0.1,
-               Stage.decoding: 0.8, Stage.encoding_video: 0.9, Stage.uploading: 0.95}
+STAGE_START = {
+    Stage.queued: 0.0,
+    Stage.downloading: 0.02,
+    Stage.encoding_prompt: 0.05,
+    Stage.denoising: 0.1,
+    Stage.decoding: 0.8,
+    Stage.encoding_video: 0.9,
+    Stage.uploading: 0.95,
+}
 MAX_CHILD_RESTARTS = 3
 
 
@@ -65,8 +72,14 @@ ProgressListener = Callable[[JobProgress], None]
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, storage, *, metrics: Metrics | None = None,
-                 listeners: list[ProgressListener] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        storage,
+        *,
+        metrics: Metrics | None = None,
+        listeners: list[ProgressListener] | None = None,
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics or Metrics()
@@ -92,8 +105,10 @@ class JobRunner:
             return
         self.state = RunnerState.ready
         self._record_gpu(device.memory_used_mb, device.memory_total_mb)
-        log.info("model ready", extra={"backend": device.backend, "device": device.device,
-                                       "load_s": round(self.child.load_s, 2)})
+        log.info(
+            "model ready",
+            extra={"backend": device.backend, "device": device.device, "load_s": round(self.child.load_s, 2)},
+        )
 
     async def close(self) -> None:
         if self._restarting is not None:
@@ -118,8 +133,9 @@ class JobRunner:
 
     # ------------------------------------------------------------ the job
 
-    async def run(self, job_id: str, raw_input: Any, *, queued_s: float = 0.0,
-                  image_file: Path | None = None) -> JobResult:
+    async def run(
+        self, job_id: str, raw_input: Any, *, queued_s: float = 0.0, image_file: Path | None = None
+    ) -> JobResult:
         """Run one job to a result, or raise JobFailure. Raises Busy / NotReady without starting it."""
         if self._lock.locked():
             raise Busy(f"job {self.current.job_id if self.current else '?'} is running")
@@ -138,8 +154,7 @@ class JobRunner:
                 if self.state is RunnerState.busy:
                     self.state = RunnerState.ready
 
-    async def _run_observed(self, job_id: str, raw_input: Any, queued_s: float,
-                            image_file: Path | None) -> JobResult:
+    async def _run_observed(self, job_id: str, raw_input: Any, queued_s: float, image_file: Path | None) -> JobResult:
         start = time.monotonic()
         self.metrics.queue_wait_seconds.observe(queued_s)
         try:
@@ -151,7 +166,9 @@ class JobRunner:
         self._restarts = 0  # only consecutive GPU-process failures make the worker unhealthy
         self.metrics.jobs.labels("completed", "").inc()
         self.metrics.job_seconds.observe(time.monotonic() - start)
-        log.info("job completed", extra={"video_url": result.video_url.split("?")[0], "timings": result.timings.model_dump()})
+        log.info(
+            "job completed", extra={"video_url": result.video_url.split("?")[0], "timings": result.timings.model_dump()}
+        )
         return result
 
     async def _run(self, job_id: str, raw_input: Any, queued_s: float, image_file: Path | None) -> JobResult:
@@ -174,12 +191,28 @@ class JobRunner:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         self._observe_stages(done.stage_s, download_s, upload_s)
-        timings = Timings(queue_s=round(queued_s, 3), download_s=round(download_s, 3),
-                          inference_s=round(done.inference_s, 3), encode_s=round(done.encode_tail_s, 3),
-                          upload_s=round(upload_s, 3), total_s=round(queued_s + time.monotonic() - start, 3))
-        return JobResult(job_id=job_id, video_url=stored.url, storage_key=stored.key, width=job.width,
-                         height=job.height, num_frames=done.frames, fps=job.fps, seed=done.seed, mode=mode,
-                         bytes=stored.bytes, sha256=digest, timings=timings)
+        timings = Timings(
+            queue_s=round(queued_s, 3),
+            download_s=round(download_s, 3),
+            inference_s=round(done.inference_s, 3),
+            encode_s=round(done.encode_tail_s, 3),
+            upload_s=round(upload_s, 3),
+            total_s=round(queued_s + time.monotonic() - start, 3),
+        )
+        return JobResult(
+            job_id=job_id,
+            video_url=stored.url,
+            storage_key=stored.key,
+            width=job.width,
+            height=job.height,
+            num_frames=done.frames,
+            fps=job.fps,
+            seed=done.seed,
+            mode=mode,
+            bytes=stored.bytes,
+            sha256=digest,
+            timings=timings,
+        )
 
     def _check_capacity(self, job: JobInput, mode: str) -> None:
         """Refuse before any GPU work what this backend or card cannot do."""
@@ -187,14 +220,21 @@ class JobRunner:
         if device is None:
             return
         if mode == "i2v" and not device.supports_i2v:
-            raise JobFailure(ErrorCode.invalid_input,
-                             f"image_url: the {device.backend} backend cannot do image-to-video; "
-                             "use PIPELINE_BACKEND=diffusers")
+            raise JobFailure(
+                ErrorCode.invalid_input,
+                f"image_url: the {device.backend} backend cannot do image-to-video; use PIPELINE_BACKEND=diffusers",
+            )
         if device.device.startswith("cuda"):
             from worker_app_fastwan.offload import check_job_fits
 
-            check_job_fits(job.width, job.height, job.num_frames, device.memory_total_mb / 1024, device.offload_profile,
-                           vae_dtype=self.settings.VAE_DTYPE)
+            check_job_fits(
+                job.width,
+                job.height,
+                job.num_frames,
+                device.memory_total_mb / 1024,
+                device.offload_profile,
+                vae_dtype=self.settings.VAE_DTYPE,
+            )
 
     def _work_root(self) -> Path:
         root = self.settings.STATE_DIR / "work"
@@ -208,19 +248,30 @@ class JobRunner:
 
         self._set_stage(Stage.downloading)
         start = time.monotonic()
-        path = await download_image(job.image_url, work, allow_private=self.settings.ALLOW_PRIVATE_IMAGE_URLS,
-                                    max_bytes=self.settings.MAX_IMAGE_BYTES, timeout_s=self.settings.IMAGE_TIMEOUT_S)
+        path = await download_image(
+            job.image_url,
+            work,
+            allow_private=self.settings.ALLOW_PRIVATE_IMAGE_URLS,
+            max_bytes=self.settings.MAX_IMAGE_BYTES,
+            timeout_s=self.settings.IMAGE_TIMEOUT_S,
+        )
         return str(path), time.monotonic() - start
 
     async def _generate(self, job_id: str, job: JobInput, seed: int, work: Path, image_path: str | None):
-        request = RunJob(job_id=job_id, input=job.model_dump(), seed=seed, out_path=str(work / f"{job_id}.mp4"),
-                         image_path=image_path)
+        request = RunJob(
+            job_id=job_id,
+            input=job.model_dump(),
+            seed=seed,
+            out_path=str(work / f"{job_id}.mp4"),
+            image_path=image_path,
+        )
         try:
-            return await asyncio.wait_for(self.child.run(request, self._on_child_progress),
-                                          self.settings.JOB_TIMEOUT_S)
+            return await asyncio.wait_for(self.child.run(request, self._on_child_progress), self.settings.JOB_TIMEOUT_S)
         except asyncio.TimeoutError:
             await self._stop_stuck_job(ErrorCode.timeout)
-            raise JobFailure(ErrorCode.timeout, f"the job exceeded JOB_TIMEOUT_S={self.settings.JOB_TIMEOUT_S:g}s") from None
+            raise JobFailure(
+                ErrorCode.timeout, f"the job exceeded JOB_TIMEOUT_S={self.settings.JOB_TIMEOUT_S:g}s"
+            ) from None
         except ChildJobFailure as exc:
             if exc.fatal:
                 self._schedule_restart(exc.message)

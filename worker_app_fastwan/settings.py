@@ -80,7 +80,9 @@ class Settings(BaseSettings):
         b2_set = [name for name in B2_VARS if getattr(self, name)]
         if b2_set and len(b2_set) < len(B2_VARS):
             missing = [name for name in B2_VARS if name not in b2_set]
-            raise ValueError(f"{missing[0]}: is required because {', '.join(b2_set)} is set (B2 needs all of {', '.join(B2_VARS)})")
+            raise ValueError(
+                f"{missing[0]}: is required because {', '.join(b2_set)} is set (B2 needs all of {', '.join(B2_VARS)})"
+            )
         if self.STORAGE_BACKEND == "b2" and not b2_set:
             raise ValueError(f"B2_KEY_ID: STORAGE_BACKEND=b2 needs {', '.join(B2_VARS)}")
         if self.ORCHESTRATOR_BASE_URL and not self.INTERNAL_API_KEY:

@@ -21,5 +21,10 @@ def make_backend(settings: Settings) -> Backend:
         return FastVideoBackend(source, name)
     from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
 
-    return DiffusersBackend(source, name, offload_profile=settings.OFFLOAD_PROFILE,
-                            compile_transformer=settings.TORCH_COMPILE, vae_dtype=settings.VAE_DTYPE)
+    return DiffusersBackend(
+        source,
+        name,
+        offload_profile=settings.OFFLOAD_PROFILE,
+        compile_transformer=settings.TORCH_COMPILE,
+        vae_dtype=settings.VAE_DTYPE,
+    )

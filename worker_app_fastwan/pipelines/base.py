@@ -26,17 +26,25 @@ class Generation:
     frames: Iterator[np.ndarray]
 
 
-def torch_device_info(backend: str, model: str, *, supports_i2v: bool = True,
-                      offload_profile: str = "none") -> DeviceInfo:
+def torch_device_info(
+    backend: str, model: str, *, supports_i2v: bool = True, offload_profile: str = "none"
+) -> DeviceInfo:
     """The current CUDA device and its memory in use, or the CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return DeviceInfo(backend=backend, model=model, supports_i2v=supports_i2v, offload_profile=offload_profile)
     free, total = torch.cuda.mem_get_info()
-    return DeviceInfo(backend=backend, model=model, device="cuda:0", name=torch.cuda.get_device_name(0),
-                      memory_used_mb=(total - free) // 2**20, memory_total_mb=total // 2**20,
-                      supports_i2v=supports_i2v, offload_profile=offload_profile)
+    return DeviceInfo(
+        backend=backend,
+        model=model,
+        device="cuda:0",
+        name=torch.cuda.get_device_name(0),
+        memory_used_mb=(total - free) // 2**20,
+        memory_total_mb=total // 2**20,
+        supports_i2v=supports_i2v,
+        offload_profile=offload_profile,
+    )
 
 
 class Backend(abc.ABC):

@@ -45,9 +45,15 @@ def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> 
     from diffusers.hooks import apply_group_offloading
 
     cuda = device.type == "cuda"
-    apply_group_offloading(text_encoder.encoder, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
-                           non_blocking=cuda)
+    apply_group_offloading(
+        text_encoder.encoder,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=cuda,
+        non_blocking=cuda,
+    )
 
 
 def tune_for_cuda(transformer: torch.nn.Module, *, compile_transformer: bool) -> str:
@@ -75,8 +81,15 @@ def tune_for_cuda(transformer: torch.nn.Module, *, compile_transformer: bool) ->
 class DiffusersBackend(Backend):
     name = "diffusers"
 
-    def __init__(self, source: str | Path, model_name: str, *, offload_profile: str = "auto",
-                 compile_transformer: bool = False, vae_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        model_name: str,
+        *,
+        offload_profile: str = "auto",
+        compile_transformer: bool = False,
+        vae_dtype: str = "float32",
+    ) -> None:
         self.source, self.model_name = source, model_name
         self.requested_profile = offload_profile
         self.compile_transformer = compile_transformer
@@ -94,7 +107,9 @@ class DiffusersBackend(Backend):
         vram, vae_dtype = self.vram_total_gb(), str(self.vae_dtype).removeprefix("torch.")
         self.profile = choose_profile(self.requested_profile, vram, vae_dtype=vae_dtype)
         plan = plan_for(self.profile)
-        log.info("offload profile", extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=vae_dtype)})
+        log.info(
+            "offload profile", extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=vae_dtype)}
+        )
         self.generator = WanGenerator(parts, self.device)
         self._place(parts, plan)
         if self.cuda:

@@ -42,4 +42,6 @@ class DMDScheduler(FlowMatchLCMScheduler):
         super().set_timesteps(num_inference_steps=None, device=device, sigmas=sigmas, **kwargs)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True):  # type: ignore[override]
-        return super().step(model_output, timestep, sample, generator=generator or self.generator, return_dict=return_dict)
+        return super().step(
+            model_output, timestep, sample, generator=generator or self.generator, return_dict=return_dict
+        )

@@ -34,18 +34,32 @@ class FastVideoBackend(Backend):
         from fastvideo import VideoGenerator  # optional dependency
 
         self.generator = VideoGenerator.from_pretrained(
-            self.source, num_gpus=1, dit_cpu_offload=False, vae_cpu_offload=False,
-            text_encoder_cpu_offload=False, pin_cpu_memory=False,
+            self.source,
+            num_gpus=1,
+            dit_cpu_offload=False,
+            vae_cpu_offload=False,
+            text_encoder_cpu_offload=False,
+            pin_cpu_memory=False,
         )
 
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
         if image is not None:
-            raise JobFailure(ErrorCode.invalid_input, "image_url: the fastvideo backend cannot do image-to-video "
-                             "with this checkpoint (it ignores the image); use PIPELINE_BACKEND=diffusers")
+            raise JobFailure(
+                ErrorCode.invalid_input,
+                "image_url: the fastvideo backend cannot do image-to-video "
+                "with this checkpoint (it ignores the image); use PIPELINE_BACKEND=diffusers",
+            )
         progress(Stage.denoising.value, 0, job.num_inference_steps)
         result = self.generator.generate_video(  # type: ignore[union-attr]
-            job.prompt, height=job.height, width=job.width, num_frames=job.num_frames, fps=job.fps,
-            seed=job.seed, num_inference_steps=job.num_inference_steps, save_video=False, return_frames=True,
+            job.prompt,
+            height=job.height,
+            width=job.width,
+            num_frames=job.num_frames,
+            fps=job.fps,
+            seed=job.seed,
+            num_inference_steps=job.num_inference_steps,
+            save_video=False,
+            return_frames=True,
         )
         progress(Stage.denoising.value, job.num_inference_steps, job.num_inference_steps)
         frames = np.stack([np.asarray(f, dtype=np.uint8) for f in _frames_of(result)])

@@ -40,19 +40,47 @@ def build_tiny_parts() -> WanParts:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(WEIGHTS_SEED)
         vae = AutoencoderKLWan(
-            base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
-            dim_mult=[1, 1, 1, 1], num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
-            temperal_downsample=[False, True, True], latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+            base_dim=3,
+            z_dim=48,
+            in_channels=12,
+            out_channels=12,
+            is_residual=True,
+            patch_size=2,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            scale_factor_spatial=16,
+            scale_factor_temporal=4,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
         )
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,  # 64 > 1280 / 32 patches
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=48,
+            out_channels=48,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,  # 64 > 1280 / 32 patches
         )
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
-        ))
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=64,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=16,
+                feed_forward_proj="gated-gelu",
+            )
+        )
     parts = WanParts(tokenizer=_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae)
     for module in (parts.text_encoder, parts.transformer, parts.vae):
         module.eval()

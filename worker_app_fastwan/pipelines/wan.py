@@ -40,9 +40,16 @@ class WanGenerator:
     def __init__(self, parts: WanParts, device: torch.device) -> None:
         self.device = device
         scheduler = make_scheduler()
-        common = dict(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder, vae=parts.vae,
-                      transformer=parts.transformer, scheduler=scheduler, transformer_2=None, boundary_ratio=None,
-                      expand_timesteps=True)
+        common = dict(
+            tokenizer=parts.tokenizer,
+            text_encoder=parts.text_encoder,
+            vae=parts.vae,
+            transformer=parts.transformer,
+            scheduler=scheduler,
+            transformer_2=None,
+            boundary_ratio=None,
+            expand_timesteps=True,
+        )
         # Two pipeline objects over the same modules: t2v helpers from one, i2v conditioning from the other.
         self.t2v = WanPipeline(**common)
         self.i2v = WanImageToVideoPipeline(image_encoder=None, image_processor=None, **common)
@@ -81,8 +88,9 @@ class WanGenerator:
                 # i2v: frame 0 is the encoded image at every step and its tokens get timestep 0.
                 model_in = (1 - mask) * condition + mask * latents
                 timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
-            noise_pred = self.t2v.transformer(hidden_states=model_in.to(dtype), timestep=timestep,
-                                              encoder_hidden_states=embeds, return_dict=False)[0]
+            noise_pred = self.t2v.transformer(
+                hidden_states=model_in.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+            )[0]
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator, return_dict=False)[0]
             progress(Stage.denoising.value, i + 1, steps)
         if mask is not None:
@@ -91,19 +99,22 @@ class WanGenerator:
 
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
         # 512 tokens as in `WanPipeline.__call__` (encode_prompt's own default is 226).
-        embeds, _ = self.t2v.encode_prompt(prompt=prompt, do_classifier_free_guidance=False,
-                                           max_sequence_length=MAX_PROMPT_TOKENS, device=self.device)
+        embeds, _ = self.t2v.encode_prompt(
+            prompt=prompt, do_classifier_free_guidance=False, max_sequence_length=MAX_PROMPT_TOKENS, device=self.device
+        )
         return embeds.to(self.t2v.transformer.dtype)
 
     def _initial_latents(self, job: JobInput, image: Image.Image | None, generator: torch.Generator):
         channels = self.t2v.transformer.config.in_channels
         if image is None:
-            latents = self.t2v.prepare_latents(1, channels, job.height, job.width, job.num_frames, torch.float32,
-                                               self.device, generator)
+            latents = self.t2v.prepare_latents(
+                1, channels, job.height, job.width, job.num_frames, torch.float32, self.device, generator
+            )
             return latents, None, None
         pixels = self.preprocess_image(image, job.width, job.height)
-        return self.i2v.prepare_latents(pixels, 1, channels, job.height, job.width, job.num_frames, torch.float32,
-                                        self.device, generator)
+        return self.i2v.prepare_latents(
+            pixels, 1, channels, job.height, job.width, job.num_frames, torch.float32, self.device, generator
+        )
 
     def preprocess_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         """Centre-crop to the video's aspect ratio, then scale: the image fills the frame undistorted."""
@@ -142,8 +153,9 @@ class WanGenerator:
             x = vae.post_quant_conv(z)
             for i in range(x.shape[2]):
                 vae._conv_idx = [0]
-                out = vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                  first_chunk=(i == 0))
+                out = vae.decoder(
+                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=(i == 0)
+                )
                 if vae.config.patch_size is not None:
                     out = unpatchify(out, patch_size=vae.config.patch_size)
                 yield _to_uint8(out)
