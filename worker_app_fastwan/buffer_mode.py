@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.gpu_child import CANCEL_GRACE_S
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.orchestrator_client import (
@@ -49,7 +50,6 @@ from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_BAD_SETTINGS = 0, 1, 2
 READY_POLL_S = 0.2
 _T = TypeVar("_T")
 
@@ -111,7 +111,7 @@ class BufferWorker:
         try:
             return await self._work
         except asyncio.CancelledError:  # cut short on purpose (and logged) by a deadline or a second signal
-            return EXIT_OK
+            return ExitCode.OK
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -138,7 +138,7 @@ class BufferWorker:
             log.error("the GPU process could not start; exiting", extra={"reason": self.runner.unhealthy_reason})
             self.stopping.set()  # what the flush has left gets the same bounded time as in a drain
             await self._deliver(flushing)
-            return EXIT_UNHEALTHY
+            return ExitCode.FAILED
         await self._deliver(flushing)  # nothing is claimed before earlier results are delivered
         self.accepting = True
         if not self.stopping.is_set():
@@ -210,7 +210,7 @@ class BufferWorker:
     async def _claim_loop(self) -> int:
         while not self._finished():
             if not await self._runner_ready():
-                return EXIT_UNHEALTHY
+                return ExitCode.FAILED
             try:
                 # A claim cut short by a signal may already have been granted: that job's lease runs out.
                 job = await self._unless_stopping(self.client.claim(self._claim_request()))
@@ -225,7 +225,7 @@ class BufferWorker:
                 break
             else:
                 await self._unless_stopping(asyncio.sleep(self.settings.CLAIM_POLL_S))
-        return EXIT_OK
+        return ExitCode.OK
 
     def _refused(self, exc: OrchestratorRejected) -> float:
         """Log a refused claim; returns the back-off before the next one (a bad key must not spin)."""
@@ -444,5 +444,5 @@ async def run_buffer(settings: Settings) -> int:
         worker = await build_worker(settings)
     except (SettingsError, StorageError) as exc:
         log.error("cannot start the buffer worker", extra={"error": str(exc)})
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_INPUT
     return await worker.run()

@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 
 from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.settings import Settings, SettingsError, load_settings
-
-EXIT_BAD_SETTINGS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.require_orchestrator()
     except SettingsError as exc:
         print(f"fastwan-worker: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return ExitCode.BAD_INPUT
     from worker_app_fastwan.logs import setup_logging
 
     setup_logging(settings.LOG_LEVEL)
@@ -101,7 +100,7 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
             image_file = Path(args.image)
             if not image_file.is_file():
                 print(f"fastwan-worker: --image: no such file {image_file}", file=sys.stderr)
-                return EXIT_BAD_SETTINGS
+                return ExitCode.BAD_INPUT
     try:
         parse_job_input(job)  # a bad field is reported before the model loads
     except JobFailure as exc:
