@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-# Published configs (diffusers' Wan2.2-TI2V-5B conversion; see shared/notes/fastwan-facts.md).
+# Published configs (diffusers' Wan2.2-TI2V-5B conversion, as published with the checkpoint).
 FULL_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=24,

@@ -1,4 +1,4 @@
-"""The worker-facing routes of ../shared/orchestrator-protocol.md: claim, heartbeat, status, progress.
+"""The worker-facing routes of docs/protocol.md (v1.1): claim, heartbeat, status, progress.
 
 The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
 thread pool and SQLite work never blocks the event loop.

@@ -46,3 +46,35 @@ def test_documented_defaults_match_the_code():
         if name in defaults and defaults[name] is not None and _shown(defaults[name]) != shown:
             wrong.append(f"README.md: {name} shows {shown!r}, the code says {_shown(defaults[name])!r}")
     assert not wrong, wrong
+
+
+def _tracked_files() -> list[Path]:
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [ROOT / name for name in listed.decode().split("\0") if name]
+
+
+def test_nothing_points_outside_the_repo_for_the_contract():
+    """A clone alone must be complete: the contract is docs/protocol.md, never a sibling folder's file."""
+    outside = ("../" + "shared", "shared/" + "notes", "orchestrator" + "-protocol.md")
+    hits = []
+    for path in _tracked_files():
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        hits += [f"{path.relative_to(ROOT)}: {word}" for word in outside if word in text]
+    assert not hits, hits
+
+
+def test_protocol_doc_names_every_worker_route_of_the_stub():
+    from orchestrator_stub import internal_api
+
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    router = internal_api.build_router(store=None)  # type: ignore[arg-type]  # routes only, never called
+    paths = {route.path for route in router.routes}  # type: ignore[attr-defined]
+    assert len(paths) == 4
+    missing = [path for path in paths if path not in doc]
+    assert not missing, f"docs/protocol.md does not describe {missing}"
+    assert "v1.1" in doc and "`attempt`" in doc and "`job_ids`" in doc
+    assert "docs/protocol.md" in (ROOT / "README.md").read_text()

@@ -1,6 +1,6 @@
 """Buffer mode (Vast.ai / local): claim jobs from the orchestrator, run them, report them.
 
-Protocol: ../shared/orchestrator-protocol.md ("Buffer mode", "Leases", "Shutdown"). One job at a time:
+Protocol: docs/protocol.md ("Buffer mode", "Leases", "Shutdown"). One job at a time:
 claim → `running` → `JobRunner.run` → final status (through the on-disk outbox) → claim again.
 
 Two tasks share the parent's event loop: the heartbeat, on a fixed cadence from start to exit, and the

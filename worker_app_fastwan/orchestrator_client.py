@@ -1,4 +1,4 @@
-"""The worker's calls to the orchestrator (../shared/orchestrator-protocol.md) and best-effort progress.
+"""The worker's calls to the orchestrator (docs/protocol.md) and best-effort progress.
 
 Which failures are retried, and how, is decided in one place (`RetryPolicy`, `is_retryable`): network
 errors and 408/429/5xx are retried with jittered exponential backoff; any other 4xx is final. Claim and

@@ -1,4 +1,4 @@
-"""The job objects of the protocol (../shared/orchestrator-protocol.md): input, result, error.
+"""The job objects of the protocol (docs/protocol.md): input, result, error.
 
 This module is the single definition used by queue mode, buffer mode, the job runner and the stub.
 It imports nothing heavy so that every process can afford it.

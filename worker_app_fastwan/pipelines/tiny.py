@@ -36,7 +36,7 @@ def _tokenizer() -> T5Tokenizer:
 
 
 def build_tiny_parts() -> WanParts:
-    """Deterministic tiny weights (same every time), configs from shared/notes/fastwan-facts.md."""
+    """Deterministic tiny weights (same every time), the published configs scaled down."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(WEIGHTS_SEED)
         vae = AutoencoderKLWan(
