@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
+import json
+import subprocess
+import sys
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from helpers_http import serve
 from PIL import Image
 
 from worker_app_fastwan import image_input
+from worker_app_fastwan.addresses import forbidden_address
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.image_input import download_image, redact_url
 from worker_app_fastwan.schema import ErrorCode
@@ -31,6 +37,16 @@ PNG = encode("PNG", (40, 24), "RGBA")
 JPEG = encode("JPEG", (33, 17))
 WEBP = encode("WEBP", (16, 48))
 BIG_PIXELS = encode("PNG", (64, 64))
+HUGE_PIXELS = encode("PNG", (9000, 9000), "1")  # 81 MP in about 10 KB: accepted before the pixel cap
+BOMB_DECODED_MB = 256
+
+
+def gzip_bomb() -> bytes:
+    """`Content-Encoding: gzip, gzip` of BOMB_DECODED_MB MB of zeros: under a kilobyte on the wire."""
+    inner = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    megabyte = b"\0" * (1 << 20)
+    layer = b"".join(inner.compress(megabyte) for _ in range(BOMB_DECODED_MB)) + inner.flush()
+    return gzip.compress(layer, 9)
 
 
 def rotated_jpeg() -> bytes:
@@ -44,6 +60,7 @@ def rotated_jpeg() -> bytes:
 def build_app() -> FastAPI:
     app = FastAPI()
     app.state.hits = []
+    app.state.encodings = []
     files = {
         "img.png": (PNG, "image/png"),
         "img.jpg": (JPEG, "image/jpeg; charset=binary"),
@@ -55,12 +72,24 @@ def build_app() -> FastAPI:
         "page.html": (b"<html>hi</html>", "text/html; charset=utf-8"),
         "big-pixels.png": (BIG_PIXELS, "image/png"),
         "declared-huge.png": (b"\0" * (MAX_BYTES + 1), "image/png"),
+        "huge-pixels.png": (HUGE_PIXELS, "image/png"),
     }
+    bomb = gzip_bomb()
 
     @app.middleware("http")
     async def record(request: Request, call_next):  # type: ignore[no-untyped-def]
         app.state.hits.append((request.url.path, request.headers.get("host")))
+        app.state.encodings.append(request.headers.get("accept-encoding"))
         return await call_next(request)
+
+    @app.get("/bomb.png")
+    async def bomb_png() -> Response:
+        # Sent whatever the client asked for, as a hostile server would.
+        return Response(bomb, headers={"content-type": "image/png", "content-encoding": "gzip, gzip"})
+
+    @app.get("/gzipped.png")
+    async def gzipped_png() -> Response:
+        return Response(gzip.compress(PNG), headers={"content-type": "image/png", "content-encoding": "gzip"})
 
     @app.get("/f/{name}")
     async def file(name: str) -> Response:
@@ -111,8 +140,10 @@ def server() -> Iterator[tuple[str, FastAPI]]:
         yield base, app
 
 
-def fetch(url: str, dest: Path, *, allow_private: bool = True, timeout_s: float = 5.0) -> Path:
-    return asyncio.run(download_image(url, dest, allow_private=allow_private, max_bytes=MAX_BYTES, timeout_s=timeout_s))
+def fetch(url: str, dest: Path, *, allow_private: bool = True, timeout_s: float = 10.0, **kwargs: object) -> Path:
+    return asyncio.run(
+        download_image(url, dest, allow_private=allow_private, max_bytes=MAX_BYTES, timeout_s=timeout_s, **kwargs)  # type: ignore[arg-type]
+    )
 
 
 def failure(url: str, dest: Path, **kwargs: object) -> JobFailure:
@@ -156,13 +187,64 @@ def test_bad_inputs_are_invalid_input(server, tmp_path: Path, path: str, words: 
     assert exc.message.startswith("image_url: ") and words in exc.message
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("limit", [3000, 1000])  # 64×64 = 4096 px: warning range, then error range
-def test_decompression_bomb_is_refused(server, tmp_path: Path, monkeypatch, limit: int) -> None:
+def test_pixel_cap_refuses_a_small_file_of_many_pixels(server, tmp_path: Path) -> None:
     base, _ = server
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
-    exc = failure(f"{base}/f/big-pixels.png", tmp_path)
-    assert exc.code is ErrorCode.invalid_input and "decompression-bomb" in exc.message
+    assert len(HUGE_PIXELS) < MAX_BYTES  # small on the wire: only the pixel cap can catch it
+    exc = failure(f"{base}/f/huge-pixels.png", tmp_path)
+    assert exc.code is ErrorCode.invalid_input and not exc.retryable
+    assert "9000×9000" in exc.message and f"{image_input.MAX_IMAGE_PIXELS}-pixel limit" in exc.message
+    assert list(tmp_path.iterdir()) == []  # neither the download nor a PNG is left behind
+
+
+@pytest.mark.parametrize("max_pixels", [4096, 4095])  # 64×64 = 4096 px: at the cap, then one over
+def test_pixel_cap_is_exact(server, tmp_path: Path, max_pixels: int) -> None:
+    base, _ = server
+    if max_pixels >= 64 * 64:
+        assert fetch(f"{base}/f/big-pixels.png", tmp_path, max_pixels=max_pixels).exists()
+    else:
+        exc = failure(f"{base}/f/big-pixels.png", tmp_path, max_pixels=max_pixels)
+        assert exc.code is ErrorCode.invalid_input and "pixel limit" in exc.message
+
+
+def test_decoding_is_killed_at_its_deadline(server, tmp_path: Path) -> None:
+    base, _ = server
+    exc = failure(f"{base}/f/img.png", tmp_path, decode_timeout_s=0.001)
+    assert exc.code is ErrorCode.invalid_input and "to decode" in exc.message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["/bomb.png", "/gzipped.png"])
+def test_encoded_bodies_are_refused_not_inflated(server, tmp_path: Path, path: str) -> None:
+    base, app = server
+    exc = failure(base + path, tmp_path)
+    assert exc.code is ErrorCode.invalid_input and not exc.retryable and "Content-Encoding gzip" in exc.message
+    assert app.state.encodings[-1] == "identity"  # asked for unencoded bytes
+
+
+RSS_PROBE = """
+import asyncio, json, resource, sys, tempfile
+from worker_app_fastwan.image_input import download_image
+from worker_app_fastwan.errors import JobFailure
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    asyncio.run(download_image(sys.argv[1], tempfile.mkdtemp(), allow_private=True, max_bytes=20 << 20, timeout_s=20))
+    outcome = "accepted"
+except JobFailure as exc:
+    outcome = exc.code.value
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"outcome": outcome, "growth_mb": (after - before) / 1024}))
+"""
+
+
+def test_gzip_bomb_does_not_grow_the_process(server) -> None:
+    """The bomb is downloaded by a fresh process, whose peak RSS is measured before and after."""
+    base, _ = server
+    done = subprocess.run([sys.executable, "-c", RSS_PROBE, f"{base}/bomb.png"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    probe = json.loads(done.stdout)
+    print(f"gzip bomb ({BOMB_DECODED_MB} MB decoded): peak RSS grew {probe['growth_mb']:.1f} MB")
+    assert probe["outcome"] == "invalid_input"
+    assert probe["growth_mb"] < 30  # inflated, it would be BOMB_DECODED_MB or more
 
 
 @pytest.mark.parametrize(("code", "retryable"), [(404, False), (403, False), (500, True), (503, True), (429, True)])
@@ -253,3 +335,51 @@ def test_messages_never_echo_credentials(server, tmp_path: Path) -> None:
     exc = failure(url, tmp_path)
     assert "hunter2" not in exc.message and "s3cr3t" not in exc.message and "/status/404" in exc.message
     assert redact_url("https://u:p@[::1]:8443/a.png?x=1#f") == "https://[::1]:8443/a.png?…"
+
+
+@pytest.mark.parametrize(
+    ("address", "forbidden"),
+    [
+        ("93.184.216.34", False),
+        ("2606:4700::1111", False),
+        ("100.64.0.1", True),  # carrier-grade NAT
+        ("::ffff:10.0.0.1", True),  # IPv4-mapped
+        ("::ffff:93.184.216.34", False),
+        ("::10.0.0.1", True),  # IPv4-compatible
+        ("::ffff:0:10.0.0.1", True),  # SIIT IPv4-translated
+        ("2002:a00:1::1", True),  # 6to4 of 10.0.0.1
+        ("2002:7f00:1::1", True),  # 6to4 of 127.0.0.1
+        ("2002:5db8:d822::1", True),  # 6to4 of a public address: all of 2002::/16 is refused
+        ("64:ff9b::10.0.0.1", True),  # NAT64
+        ("64:ff9b::127.0.0.1", True),
+        ("64:ff9b::93.184.216.34", False),  # what DNS64 answers for a public IPv4 host
+        ("64:ff9b:1::a00:1", True),  # local-use NAT64
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", True),  # Teredo, client 10.0.0.1
+        ("2606:4700::5efe:a00:1", True),  # ISATAP interface id carrying 10.0.0.1
+        ("2606:4700::200:5efe:c0a8:101", True),  # ISATAP (universal bit) carrying 192.168.1.1
+        ("fd00::1", True),
+        ("fe80::1", True),
+        ("::1", True),
+    ],
+)
+def test_forbidden_addresses(address: str, forbidden: bool) -> None:
+    import ipaddress
+
+    assert forbidden_address(ipaddress.ip_address(address)) is forbidden
+
+
+@pytest.mark.parametrize("address", ["2002:7f00:1::1", "64:ff9b::7f00:1", "::ffff:7f00:1"])
+def test_ipv6_embedding_loopback_is_refused_before_connecting(
+    server, tmp_path: Path, monkeypatch, address: str
+) -> None:
+    base, app = server
+    port = base.rsplit(":", 1)[1]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [address]
+
+    monkeypatch.setattr(image_input, "_resolve", resolve)
+    before = len(app.state.hits)
+    exc = failure(f"http://images.test:{port}/f/img.png", tmp_path, allow_private=False)
+    assert exc.code is ErrorCode.invalid_input and "non-public address" in exc.message and address in exc.message
+    assert len(app.state.hits) == before

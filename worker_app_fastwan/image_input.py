@@ -1,39 +1,51 @@
 """Fetch a job's input image and turn it into a trusted PNG on disk.
 
 The URL comes from a client, so it is treated as hostile: only http(s); unless private addresses are
-allowed, every address the host resolves to must be public and the connection goes to one of those
-vetted addresses (httpx is not left to resolve the name again, which would reopen DNS rebinding);
-redirects are followed by hand and every hop is checked again; the body is capped while streaming;
-the bytes must decode as PNG, JPEG or WebP within Pillow's pixel limit. What reaches the GPU child is
-a PNG this module wrote itself.
+allowed, every address the host resolves to must be public, IPv4 embedded in IPv6 included (`addresses`),
+and the connection goes to one of those vetted addresses (httpx is not left to resolve the name again,
+which would reopen DNS rebinding); redirects are followed by hand and every hop is checked again. The
+body is asked for and read without content encoding (a response in any other encoding is refused, so a
+gzip bomb is never inflated) and capped while streaming. The bytes are decoded in a short-lived process
+(`image_decode`) under a pixel cap, a memory cap and a deadline. What reaches the GPU child is a PNG
+this worker wrote itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import ipaddress
+import os
 import socket
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from worker_app_fastwan.addresses import forbidden_address
+from worker_app_fastwan.child_env import minimal_env
 from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.image_decode import REFUSED_EXIT
 from worker_app_fastwan.schema import ErrorCode
 
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# What a video of at most 1280×1280 can use, with room for a photo to crop from: 4096×4096.
+MAX_IMAGE_PIXELS = 16 * 1024 * 1024
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
 # Servers that do not know what they serve; the decoder decides instead.
 UNTYPED = {"", "application/octet-stream", "binary/octet-stream"}
 MAX_REDIRECTS = 3
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 MAX_CONNECT_S = 10.0
-_HEADERS = {"Accept": "image/png, image/jpeg, image/webp;q=0.9", "User-Agent": "fastwan-worker"}
+# identity: the byte cap must hold on the bytes the decoder sees, so nothing is inflated on the way.
+_HEADERS = {
+    "Accept": "image/png, image/jpeg, image/webp;q=0.9",
+    "Accept-Encoding": "identity",
+    "User-Agent": "fastwan-worker",
+}
 
 
 async def download_image(
@@ -43,19 +55,30 @@ async def download_image(
     allow_private: bool,
     max_bytes: int,
     timeout_s: float,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    decode_timeout_s: float | None = None,
     client: httpx.AsyncClient | None = None,
 ) -> Path:
     """Download `url`, check it, and write it as an RGB PNG into `dest_dir`; returns the PNG's path.
 
     Raises `JobFailure`: `invalid_input` when the input is at fault, `image_download_failed` otherwise.
-    `timeout_s` bounds each network phase and the whole download.
+    `timeout_s` bounds each network phase and the whole download; `decode_timeout_s` (default: `timeout_s`)
+    the decoding.
     """
     shown = redact_url(url)
     try:
         data = await asyncio.wait_for(_fetch(url, shown, allow_private, max_bytes, timeout_s, client), timeout_s)
     except asyncio.TimeoutError:
         raise _download_failed(shown, f"timed out after {timeout_s:g} s", retryable=True) from None
-    return await asyncio.to_thread(_save_trusted_png, data, Path(dest_dir), shown)
+    dest_dir = Path(dest_dir)
+    name = uuid.uuid4().hex
+    raw, png = dest_dir / f"download-{name}", dest_dir / f"input-{name}.png"
+    await asyncio.to_thread(_write_file, raw, data)
+    try:
+        await _decode(raw, png, max_pixels, decode_timeout_s or timeout_s, shown)
+    finally:
+        await asyncio.to_thread(raw.unlink, True)
+    return png
 
 
 def redact_url(url: str) -> str:
@@ -117,17 +140,7 @@ async def _resolve(host: str, port: int) -> list[str]:
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (
-        not ip.is_global
-        or ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
+    return forbidden_address(ip)
 
 
 async def _vetted_address(url: httpx.URL, shown: str) -> str:
@@ -190,45 +203,58 @@ def _check_content_type(response: httpx.Response, shown: str) -> None:
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int, shown: str) -> bytes:
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for identity; inflating what came instead would let 1 KB on the wire become gigabytes.
+        raise _invalid(shown, f"was sent with Content-Encoding {encoding[:40]}; only unencoded images are accepted")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(shown, max_bytes)
     body = bytearray()
-    async for chunk in response.aiter_bytes():  # decoded bytes, so a gzip bomb hits the cap too
+    async for chunk in response.aiter_raw():  # the bytes as sent: nothing is decoded on the way
         body += chunk
         if len(body) > max_bytes:
             raise _too_large(shown, max_bytes)
     return bytes(body)
 
 
-def _save_trusted_png(data: bytes, dest_dir: Path, shown: str) -> Path:
-    """Decode within the pixel limit, verify, convert to RGB and write a PNG of our own."""
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def _decode(src: Path, dest: Path, max_pixels: int, timeout_s: float, shown: str) -> None:
+    """Run `image_decode` on `src`; a refusal, a crash or the deadline is the image's fault (invalid_input)."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker_app_fastwan.image_decode",
+        str(src),
+        str(dest),
+        str(max_pixels),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=minimal_env(os.environ),
+    )
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
-            _check_pixels(probe.size, shown)
-            probe.verify()
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-            img.load()
-            # The PNG drops EXIF, so apply a phone photo's orientation now or it would end up sideways.
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except Image.DecompressionBombError:
-        raise _bomb(shown) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _invalid(shown, f"could not be decoded as a PNG/JPEG/WebP image ({type(exc).__name__})") from None
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / f"input-{uuid.uuid4().hex}.png"
-    rgb.save(path, format="PNG", compress_level=1)  # a scratch file: speed over size
-    return path
-
-
-def _check_pixels(size: tuple[int, int], shown: str) -> None:
-    """Pillow only warns between MAX_IMAGE_PIXELS and twice that; here that range is an error too.
-
-    Checked by hand rather than with warnings.catch_warnings, which is not thread-safe.
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size[0] * size[1] > limit:
-        raise _bomb(shown)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise _invalid(shown, f"took longer than {timeout_s:g} s to decode") from None
+    except asyncio.CancelledError:
+        proc.kill()
+        raise
+    reason = out.decode("utf-8", "replace").strip()[:300]
+    if proc.returncode == REFUSED_EXIT and reason:
+        raise _invalid(shown, reason)
+    if proc.returncode != 0:
+        elapsed = time.monotonic() - started
+        raise _invalid(
+            shown, f"could not be decoded (the decoder stopped with code {proc.returncode} after {elapsed:.1f} s)"
+        )
 
 
 def _invalid(shown: str, what: str) -> JobFailure:
@@ -237,10 +263,6 @@ def _invalid(shown: str, what: str) -> JobFailure:
 
 def _too_large(shown: str, max_bytes: int) -> JobFailure:
     return _invalid(shown, f"is larger than the {max_bytes}-byte limit")
-
-
-def _bomb(shown: str) -> JobFailure:
-    return _invalid(shown, f"has more than {Image.MAX_IMAGE_PIXELS} pixels (decompression-bomb guard)")
 
 
 def _download_failed(shown: str, what: str, *, retryable: bool) -> JobFailure:
