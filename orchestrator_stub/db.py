@@ -123,6 +123,7 @@ class StatusOutcome(str, Enum):
     requeued = "requeued"  # a retryable failure with attempts left: the job is queued again
     duplicate = "duplicate"  # the same final status from the same worker again
     conflict = "conflict"  # the worker does not hold the job (any more)
+    stale = "stale"  # v1.1: the report names an attempt that is not the job's current one
     missing = "missing"
 
 
@@ -267,6 +268,10 @@ class Store:
             db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE job_id = ?", (now, job_id))
             return CancelOutcome.requested
 
+    def current_attempt(self, job_id: str) -> int | None:
+        rows = self._read("SELECT attempt FROM jobs WHERE job_id = ?", (job_id,))
+        return rows[0]["attempt"] if rows else None
+
     def counts(self) -> dict[str, int]:
         rows = self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
         return {status: 0 for status in STATUSES} | {row["status"]: row["n"] for row in rows}
@@ -322,7 +327,10 @@ class Store:
         return Claimed(row["job_id"], json.loads(row["input"]), row["attempt"] + 1)
 
     def heartbeat(self, worker_id: str, beat: HeartbeatRequest) -> list[str]:
-        """Record the beat, renew the named job's lease; returns the job ids this worker should cancel."""
+        """Record the beat, renew the lease of every job it names; returns the job ids this worker should cancel.
+
+        It names `job_id` (generating now) and, from v1.1 workers, `job_ids` (every job the worker holds).
+        """
         now = self._clock()
         with self._tx() as (db, finals):
             self._expire(db, finals, now)
@@ -347,12 +355,10 @@ class Store:
                     (worker_id,),
                 )
             ]
-            if (
-                beat.job_id
-                and not self._renew(db, beat.job_id, worker_id, now)
-                and self._lost(db, beat.job_id, worker_id)
-            ):
-                cancel.append(beat.job_id)
+            named = ([beat.job_id] if beat.job_id else []) + beat.job_ids
+            for job_id in dict.fromkeys(named):
+                if not self._renew(db, job_id, worker_id, now) and self._lost(db, job_id, worker_id):
+                    cancel.append(job_id)
         return list(dict.fromkeys(cancel))
 
     def apply_status(
@@ -363,12 +369,15 @@ class Store:
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         *,
+        attempt: int | None = None,
         requeue_retryable: bool = True,
     ) -> StatusOutcome:
         """Apply a worker's running/completed/failed report, if that worker still holds the job.
 
-        A retryable failure sends the job back to the queue while attempts remain; a caller that already
-        retried on its own (the dispatcher) passes `requeue_retryable=False` to make its failure final.
+        With `attempt` (v1.1) the report must also be about the job's current attempt: a late report of an
+        earlier attempt is `stale`, even from the worker that holds the job again. A retryable failure sends
+        the job back to the queue while attempts remain; a caller that already retried on its own (the
+        dispatcher) passes `requeue_retryable=False` to make its failure final.
         """
         now = self._clock()
         with self._tx() as (db, finals):
@@ -378,6 +387,8 @@ class Store:
             ).fetchone()
             if row is None:
                 return StatusOutcome.missing
+            if attempt is not None and attempt != row["attempt"]:
+                return StatusOutcome.stale
             if row["status"] in FINAL:
                 same = row["status"] == status and row["final_by"] == worker_id
                 return StatusOutcome.duplicate if same else StatusOutcome.conflict

@@ -48,15 +48,24 @@ def build_router(store: Store) -> APIRouter:
     @router.post("/buffer/jobs/{job_id}/status", responses={409: {}, 422: {}})
     def status(body: StatusUpdate, job_id: str = JOB_ID) -> dict[str, Any]:
         result, error = _final_payload(body)
-        outcome = store.apply_status(job_id, body.worker_id, body.status, result, error)
+        outcome = store.apply_status(job_id, body.worker_id, body.status, result, error, attempt=body.attempt)
         log.info(
             "status report",
-            extra={"job_id": job_id, "worker_id": body.worker_id, "status": body.status, "outcome": outcome.value},
+            extra={
+                "job_id": job_id,
+                "worker_id": body.worker_id,
+                "status": body.status,
+                "attempt": body.attempt,
+                "outcome": outcome.value,
+            },
         )
         if outcome is StatusOutcome.missing:
             # 409, not 404: the protocol's one answer for "not yours", so the worker drops the report (its
             # outbox would keep a 404'd one forever, e.g. after this stub's database was deleted).
             raise HTTPException(409, f"unknown job {job_id}")
+        if outcome is StatusOutcome.stale:
+            current = store.current_attempt(job_id)
+            raise HTTPException(409, f"job {job_id} is on attempt {current}; this status is for attempt {body.attempt}")
         if outcome is StatusOutcome.conflict:
             raise HTTPException(409, f"job {job_id} is not held by worker {body.worker_id}")
         return {"job_id": job_id, "status": body.status}

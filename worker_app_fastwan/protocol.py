@@ -13,6 +13,8 @@ from worker_app_fastwan.schema import JobError, JobId, JobResult, Stage, WorkerI
 
 WorkerState = Literal["starting", "idle", "busy", "draining"]
 JobStatus = Literal["running", "completed", "failed"]
+MAX_HELD_JOBS = 64  # job ids one heartbeat may name
+MAX_ATTEMPT = 1_000_000  # far above any orchestrator's attempts, and far below SQLite's integer range
 
 
 class _Body(BaseModel):
@@ -61,10 +63,12 @@ class GpuInfo(_Body):
 class HeartbeatRequest(_Body):
     gpu_class: str = "unknown"
     state: WorkerState
-    job_id: str | None = None
+    job_id: JobId | None = None  # the job generating now
     stage: Stage | None = None
     progress: float = 0.0
     gpu: GpuInfo = GpuInfo()
+    # v1.1: every job this worker holds (generating, uploading or reporting); each one's lease is renewed.
+    job_ids: list[JobId] = Field(default_factory=list, max_length=MAX_HELD_JOBS)
 
 
 class HeartbeatResponse(_Body):
@@ -76,3 +80,5 @@ class StatusUpdate(_Body):
     status: JobStatus
     result: JobResult | None = None
     error: JobError | None = None
+    # v1.1: the claim's attempt this report is about; None (a v1 worker) is judged by the holder alone.
+    attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT)

@@ -12,7 +12,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# 1-128 characters of [A-Za-z0-9._:-], and never "." or ".." (ids become path segments and storage keys).
+# Spelled without look-ahead so the same pattern runs in pydantic's Rust regex engine, Python's `re` and
+# JSON Schema (the OpenAPI documents, hence the fuzzers): one rule for the worker, the stub and its routes.
+ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}"  # not starting with a dot
+    r"|\.[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,126}"  # one dot, then not a dot
+    r"|\.\.[A-Za-z0-9._:-]{1,126})$"  # two dots, then anything
+)
 JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker_app_fastwan.schema import ID_PATTERN
+
 B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
 DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-Diffusers"
 
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
     B2_URL_TTL_S: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
     LOCAL_OUTPUT_DIR: Path = Path("outputs")
 
-    BUFFER_WORKER_ID: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    BUFFER_WORKER_ID: str | None = Field(default=None, pattern=ID_PATTERN)
     GPU_CLASS: str | None = None
     STATE_DIR: Path = Field(default_factory=lambda: Path.home() / ".local" / "state" / "fastwan-worker")
 
