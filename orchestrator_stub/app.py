@@ -18,6 +18,7 @@ from orchestrator_stub.leases import run_lease_sweeper
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
+from worker_app_fastwan.body_guard import BodyGuard
 
 log = logging.getLogger("orchestrator_stub.app")
 
@@ -56,6 +57,8 @@ def create_app(settings: StubSettings) -> FastAPI:
             store.close()
 
     app = FastAPI(title="orchestrator_stub", version="1", lifespan=lifespan)
+    # The last added runs first: the key is checked before the body is even read.
+    app.add_middleware(BodyGuard)
     app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
     app.include_router(internal_api.build_router(store))
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set))

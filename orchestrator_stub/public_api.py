@@ -22,6 +22,7 @@ from worker_app_fastwan.schema import ID_PATTERN, ErrorCode, JobInput, parse_job
 
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 MAX_URL_CHARS = 2048
+MAX_OFFSET = 10**9  # far past any real listing, and far inside SQLite's 64-bit integers
 
 
 def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
@@ -56,7 +57,7 @@ def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
     def list_jobs(
         status: Literal["queued", "claimed", "running", "completed", "failed"] | None = None,
         limit: int = Query(default=50, ge=1, le=500),
-        offset: int = Query(default=0, ge=0),
+        offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         jobs, total = store.list_jobs(status, limit, offset)
         return {"jobs": [job_view(store, job) for job in jobs], "total": total, "limit": limit, "offset": offset}
