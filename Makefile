@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo studio bench lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: setup
 demo: setup
 	$(PY) -m worker_app_fastwan.demo
 
+# The web page with a stub and a tiny-model worker; prints the URL, runs until Ctrl-C.
+studio: setup
+	$(PY) -m orchestrator_stub.studio
+
 bench: setup
 	$(PY) bench/cpu_bench.py
 
@@ -30,4 +34,4 @@ lint: setup
 	$(VENV)/bin/hadolint Dockerfile.fastwan
 
 clean:
-	rm -rf $(VENV) .demo outputs
+	rm -rf $(VENV) .demo .studio outputs test-artifacts

@@ -10,11 +10,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from orchestrator_stub import internal_api, public_api
+from orchestrator_stub import internal_api, page, public_api, uploads, videos
 from orchestrator_stub.auth import InternalKeyMiddleware
 from orchestrator_stub.db import Store
 from orchestrator_stub.dispatcher import Dispatcher
 from orchestrator_stub.leases import run_lease_sweeper
+from orchestrator_stub.password import PasswordMiddleware
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
@@ -60,6 +61,11 @@ def create_app(settings: StubSettings) -> FastAPI:
     # The last added runs first: the key is checked before the body is even read.
     app.add_middleware(BodyGuard)
     app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
+    if password := settings.password():
+        app.add_middleware(PasswordMiddleware, password=password)
     app.include_router(internal_api.build_router(store))
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set))
+    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR))
+    app.include_router(uploads.build_router(settings.UPLOAD_DIR, settings.UPLOAD_MAX_BYTES, settings.public_url()))
+    page.mount(app, store)
     return app

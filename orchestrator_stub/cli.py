@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from orchestrator_stub.app import create_app
+from orchestrator_stub.password import warn_if_open
 from orchestrator_stub.settings import StubSettingsError, load_settings
 from worker_app_fastwan.logs import setup_logging
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.LOG_LEVEL, process="orchestrator_stub")
     log.info("starting", extra={"settings": settings.summary()})
+    warn_if_open(settings.STUB_HOST, settings.password())
     config = uvicorn.Config(
         create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT, log_config=None, access_log=False
     )

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_update ON jobs (updated_at);
 CREATE INDEX IF NOT EXISTS jobs_by_webhook ON jobs (webhook_state) WHERE webhook_state = 'pending';
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
@@ -253,6 +254,11 @@ class Store:
                 f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, limit, offset)
             ).fetchall()
         return [self._job_dict(row) for row in rows], total
+
+    def changed_since(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """Jobs whose `updated_at` is at or after `since`, the latest changes first (the page's live updates)."""
+        rows = self._read("SELECT * FROM jobs WHERE updated_at >= ? ORDER BY updated_at DESC LIMIT ?", (since, limit))
+        return [self._job_dict(row) for row in rows]
 
     def cancel(self, job_id: str) -> CancelOutcome:
         now = self._clock()

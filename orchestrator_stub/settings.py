@@ -46,12 +46,32 @@ class StubSettings(BaseSettings):
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # The page (orchestrator_stub/page.py and friends).
+    STUB_PASSWORD: SecretStr | None = None
+    STUB_PUBLIC_URL: str | None = None
+    LOCAL_OUTPUT_DIR: Path = Path("outputs")
+    UPLOAD_DIR: Path = Path("stub_uploads")
+    UPLOAD_MAX_BYTES: int = Field(default=20 * 1024 * 1024, ge=1)
+
     @field_validator("INTERNAL_API_KEY")
     @classmethod
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("STUB_PASSWORD")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # `STUB_PASSWORD=` in a .env template means "no password", not "the empty password".
+        return value if value is not None and value.get_secret_value() else None
+
+    @field_validator("STUB_PUBLIC_URL")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http(s) URL, e.g. http://stub:8080")
+        return value.rstrip("/") if value else None
 
     @field_validator("DISPATCH_TO")
     @classmethod
@@ -62,6 +82,17 @@ class StubSettings(BaseSettings):
 
     def api_key(self) -> str:
         return self.INTERNAL_API_KEY.get_secret_value()
+
+    def password(self) -> str | None:
+        return self.STUB_PASSWORD.get_secret_value() if self.STUB_PASSWORD else None
+
+    def public_url(self) -> str:
+        """Where workers reach this stub (upload URLs start with it): STUB_PUBLIC_URL, else this host and port."""
+        if self.STUB_PUBLIC_URL:
+            return self.STUB_PUBLIC_URL
+        host = "127.0.0.1" if self.STUB_HOST in ("", "0.0.0.0", "::") else self.STUB_HOST
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.STUB_PORT}"
 
     def summary(self) -> dict[str, object]:
         """What start-up logs: every setting, the key masked."""

@@ -57,17 +57,22 @@ async def download_image(
     timeout_s: float,
     max_pixels: int = MAX_IMAGE_PIXELS,
     decode_timeout_s: float | None = None,
+    trusted_origin: str | None = None,
     client: httpx.AsyncClient | None = None,
 ) -> Path:
     """Download `url`, check it, and write it as an RGB PNG into `dest_dir`; returns the PNG's path.
 
     Raises `JobFailure`: `invalid_input` when the input is at fault, `image_download_failed` otherwise.
     `timeout_s` bounds each network phase and the whole download; `decode_timeout_s` (default: `timeout_s`)
-    the decoding.
+    the decoding. A URL (or redirect hop) on `trusted_origin` (the orchestrator's own base URL, which serves
+    uploaded images) may be private.
     """
     shown = redact_url(url)
+    trusted = _origin(httpx.URL(trusted_origin)) if trusted_origin else None
     try:
-        data = await asyncio.wait_for(_fetch(url, shown, allow_private, max_bytes, timeout_s, client), timeout_s)
+        data = await asyncio.wait_for(
+            _fetch(url, shown, allow_private, max_bytes, timeout_s, client, trusted), timeout_s
+        )
     except asyncio.TimeoutError:
         raise _download_failed(shown, f"timed out after {timeout_s:g} s", retryable=True) from None
     dest_dir = Path(dest_dir)
@@ -95,13 +100,20 @@ def redact_url(url: str) -> str:
 
 
 async def _fetch(
-    url: str, shown: str, allow_private: bool, max_bytes: int, timeout_s: float, client: httpx.AsyncClient | None
+    url: str,
+    shown: str,
+    allow_private: bool,
+    max_bytes: int,
+    timeout_s: float,
+    client: httpx.AsyncClient | None,
+    trusted: tuple[str, str, int] | None = None,
 ) -> bytes:
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, MAX_CONNECT_S))
     current = _parse(url, shown)
     async with _client_scope(client) as http:
         for _hop in range(MAX_REDIRECTS + 1):
-            pinned = None if allow_private else await _vetted_address(current, shown)
+            open_ok = allow_private or (trusted is not None and _origin(current) == trusted)
+            pinned = None if open_ok else await _vetted_address(current, shown)
             with _network_errors(shown):
                 async with _send(http, current, pinned, timeout) as response:
                     location = response.headers.get("location")
@@ -121,6 +133,11 @@ async def _client_scope(client: httpx.AsyncClient | None) -> AsyncIterator[httpx
         return
     async with httpx.AsyncClient() as own:
         yield own
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    """(scheme, host, port) with the default port filled in: what "the same origin" compares."""
+    return url.scheme, url.host.lower(), url.port or (443 if url.scheme == "https" else 80)
 
 
 def _parse(url: str, shown: str) -> httpx.URL:

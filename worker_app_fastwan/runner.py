@@ -252,6 +252,7 @@ class JobRunner:
             job.image_url,
             work,
             allow_private=self.settings.ALLOW_PRIVATE_IMAGE_URLS,
+            trusted_origin=self.settings.ORCHESTRATOR_BASE_URL,  # it serves the images uploaded to it
             max_bytes=self.settings.MAX_IMAGE_BYTES,
             timeout_s=self.settings.IMAGE_TIMEOUT_S,
         )

@@ -1,0 +1,104 @@
+"""The stub's web page: `GET /` and its assets under `/static/`, plus the two JSON routes only it needs.
+
+- `GET /v1/studio/form`: each job field's default and limits, read from `schema.JobInput` (the API's own
+  rules), so the form's spinners and presets never drift from what the API accepts. The API still judges
+  every submission: the page shows its 422 message as it is.
+- `GET /v1/studio/changes?since=CURSOR`: the jobs changed since the cursor of the previous answer (the
+  latest `limit` changes when `since` is 0), the queue counts, and every worker with how long it has been
+  quiet. The page polls it about once a second, so a few hundred jobs cost one small query per poll, not a
+  list of all of them. The cursor lags the server's clock by OVERLAP_S: a change whose transaction read
+  the clock before this query but committed after it is sent again next time rather than missed (the page
+  ignores a job whose `updated_at` it already has).
+
+Everything is served by the stub itself: plain HTML, CSS and JavaScript, no build step, no CDN.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+
+from orchestrator_stub.db import Store
+from orchestrator_stub.views import iso, job_view, worker_view
+from worker_app_fastwan.schema import SIDE_MULTIPLE, JobInput
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+OVERLAP_S = 5.0
+# Three missed beats at the worker's default HEARTBEAT_INTERVAL_S (5 s): the page shows the worker as quiet.
+QUIET_AFTER_S = 15.0
+FIELD_STEPS = {"width": SIDE_MULTIPLE, "height": SIDE_MULTIPLE, "num_frames": 4}
+
+
+def mount(app: Any, store: Store) -> None:
+    """Add the page, its assets and its routes to the stub's app."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(build_router(store))
+
+
+def build_router(store: Store) -> APIRouter:
+    router = APIRouter(tags=["page"])
+
+    @router.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+
+    @router.get("/v1/studio/form")
+    def form() -> dict[str, Any]:
+        return form_fields()
+
+    @router.get("/v1/studio/changes")
+    def changes(
+        since: float = Query(default=0.0, ge=0.0, le=1e11), limit: int = Query(default=500, ge=1, le=1000)
+    ) -> dict[str, Any]:
+        now = time.time()  # before the query: see OVERLAP_S
+        jobs = store.changed_since(since, limit)
+        return {
+            "cursor": max(0.0, now - OVERLAP_S),
+            "now": iso(now),
+            "jobs": [job_view(store, job) for job in jobs],
+            "counts": store.counts(),
+            "workers": [worker_row(worker, now) for worker in store.workers()],
+        }
+
+    return router
+
+
+# The page's scripts and styles come from this origin only; nothing inline, nothing from elsewhere.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob: https:; media-src 'self' blob: https:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def form_fields() -> dict[str, Any]:
+    """{field: {default, min, max, step}} for the numeric job fields, and the prompt's length limit."""
+    props = JobInput.model_json_schema()["properties"]
+    fields: dict[str, Any] = {}
+    for name in ("width", "height", "num_frames", "fps", "num_inference_steps", "seed"):
+        spec = props[name]
+        bounds = next((s for s in spec.get("anyOf", []) if s.get("type") == "integer"), spec)
+        maximum = bounds.get("maximum", bounds.get("exclusiveMaximum", 0) - 1)
+        fields[name] = {
+            "default": spec.get("default"),
+            "min": bounds.get("minimum"),
+            "max": maximum,
+            "step": FIELD_STEPS.get(name, 1),
+        }
+    neg = next(s for s in props["negative_prompt"]["anyOf"] if s.get("type") == "string")
+    fields["prompt"] = {"max_length": neg["maxLength"]}
+    return fields
+
+
+def worker_row(worker: dict[str, Any], now: float) -> dict[str, Any]:
+    """A worker as the page shows it: the API's view plus seconds since it was last heard from."""
+    quiet_s = max(0.0, now - worker["last_seen"])  # a claim or a heartbeat
+    return worker_view(worker) | {"quiet_s": round(quiet_s, 1), "quiet": quiet_s > QUIET_AFTER_S}

@@ -1,0 +1,78 @@
+"""STUB_PASSWORD: HTTP Basic auth in front of the page and the /v1 API, when the setting is set.
+
+Any user name is accepted; only the password counts, compared in constant time. A refusal is a 401 with
+`WWW-Authenticate: Basic`, so a browser asks for it. Left outside: `/health` (probes), the worker-facing
+`/internal/` routes (they have their own key) and `/uploads/` (the worker fetches input images from there
+without credentials; each name is the SHA-256 of the image, so only someone who has it can name it).
+Like `auth.InternalKeyMiddleware` it is ASGI middleware, so a refusal never depends on the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger("orchestrator_stub.password")
+
+OPEN_PATHS = ("/health",)
+OPEN_PREFIXES = ("/internal/", "/uploads/")
+CHALLENGE = 'Basic realm="orchestrator_stub", charset="UTF-8"'
+
+
+def is_open(path: str) -> bool:
+    """Paths that never ask for STUB_PASSWORD."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def basic_password(header: bytes | None) -> bytes | None:
+    """The password of an `Authorization: Basic …` header, or None when absent or malformed."""
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    _user, colon, password = decoded.partition(b":")
+    return password if colon else None
+
+
+class PasswordMiddleware:
+    def __init__(self, app: ASGIApp, password: str) -> None:
+        self._app = app
+        self._password = password.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not is_open(scope["path"]):
+            given = basic_password(dict(scope["headers"]).get(b"authorization"))
+            # compare_digest on equal-length digests: neither the password nor its length leaks by timing.
+            if given is None or not hmac.compare_digest(_digest(given), _digest(self._password)):
+                log.info("page or API call refused", extra={"path": scope["path"], "reason": "STUB_PASSWORD"})
+                response = JSONResponse(
+                    {"detail": "this stub needs its STUB_PASSWORD (HTTP Basic, any user name)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": CHALLENGE},
+                )
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def warn_if_open(host: str, password: str | None) -> None:
+    """A stub listening beyond loopback without STUB_PASSWORD lets anyone who reaches it spend the GPU."""
+    if password is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "the page and the /v1 API have no password while listening beyond loopback: set STUB_PASSWORD",
+            extra={"host": host},
+        )
+
+
+def _digest(value: bytes) -> bytes:
+    return hmac.digest(b"orchestrator_stub.password", value, "sha256")
