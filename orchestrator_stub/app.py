@@ -59,7 +59,7 @@ def create_app(settings: StubSettings) -> FastAPI:
 
     app = FastAPI(title="orchestrator_stub", version="1", lifespan=lifespan)
     # The last added runs first: the key is checked before the body is even read.
-    app.add_middleware(BodyGuard)
+    app.add_middleware(BodyGuard, exempt=(uploads.UPLOAD_PATH,))  # uploads.py caps its own body
     app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
     if password := settings.password():
         app.add_middleware(PasswordMiddleware, password=password)

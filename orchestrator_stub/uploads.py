@@ -1,11 +1,12 @@
 """Input images for image-to-video jobs: `POST /v1/uploads` stores one, `GET /uploads/{name}` serves it.
 
-The page sends the file as the raw request body. The stub checks the size while reading (413 past
-UPLOAD_MAX_BYTES) and the type by content, never by name or header: Pillow must identify it as PNG,
-JPEG or WebP within its pixel limit. The file is stored under UPLOAD_DIR as `<sha256>.<ext>` (fsynced
-before the answer, so an accepted upload survives a crash), and the answer's `url` is what goes into the
-job's `image_url`: it starts with the stub's own URL as workers reach it (STUB_PUBLIC_URL), the one
-private origin a worker trusts for image downloads (its ORCHESTRATOR_BASE_URL).
+The page sends the file as the raw request body (the stub's 64 KiB cap on other bodies does not apply
+here). The stub checks the size while reading (413 past UPLOAD_MAX_BYTES) and the type by content, never
+by name or header: Pillow must identify it as PNG, JPEG or WebP within the worker's pixel limit (from its
+header; the worker decodes it in its own sandbox). The file is stored under UPLOAD_DIR as
+`<sha256>.<ext>` (fsynced before the answer, so an accepted upload survives a crash), and the answer's
+`url` is what goes into the job's `image_url`: it starts with the stub's own URL as workers reach it
+(STUB_PUBLIC_URL), the one private origin a worker trusts for image downloads (its ORCHESTRATOR_BASE_URL).
 
 `/uploads/` needs no STUB_PASSWORD (the worker has none): a name is the image's SHA-256, so only someone
 who already has the image can name it.
@@ -26,11 +27,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from worker_app_fastwan.image_input import MAX_IMAGE_PIXELS
 from worker_app_fastwan.schema import ErrorCode
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 NAME_PATTERN = r"^[0-9a-f]{64}\.(png|jpg|webp)$"
+UPLOAD_PATH = "/v1/uploads"
 
 
 class UploadRefused(Exception):
@@ -47,7 +50,7 @@ class UploadRefused(Exception):
 def build_router(upload_dir: Path, max_bytes: int, public_url: str) -> APIRouter:
     router = APIRouter(tags=["uploads"])
 
-    @router.post("/v1/uploads", status_code=201, responses={413: {}, 422: {}})
+    @router.post(UPLOAD_PATH, status_code=201, responses={413: {}, 422: {}})
     async def upload(request: Request) -> JSONResponse:
         """The request body is the image itself (PNG, JPEG or WebP)."""
         try:
@@ -102,9 +105,8 @@ def identify(data: bytes) -> tuple[str, int, int]:
     try:
         with Image.open(io.BytesIO(data), formats=tuple(EXTENSIONS)) as img:
             fmt, (width, height) = str(img.format), img.size
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and width * height > limit:
-                raise UploadRefused(422, f"image: more than {limit} pixels ({width}x{height})")
+            if width * height > MAX_IMAGE_PIXELS:  # the worker's own limit: it would refuse the job
+                raise UploadRefused(422, f"image: more than {MAX_IMAGE_PIXELS} pixels ({width}x{height})")
             img.verify()
     except UploadRefused:
         raise

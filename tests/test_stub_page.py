@@ -20,7 +20,7 @@ from stub_fixtures import StubProcess, job_result, stub_factory  # noqa: F401 (f
 from worker_app_fastwan.schema import JobInput
 
 PASSWORD = "s3cret-pässword"
-UPLOAD_MAX = 4096
+UPLOAD_MAX = 200_000  # above the stub's 64 KiB cap on other bodies
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,10 @@ def root_of(stub: StubProcess) -> Path:
     return stub.db.parent
 
 
-def png(size: tuple[int, int] = (40, 24)) -> bytes:
+def png(size: tuple[int, int] = (40, 24), mode: str = "RGB", noise: bool = False) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 90)).save(buf, format="PNG")
+    img = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)) if noise else Image.new(mode, size)
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -122,7 +123,8 @@ def test_without_a_password_nothing_asks_for_one(stub: StubProcess) -> None:
 
 
 def test_an_upload_is_stored_by_content_and_served_back(stub: StubProcess) -> None:
-    data = png()
+    data = png((200, 150), noise=True)
+    assert 64 * 1024 < len(data) < UPLOAD_MAX  # more than any JSON body may be
     response = stub.http.post("/v1/uploads", content=data, headers={"Content-Type": "image/png"})
     assert response.status_code == 201, response.text
     body = response.json()
@@ -131,8 +133,8 @@ def test_an_upload_is_stored_by_content_and_served_back(stub: StubProcess) -> No
         "name": name,
         "bytes": len(data),
         "format": "png",
-        "width": 40,
-        "height": 24,
+        "width": 200,
+        "height": 150,
         "url": f"http://stub.internal:8080/uploads/{name}",
     }
     assert (root_of(stub) / "up" / name).read_bytes() == data
@@ -148,7 +150,8 @@ BAD_UPLOADS = [
     (b"GIF89a" + b"\0" * 40, "image/gif", 422, "not a PNG, JPEG or WebP"),
     (png()[:40], "image/png", 422, "not a PNG, JPEG or WebP"),
     (b"", "image/png", 422, "empty"),
-    (b"\x89PNG" + b"x" * 5000, "image/png", 413, "larger than the 4096-byte limit"),
+    (b"\x89PNG" + b"x" * 300_000, "image/png", 413, f"larger than the {UPLOAD_MAX}-byte limit"),
+    (png((5000, 4000), mode="1"), "image/png", 422, "more than 16777216 pixels"),
 ]
 
 
@@ -162,7 +165,7 @@ def test_bad_uploads_are_refused_and_not_stored(stub: StubProcess) -> None:
         assert message in error["message"], error
 
     def chunks():  # no Content-Length: the stub stops reading past the cap instead of buffering it all
-        for _ in range(64):
+        for _ in range(400):
             yield b"\x89PNG" + b"x" * 1020
 
     assert stub.http.post("/v1/uploads", content=chunks()).status_code == 413
