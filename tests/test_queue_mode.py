@@ -114,7 +114,7 @@ def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
     )
     assert resp.status_code == 200, resp.text
     result = resp.json()
-    assert result["job_id"] == "salad-t2v-1" and result["storage_key"] == "videos/salad-t2v-1.mp4"
+    assert result["job_id"] == "salad-t2v-1" and result["storage_key"] == f"videos/salad-t2v-1/{result['sha256']}.mp4"
     frames, meta = read_video(result["video_url"].removeprefix("file://"))
     assert frames.shape == (9, 256, 256, 3) and meta["fps"] == 8
     assert (result["mode"], result["seed"], result["status"]) == ("t2v", 3, "completed")
@@ -290,10 +290,70 @@ def test_queue_mode_uploads_to_b2(tmp_path):
         thread.join(30)
     assert resp.status_code == 200, resp.text
     result = resp.json()
-    assert result["storage_key"] == "prod/videos/b2-job-1.mp4"
-    data = download(api, "videos-bucket", "prod/videos/b2-job-1.mp4")
+    key = f"prod/videos/b2-job-1/{result['sha256']}.mp4"
+    assert result["storage_key"] == key
+    data = download(api, "videos-bucket", key)
     assert len(data) == result["bytes"] and hashlib.sha256(data).hexdigest() == result["sha256"]
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(result["video_url"]).query)
     assert query.get("Authorization"), "a private bucket's URL carries a download authorization"
-    info = api.get_bucket_by_name("videos-bucket").get_file_info_by_name("prod/videos/b2-job-1.mp4")
+    info = api.get_bucket_by_name("videos-bucket").get_file_info_by_name(key)
     assert info.content_type == "video/mp4" and info.file_info.get("job_id") == "b2-job-1"
+
+
+def raw_post(base: str, content: bytes | object, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/generate", content=content, headers={"Content-Type": "application/json", **headers}, timeout=60
+    )
+
+
+@pytest.mark.parametrize("field", ["prompt", "image_url", "notify_url", "negative_prompt"])
+def test_a_lone_surrogate_is_a_422_naming_its_field(worker, field):
+    # JSON may spell a lone surrogate; Python decodes it into a str that cannot be encoded again.
+    body = b'{"prompt": "ok", "width": 256, "height": 256, "num_frames": 9, "%s": "a\\ud800b"}' % field.encode()
+    resp = raw_post(worker["base"], body)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_input" and not error["retryable"]
+    assert error["message"].startswith(f"{field}: is not valid Unicode"), error["message"]
+
+
+def test_a_lone_surrogate_in_a_body_not_typed_as_json_is_a_422(worker):
+    resp = raw_post(worker["base"], b'{"prompt": "\\ud800"}', **{"Content-Type": "text/plain"})
+    assert resp.status_code == 422 and resp.json()["error"]["message"].startswith("prompt: ")
+
+
+def test_a_lone_surrogate_in_a_key_is_a_422(worker):
+    resp = raw_post(worker["base"], b'{"prompt": "ok", "\\udfff": 1}')
+    assert resp.status_code == 422 and "field name is not valid Unicode" in resp.json()["error"]["message"]
+
+
+def test_a_50_mb_prompt_is_a_413_before_it_is_read(worker):
+    prompt = b"a" * (50 << 20)
+    resp = raw_post(worker["base"], b'{"prompt": "' + prompt + b'"}')
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["message"] == "body: larger than the 65536-byte limit"
+
+
+def test_a_chunked_body_is_capped_while_streaming(worker):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(40):
+            yield b"a" * 4096  # 160 KiB, no Content-Length
+        yield b'"}'
+
+    resp = raw_post(worker["base"], chunks())
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"prompt": "ok", "extra": ' + b"[" * 40 + b"]" * 40 + b"}",  # deeper than the job input needs
+        b"[" * 30000 + b"]" * 30000,  # deeper than the JSON parser's own stack
+        b'{"prompt": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
+    ],
+)
+def test_deep_nesting_is_a_400_never_a_500(worker, body):
+    resp = raw_post(worker["base"], body)
+    assert resp.status_code == 400, resp.text
+    assert "nested deeper than" in resp.json()["error"]["message"]

@@ -46,6 +46,11 @@ def check_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     _walk(data, max_depth)
 
 
+def check_json_value(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """The same rules on data already parsed (a job input that came another way); raises `BodyRejected`."""
+    _walk(data, max_depth)
+
+
 def _no_constant(name: str) -> Any:
     raise BodyRejected(422, f"body: {name} is not a JSON number")
 

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from worker_app_fastwan.body_guard import BodyGuard, BodyRejected, check_json_body
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.metrics import Metrics
 from worker_app_fastwan.runner import Busy, JobRunner, NotReady, RunnerState
@@ -112,8 +113,15 @@ def _failure_status(exc: JobFailure) -> int:
 
 
 async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, dict[str, Any]]:
+    """The job id and the body; raises `BodyRejected` or `JobFailure`.
+
+    `BodyGuard` has capped the body (413) and checked it when it is typed as JSON; the checks run again
+    here for a body sent with another type, which is parsed as JSON all the same.
+    """
+    raw = await request.body()
+    check_json_body(raw)
     try:
-        body = json.loads(await request.body() or b"null")
+        body = json.loads(raw or b"null")
     except ValueError:
         raise JobFailure(ErrorCode.invalid_input, "body: not valid JSON") from None
     if not isinstance(body, dict):
@@ -122,12 +130,14 @@ async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, di
     try:
         return _job_id_adapter.validate_python(job_id), body
     except ValidationError:
-        raise JobFailure(ErrorCode.invalid_input, "job_id: must be 1-128 characters of [A-Za-z0-9._:-]") from None
+        raise JobFailure(
+            ErrorCode.invalid_input, "job_id: must be 1-128 characters of [A-Za-z0-9._:-], and not . or .."
+        ) from None
 
 
 def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:
     router = APIRouter()
-    error_responses = {code: {"model": ErrorBody} for code in (400, 422, 429, 500, 503)}
+    error_responses = {code: {"model": ErrorBody} for code in (400, 413, 422, 429, 500, 503)}
 
     @router.get("/", summary="List the endpoints")
     async def index() -> dict[str, Any]:
@@ -179,6 +189,8 @@ async def _generate(worker: QueueWorker, request: Request, salad_job_id: str | N
         return _error(429, ErrorCode.internal, f"busy: {exc}", True)
     except NotReady as exc:
         return _error(503, ErrorCode.internal, f"not ready: {exc}", True)
+    except BodyRejected as exc:
+        return _error(exc.status, ErrorCode.invalid_input, exc.message, False)
     except JobFailure as exc:
         return _error(_failure_status(exc), exc.code, exc.message, exc.retryable)
     return JSONResponse(result.model_dump(mode="json"))
@@ -196,6 +208,7 @@ def create_app(settings: Settings, worker: QueueWorker, metrics: Metrics) -> Fas
 
     app = FastAPI(title="FastWan video worker (queue mode)", version="1", lifespan=lifespan)
     app.include_router(build_router(worker, metrics))
+    app.add_middleware(BodyGuard)  # 64 KiB, nesting, valid Unicode: before any route reads the body
     return app
 
 

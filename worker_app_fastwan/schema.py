@@ -151,6 +151,12 @@ def parse_job_input(data: Any) -> JobInput:
 
     if not isinstance(data, dict):
         raise JobFailure(ErrorCode.invalid_input, "body: the job input must be a JSON object")
+    from worker_app_fastwan.body_guard import BodyRejected, check_json_value
+
+    try:
+        check_json_value(data)
+    except BodyRejected as exc:
+        raise JobFailure(ErrorCode.invalid_input, exc.message) from None
     try:
         return JobInput.model_validate(data)
     except ValidationError as exc:
