@@ -96,7 +96,7 @@ def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
         assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 1, "shared-worker"), view
         result = view["result"]
         assert (result["job_id"], result["mode"], result["num_frames"], result["seed"]) == (job_id, mode, 9, seed)
-        assert result["storage_key"] == f"videos/{job_id}.mp4"
+        assert result["storage_key"] == f"videos/{job_id}/{result['sha256']}.mp4"
         data = video_path(result).read_bytes()
         assert result["bytes"] == len(data) and result["sha256"] == hashlib.sha256(data).hexdigest()
         frames, _ = read_video(video_path(result))

@@ -57,7 +57,7 @@ def test_t2v_job_result_matches_the_stored_video(loop, runner):
         runner.listeners.clear()
     path = Path(result.video_url.removeprefix("file://"))
     data = path.read_bytes()
-    assert result.storage_key == "videos/t2v-1.mp4" and path.name == "t2v-1.mp4"
+    assert result.storage_key == f"videos/t2v-1/{result.sha256}.mp4" and path.name == f"{result.sha256}.mp4"
     assert result.bytes == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
     assert (result.seed, result.mode, result.num_frames) == (4, "t2v", 9)
     frames, _ = read_video(path)

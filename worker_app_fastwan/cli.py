@@ -75,7 +75,7 @@ class _OnePathStorage:
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def upload(self, local_path: Path, job_id: str):
+    def upload(self, local_path: Path, job_id: str, sha256: str):
         from worker_app_fastwan.storage import StoredObject
 
         self.out.parent.mkdir(parents=True, exist_ok=True)

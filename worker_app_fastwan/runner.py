@@ -320,7 +320,8 @@ class JobRunner:
         with video.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        return digest.hexdigest(), self.storage.upload(video, job_id)
+        sha256 = digest.hexdigest()
+        return sha256, self.storage.upload(video, job_id, sha256)
 
     # ------------------------------------------------------------ progress
 

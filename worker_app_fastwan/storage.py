@@ -1,7 +1,10 @@
 """Where finished videos go: a Backblaze B2 bucket (b2sdk) or a local folder, behind one `Storage` protocol.
 
-The object key depends only on the job id, so a job that runs twice overwrites its video instead of
-leaving a second one. `upload` blocks (b2sdk is synchronous); the caller runs it in a thread.
+The object key is `<prefix>videos/<job_id>/<sha256>.mp4`: an attempt that lost its lease and finishes
+late writes beside, never over, the video that another attempt reported, so a reported `storage_key`,
+`bytes` and `sha256` always describe what is stored. A local video is fsynced, with its folders, before
+`upload` returns: it is reported `completed` only once durable. `upload` blocks (b2sdk is synchronous,
+fsync waits for the disk); the caller runs it in a thread.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import quote
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -44,16 +48,19 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
-    def upload(self, local_path: Path, job_id: str) -> StoredObject:
-        """Store the file under the job's key and return a URL a client can fetch; never consumes the file."""
+    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+        """Store the file (whose SHA-256 is `sha256`) under its key and return a URL a client can fetch;
+        never consumes the file."""
         ...
 
 
-def storage_key(job_id: str, prefix: str) -> str:
-    """`<prefix>videos/<job_id>.mp4`; the id is checked because it becomes a file name."""
+def storage_key(job_id: str, sha256: str, prefix: str) -> str:
+    """`<prefix>videos/<job_id>/<sha256>.mp4`; both are checked because they become file names."""
     if not re.fullmatch(ID_PATTERN, job_id):
         raise ValueError(f"job_id {job_id!r} does not match {ID_PATTERN}")
-    return f"{prefix}videos/{job_id}.mp4"
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return f"{prefix}videos/{job_id}/{sha256}.mp4"
 
 
 class LocalStorage:
@@ -65,20 +72,34 @@ class LocalStorage:
     def __repr__(self) -> str:
         return f"LocalStorage(out_dir={str(self.out_dir)!r})"
 
-    def upload(self, local_path: Path, job_id: str) -> StoredObject:
-        key = storage_key(job_id, "")
+    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+        key = storage_key(job_id, sha256, "")
         dest = self.out_dir / key
+        new_dirs = [d for d in (dest.parent.parent, dest.parent) if not d.exists()]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # A reader never sees a half-written video: copy next to the target, then rename over it.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{job_id}.", suffix=".part")
+        # A reader never sees a half-written video: copy next to the target, fsync, then rename over it.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        # The rename, and any folder made for it, last only once their folders are on disk too.
+        for folder in [dest.parent, *(d.parent for d in new_dirs)]:
+            _fsync_dir(folder)
         return StoredObject(key=key, url=dest.resolve().as_uri(), bytes=dest.stat().st_size)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -159,8 +180,8 @@ class B2Storage:
     def __repr__(self) -> str:
         return f"B2Storage(bucket={self.bucket_name!r}, prefix={self.prefix!r}, public={self.public})"
 
-    def upload(self, local_path: Path, job_id: str) -> StoredObject:
-        key = storage_key(job_id, self.prefix)
+    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+        key = storage_key(job_id, sha256, self.prefix)
         size = Path(local_path).stat().st_size
         try:
             # Files above the account's recommended part size go multipart inside b2sdk, which also
@@ -170,7 +191,7 @@ class B2Storage:
                 local_file=str(local_path),
                 file_name=key,
                 content_type=CONTENT_TYPE,
-                file_info={"job_id": job_id},
+                file_info={"job_id": job_id, "sha256": sha256},
             )
             url = self._call(self._url_for, key)
         except Exception as exc:
