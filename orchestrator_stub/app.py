@@ -64,7 +64,7 @@ def create_app(settings: StubSettings) -> FastAPI:
     if password := settings.password():
         app.add_middleware(PasswordMiddleware, password=password)
     app.include_router(internal_api.build_router(store))
-    app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set))
+    app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
     app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR))
     app.include_router(uploads.build_router(settings.UPLOAD_DIR, settings.UPLOAD_MAX_BYTES, settings.public_url()))
     page.mount(app, store)

@@ -45,7 +45,7 @@ class _Server(uvicorn.Server):
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="orchestrator_stub",
-        description="Local orchestrator: buffer-mode protocol for workers, /v1 API for people, optional Salad-style dispatch.",
+        description="Local orchestrator: buffer-mode protocol for workers, /v1 API for people, Salad-style dispatch.",
     )
     parser.add_argument(
         "--dispatch-to",

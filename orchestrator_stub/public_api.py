@@ -9,23 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, Store
+from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import job_view, load_job_view, worker_view
+from orchestrator_stub.webhooks import check_notify_url
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.schema import ID_PATTERN, ErrorCode, JobInput, parse_job_input
 
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
-MAX_URL_CHARS = 2048
 MAX_OFFSET = 10**9  # far past any real listing, and far inside SQLite's 64-bit integers
 
 
-def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
+def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSettings) -> APIRouter:
     router = APIRouter(tags=["public"])
 
     @router.get("/health")
@@ -34,11 +34,11 @@ def build_router(store: Store, on_new_job: Callable[[], None]) -> APIRouter:
 
     @router.post("/v1/jobs", status_code=201, responses={200: {"description": "Idempotency-Key replay"}, 422: {}})
     def submit(
-        payload: Any = Body(..., description="the job input, plus an optional notify_url"),
+        payload: Annotated[Any, Body(description="the job input, plus an optional notify_url")],
         idempotency_key: str | None = Header(default=None, min_length=1, max_length=255),
     ) -> JSONResponse:
         try:
-            job, notify_url = _parse_submission(payload)
+            job, notify_url = _parse_submission(payload, settings)
         except JobFailure as exc:
             return JSONResponse({"error": exc.to_error().model_dump(mode="json")}, status_code=422)
         try:
@@ -91,22 +91,19 @@ def _view_or_404(store: Store, job_id: str) -> dict[str, Any]:
     return view
 
 
-def _parse_submission(payload: Any) -> tuple[JobInput, str | None]:
+def _parse_submission(payload: Any, settings: StubSettings) -> tuple[JobInput, str | None]:
     """The validated job input and notify_url; raises JobFailure(invalid_input) naming the field."""
     job = parse_job_input(payload)
     notify_url = payload.get("notify_url")
-    if notify_url is not None and not _is_http_url(notify_url):
-        raise JobFailure(
-            ErrorCode.invalid_input, f"notify_url: must be an http(s) URL of at most {MAX_URL_CHARS} characters"
+    if notify_url is None:
+        return job, None
+    try:
+        check_notify_url(
+            notify_url, allow_private=settings.WEBHOOK_ALLOW_PRIVATE, can_sign=settings.WEBHOOK_SECRET is not None
         )
+    except ValueError as exc:
+        raise JobFailure(ErrorCode.invalid_input, f"notify_url: {exc}") from None
     return job, notify_url
-
-
-def _is_http_url(value: object) -> bool:
-    if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
-        return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _fingerprint(job: JobInput, notify_url: str | None) -> str:

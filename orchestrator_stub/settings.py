@@ -36,6 +36,8 @@ class StubSettings(BaseSettings):
     WEBHOOK_MAX_DELAY_S: float = Field(default=60.0, ge=0)
     WEBHOOK_TIMEOUT_S: float = Field(default=10.0, gt=0)
     WEBHOOK_SCAN_S: float = Field(default=2.0, gt=0)
+    WEBHOOK_SECRET: SecretStr | None = None
+    WEBHOOK_ALLOW_PRIVATE: bool = False
 
     DISPATCH_TO: str | None = None
     DISPATCH_MAX_ATTEMPTS: int = Field(default=4, ge=1)
@@ -60,10 +62,10 @@ class StubSettings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("STUB_PASSWORD")
+    @field_validator("STUB_PASSWORD", "WEBHOOK_SECRET")
     @classmethod
     def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        # `STUB_PASSWORD=` in a .env template means "no password", not "the empty password".
+        # `STUB_PASSWORD=` in a .env template means "no password", not "the empty password" (same for secrets).
         return value if value is not None and value.get_secret_value() else None
 
     @field_validator("STUB_PUBLIC_URL")
@@ -113,5 +115,6 @@ def load_settings(env_file: str | None = ".env", **overrides: object) -> StubSet
             hint = " (the key workers send in X-Internal-Api-Key)" if name == "INTERNAL_API_KEY" else ""
             raise StubSettingsError(f"{name} is required{hint}") from None
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if name == "INTERNAL_API_KEY" else f" (got {err.get('input')!r})"
+        secret = name in ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET")
+        shown = "" if secret else f" (got {err.get('input')!r})"
         raise StubSettingsError(f"invalid setting {name}: {msg}{shown}") from None

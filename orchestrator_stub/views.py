@@ -42,7 +42,11 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         "completed_at": iso(job["completed_at"]),
         "lease_expires_at": iso(job["lease_expires_at"]),
         "webhook_state": job["webhook_state"],
-        "webhook_attempts": [_with_iso(a) for a in store.webhook_attempts(job["job_id"])],
+        # Outcomes only: a status code or an error ("connection refused", "cannot resolve") for a URL of the
+        # submitter's choosing would make this unauthenticated view a port and DNS scanner.
+        "webhook_attempts": [
+            {"attempt": a["attempt"], "at": iso(a["at"]), "ok": a["ok"]} for a in store.webhook_attempts(job["job_id"])
+        ],
         "dispatch_attempts": [_with_iso(a) for a in store.dispatch_attempts(job["job_id"])],
     }
 

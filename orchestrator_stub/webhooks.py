@@ -1,14 +1,23 @@
-"""Webhooks: when a job with a `notify_url` becomes final, POST its job object there.
+"""Webhooks: when a job with a `notify_url` becomes final, POST its job object there, signed.
 
 Delivery state lives in the jobs table (`webhook_state`: pending → delivered | gave_up) and every attempt
 in `webhook_attempts`, so a delivery interrupted by a restart resumes with the attempts it has left.
 Delivery runs in its own task, never inside a request: a slow receiver never delays a worker's call.
 Each delivery is at-least-once; receivers can de-duplicate on the `X-Stub-Job-Id` header.
+
+A `notify_url` comes from whoever can reach the public API, so the stub treats it as the worker treats an
+image URL (`worker_app_fastwan.outbound`, one rule): only public addresses, pinned, no redirects, unless
+`WEBHOOK_ALLOW_PRIVATE`. Each attempt's error stays in the stub's log and database; the public job view
+shows only whether an attempt succeeded, or the stub would be a port and DNS scanner for anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,8 +29,50 @@ from orchestrator_stub.db import Store
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import load_job_view
 from orchestrator_stub.wakeup import Wakeup
+from worker_app_fastwan.addresses import forbidden_address
+from worker_app_fastwan.outbound import NonPublicAddress, UnresolvableHost, pinned_request, vet_host
 
 log = logging.getLogger("orchestrator_stub.webhooks")
+
+SIGNATURE_HEADER = "X-Stub-Signature"
+MAX_URL_CHARS = 2048
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The `X-Stub-Signature` value: `sha256=` and the hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def check_notify_url(value: object, *, allow_private: bool, can_sign: bool) -> str:
+    """The notify_url if it can be delivered to; else ValueError with the reason (without the URL itself).
+
+    A host name is resolved only at delivery (answering here whether a name resolves would be a DNS oracle);
+    an address literal or `localhost` is judged now.
+    """
+    if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
+        raise ValueError(f"must be an http(s) URL of at most {MAX_URL_CHARS} characters")
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise ValueError("must be an http(s) URL with a host") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an http(s) URL with a host")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(f"port must be 1-65535 (got {url.port})")
+    if not allow_private and _private_host(url.host):
+        raise ValueError("must be a public host (this stub does not allow private webhook targets)")
+    if not can_sign:
+        raise ValueError("this stub has no WEBHOOK_SECRET to sign webhooks with; set one to use notify_url")
+    return value
+
+
+def _private_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return forbidden_address(ipaddress.ip_address(host))
+    except ValueError:
+        return False  # a name: vetted at delivery
 
 
 class WebhookFailed(Exception):
@@ -34,6 +85,9 @@ class WebhookSender:
         self._settings = settings
         self._wakeup = wakeup
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        # Submissions with a notify_url are refused without a secret, so a pending webhook always has one;
+        # an empty one here only signs what an older database still had pending.
+        self._secret = settings.WEBHOOK_SECRET.get_secret_value() if settings.WEBHOOK_SECRET else ""
 
     async def run(self) -> None:
         """Start a delivery task for every pending webhook; woken on each final job, and polls as a fallback."""
@@ -101,14 +155,16 @@ class WebhookSender:
     async def _post(
         self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int
     ) -> None:
-        headers = {"X-Stub-Job-Id": job_id, "X-Stub-Webhook-Attempt": str(number)}
         status_code: int | None = None
         try:
-            response = await client.post(url, json=payload, headers=headers)
-            status_code = response.status_code
-            error = None if response.is_success else f"HTTP {status_code}"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            status_code = await self._send(client, job_id, url, payload, number)
+            error = None if 200 <= status_code < 300 else f"HTTP {status_code}"
+        except asyncio.CancelledError:
+            raise
+        except (NonPublicAddress, UnresolvableHost) as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 (bad port, bad name, TLS, …: every failure is a failed attempt)
+            error = type(exc).__name__  # not str(exc): httpx's messages may quote the URL and its token
         # The URL may carry a secret token, so only its host is logged.
         log.info(
             "webhook attempt",
@@ -123,3 +179,21 @@ class WebhookSender:
         await asyncio.to_thread(self._store.add_webhook_attempt, job_id, number, status_code, error, error is None)
         if error is not None:
             raise WebhookFailed(error)
+
+    async def _send(
+        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int
+    ) -> int:
+        """One POST; returns the status code. The response body is never read: a receiver cannot flood us."""
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "X-Stub-Job-Id": job_id,
+            "X-Stub-Webhook-Attempt": str(number),
+            SIGNATURE_HEADER: sign(self._secret, body),
+        }
+        target = httpx.URL(url)
+        address = None if self._settings.WEBHOOK_ALLOW_PRIVATE else await vet_host(target)
+        request = pinned_request(client, "POST", target, address, headers=headers, content=body)
+        response = await client.send(request, stream=True, follow_redirects=False)
+        await response.aclose()
+        return response.status_code

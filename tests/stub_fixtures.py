@@ -25,6 +25,7 @@ from helpers_http import ThreadedServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-internal-key-5f1c"
+WEBHOOK_SECRET = "test-webhook-secret-9a2e"
 
 # Small delays so the whole suite stays fast; each test overrides what it exercises.
 FAST_ENV = {
@@ -36,6 +37,9 @@ FAST_ENV = {
     "DISPATCH_RETRY_BASE_S": "0.05",
     "DISPATCH_RETRY_MAX_S": "0.2",
     "DISPATCH_POLL_S": "0.2",
+    # Webhook receivers in tests listen on loopback; tests of the vetting set it back to false.
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
 }
 
 
@@ -230,6 +234,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     at: float
+    raw: bytes = b""
 
 
 class ScriptedServer(ThreadedServer):
@@ -259,6 +264,7 @@ class ScriptedServer(ThreadedServer):
                     {k.lower(): v for k, v in self.headers.items()},
                     json.loads(raw) if raw else None,
                     time.monotonic(),
+                    raw,
                 )
                 answer = server._next(recorded)
                 if server.on_request:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import socket
 import sys
 import time
 import uuid
@@ -30,6 +29,7 @@ from worker_app_fastwan.addresses import forbidden_address
 from worker_app_fastwan.child_env import minimal_env
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.image_decode import REFUSED_EXIT
+from worker_app_fastwan.outbound import NonPublicAddress, UnresolvableHost, pinned_request, resolve_host, vet_host
 from worker_app_fastwan.schema import ErrorCode
 
 # What a video of at most 1280×1280 can use, with room for a photo to crop from: 4096×4096.
@@ -150,10 +150,7 @@ def _parse(url: str, shown: str) -> httpx.URL:
     return parsed
 
 
-async def _resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (getaddrinfo runs in the loop's thread pool)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+_resolve = resolve_host  # module names the tests replace
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -161,33 +158,20 @@ def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 async def _vetted_address(url: httpx.URL, shown: str) -> str:
-    """One public address of the URL's host to connect to; refuses if ANY of its addresses is not public."""
-    host = url.raw_host.decode("ascii")
+    """One public address of the URL's host to connect to (`outbound.vet_host`, the stub's webhooks' rule too)."""
     try:
-        addresses = await _resolve(host, url.port or (443 if url.scheme == "https" else 80))
-    except socket.gaierror as exc:
-        raise _download_failed(shown, f"cannot resolve host {host}", retryable=exc.errno != socket.EAI_NONAME) from None
-    refused = [a for a in addresses if _forbidden(ipaddress.ip_address(a))]
-    if refused or not addresses:
-        raise _invalid(shown, f"host {host} resolves to a non-public address ({refused[0] if refused else 'none'})")
-    return addresses[0]
+        return await vet_host(url, resolve=_resolve, forbidden=_forbidden)
+    except UnresolvableHost as exc:
+        raise _download_failed(shown, str(exc), retryable=exc.temporary) from None
+    except NonPublicAddress as exc:
+        raise _invalid(shown, str(exc)) from None
 
 
 @contextlib.asynccontextmanager
 async def _send(
     http: httpx.AsyncClient, url: httpx.URL, pinned: str | None, timeout: httpx.Timeout
 ) -> AsyncIterator[httpx.Response]:
-    if pinned is None:
-        request = http.build_request("GET", url, headers=_HEADERS, timeout=timeout)
-    else:
-        # Connect to the vetted address; Host and TLS SNI (hence certificate checks) still use the name.
-        request = http.build_request(
-            "GET",
-            url.copy_with(host=pinned),
-            headers={**_HEADERS, "Host": url.netloc.decode("ascii")},
-            extensions={"sni_hostname": url.raw_host.decode("ascii")},
-            timeout=timeout,
-        )
+    request = pinned_request(http, "GET", url, pinned, headers=_HEADERS, timeout=timeout)
     response = await http.send(request, stream=True, follow_redirects=False)
     try:
         yield response
