@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -148,6 +149,18 @@ class Claimed:
     attempt: int
 
 
+def _private_file(path: Path) -> None:
+    """Create the database file 0600, or tighten an existing one: it holds notify_urls and their tokens.
+
+    SQLite gives its -wal and -shm files the database file's permissions, so they follow.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -173,6 +186,7 @@ class Store:
         self._on_final = on_final
         self._clock = clock
         self._lock = threading.Lock()
+        _private_file(path)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator_stub.db import Store
+from worker_app_fastwan.image_input import redact_url
 
 
 def iso(ts: float | None) -> str | None:
@@ -17,7 +18,8 @@ def iso(ts: float | None) -> str | None:
 def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
     """A job as GET /v1/jobs/{id} shows it and as its webhook carries it.
 
-    `notify_url` is left out on purpose: such URLs often embed a secret token, and this API has no auth.
+    `notify_url` is left out on purpose: such URLs often embed a secret token, and this API has no auth;
+    for the same reason `input.image_url` is shown without userinfo, query or fragment.
     `last_error` is why the latest attempt went back to the queue (`error` is only set once final).
     """
     requeues = store.requeues(job["job_id"])
@@ -32,7 +34,7 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         "attempts": job["attempt"],
         "worker_id": job["worker_id"],
         "cancel_requested": job["cancel_requested"],
-        "input": job["input"],
+        "input": _redacted_input(job["input"]),
         "result": job["result"],
         "error": job["error"],
         "last_error": requeues[-1]["error"] if requeues else None,
@@ -49,6 +51,16 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         ],
         "dispatch_attempts": [_with_iso(a) for a in store.dispatch_attempts(job["job_id"])],
     }
+
+
+def _redacted_input(job_input: dict[str, Any]) -> dict[str, Any]:
+    """The input without the image URL's userinfo, query and fragment: presigned URLs carry credentials there.
+
+    Workers get the full URL in their claim; only this unauthenticated view (and the webhook) is redacted.
+    """
+    if isinstance(job_input.get("image_url"), str):
+        return job_input | {"image_url": redact_url(job_input["image_url"])}
+    return job_input
 
 
 def load_job_view(store: Store, job_id: str) -> dict[str, Any] | None:

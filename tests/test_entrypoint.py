@@ -343,6 +343,19 @@ def test_compose_wiring():
     assert set(compose["volumes"]) >= {"models", "worker-state", "stub-data"}
 
 
+def test_compose_gives_the_stub_only_its_own_settings():
+    """No env_file on the stubs: .env holds the workers' B2 keys, which the orchestrator must never see."""
+    from orchestrator_stub.settings import StubSettings
+
+    services = _compose()["services"]
+    for name in ("stub", "stub-queue"):
+        assert "env_file" not in services[name], f"{name} would get every variable in .env"
+        environment = services[name]["environment"]
+        assert set(environment) <= set(StubSettings.model_fields), name
+        assert not any(key.startswith("B2_") for key in environment), name
+        assert "WEBHOOK_SECRET" in environment, f"{name}: jobs with a notify_url need it"
+
+
 def test_deploy_doc_shows_the_settings_the_image_sets():
     """The deploy guide's table of image settings is the Dockerfile's runtime ENV, setting for setting."""
     text = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
