@@ -94,10 +94,6 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Co
     return proc, time.monotonic() - start
 
 
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip() and not line.lstrip().startswith("{")]
-
-
 # --- MODEL_PATH -----------------------------------------------------------------------------------------
 
 
@@ -155,19 +151,19 @@ def test_offline_empty_cache_is_one_line_naming_model_and_fix(hub_cache, no_netw
     assert "MODEL_PATH" in message and "download-model" in message
 
 
-def test_main_download_returns_1_with_one_line(hub_cache, no_network, capsys):
-    assert main_download(_settings()) == 1
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and DEFAULT_MODEL_ID in err
+def test_main_download_raises_the_one_line_error(hub_cache, no_network, capsys):
+    with pytest.raises(ModelUnavailable, match=DEFAULT_MODEL_ID):
+        main_download(_settings())
+    assert capsys.readouterr().out == ""
 
 
 # --- the real process, configured by its environment ------------------------------------------------------
 
 
-def test_offline_download_subprocess_exits_1_with_one_line(tmp_path):
+def test_offline_download_subprocess_exits_3_with_one_line(tmp_path):
     env = _env(tmp_path, HF_HUB_OFFLINE="1")
     proc, took = _run(["-m", "worker_app_fastwan.model_fetch"], env, tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # ExitCode.MODEL_UNAVAILABLE
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert DEFAULT_MODEL_ID in lines[0] and "offline" in lines[0] and "MODEL_PATH" in lines[0]
@@ -179,7 +175,7 @@ def test_unreachable_hub_subprocess_is_fast_and_one_line(tmp_path):
     port = _closed_port()
     env = _env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
     proc, took = _run(["-m", "worker_app_fastwan.model_fetch"], env, tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # ExitCode.MODEL_UNAVAILABLE
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert DEFAULT_MODEL_ID in lines[0] and "network error" in lines[0]
@@ -192,9 +188,9 @@ def test_cli_download_model_subcommand(tmp_path):
     if not (REPO_ROOT / "worker_app_fastwan" / "cli.py").exists():
         pytest.skip("worker_app_fastwan/cli.py not written yet")
     proc, _ = _run(["-m", "worker_app_fastwan", "download-model"], _env(tmp_path, HF_HUB_OFFLINE="1"), tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    errors = _error_lines(proc.stderr)
-    assert len(errors) == 1 and DEFAULT_MODEL_ID in errors[0], proc.stderr
+    assert proc.returncode == 3, proc.stderr  # ExitCode.MODEL_UNAVAILABLE
+    error = json.loads(proc.stderr.strip().splitlines()[-1])  # piped: the error is a JSON record too
+    assert error["exit_code"] == 3 and DEFAULT_MODEL_ID in error["event"], proc.stderr
 
 
 def test_module_import_does_not_import_the_hub():

@@ -95,7 +95,11 @@ def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
     (tmp_path / "empty-model").mkdir()
     port = free_port()
     proc = WorkerProcess.queue(
-        tmp_path, port, PIPELINE_BACKEND="diffusers", MODEL_PATH=str(tmp_path / "empty-model")
+        tmp_path,
+        port,
+        PIPELINE_BACKEND="diffusers",
+        MODEL_PATH=str(tmp_path / "empty-model"),
+        ALLOW_CPU_INFERENCE="true",  # past the no-CUDA refusal, to the model folder check
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:

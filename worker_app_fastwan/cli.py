@@ -1,43 +1,160 @@
-"""`python -m worker_app_fastwan serve|buffer|run|generate|download-model`.
+"""`python -m worker_app_fastwan run|serve|buffer|generate|download-model`: the command line.
 
-Settings are read here, once, and passed down. A bad setting prints one line naming it and exits 2.
+Settings are read here, once, and passed down. Every command ends through `cli_errors.run_command`: an
+exit code from `exit_codes.ExitCode` and, on failure, one line saying what failed and what to do.
+Output by audience: on a terminal, `generate` and `download-model` show progress and a short summary on
+stderr; the machine-readable result goes to stdout when stdout is not a terminal (or with `--json`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.cli_errors import CommandError, classify, report, run_command
 from worker_app_fastwan.exit_codes import ExitCode
+from worker_app_fastwan.schema import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, JobInput
 from worker_app_fastwan.settings import Settings, SettingsError, load_settings
+
+PROG = "python -m worker_app_fastwan"
+EXIT_CODES = "\n".join(
+    f"  {int(code):>3}  {text}"
+    for code, text in (
+        (ExitCode.OK, "done"),
+        (ExitCode.FAILED, "the generation (or the worker's GPU process) failed"),
+        (ExitCode.BAD_INPUT, "a bad setting, option or input: fix it and run again"),
+        (ExitCode.MODEL_UNAVAILABLE, "the model cannot be loaded (no weights, or no CUDA device)"),
+        (ExitCode.INTERRUPTED, "stopped by Ctrl-C"),
+    )
+)
+# Commands that show their own progress and summary on a terminal instead of log records.
+INTERACTIVE = ("generate", "download-model")
+
+
+def _default(field: str) -> Any:
+    return JobInput.model_fields[field].default
+
+
+def _limit(field: str, kind: str) -> Any:
+    """A bound (`ge`/`le`) of a job field as the schema states it, so the help never disagrees with it."""
+    return next(getattr(m, kind) for m in JobInput.model_fields[field].metadata if hasattr(m, kind))
+
+
+def _add(sub: argparse._SubParsersAction, name: str, summary: str, description: str, example: str):
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}.\n\n{description}",
+        epilog=f"example:\n  {example}\n\nexit codes:\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker_app_fastwan", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start the mode WORKER_MODE names (queue or buffer)")
-    sub.add_parser("serve", help="queue mode: FastAPI on PORT for Salad's job queue")
-    sub.add_parser("buffer", help="buffer mode: claim jobs from ORCHESTRATOR_BASE_URL")
-    sub.add_parser("download-model", help="fetch MODEL_ID into the model cache, with progress")
-    gen = sub.add_parser("generate", help="run one job here, with no orchestrator")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt")
-    gen.add_argument("--image", help="a local file or an http(s) URL: image-to-video")
-    gen.add_argument("--width", type=int, default=1280)
-    gen.add_argument("--height", type=int, default=704)
-    gen.add_argument("--frames", type=int, default=121, dest="num_frames")
-    gen.add_argument("--fps", type=int, default=24)
-    gen.add_argument("--steps", type=int, default=3, dest="num_inference_steps")
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--out", type=Path, default=Path("video.mp4"))
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="FastWan2.2-TI2V-5B video worker: text- and image-to-video as H.264 MP4.\n"
+        "Settings come from the environment (and .env); see the README's settings table.",
+        epilog=f'example:\n  {PROG} generate --prompt "a red fox in snow" --out fox.mp4\n\n'
+        f"Run `{PROG} COMMAND --help` for a command's options.\n\nexit codes:\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add(
+        sub,
+        "run",
+        "start the mode WORKER_MODE names (queue or buffer)",
+        "The container's default command.",
+        f"WORKER_MODE=buffer ORCHESTRATOR_BASE_URL=http://localhost:8080 INTERNAL_API_KEY=… {PROG} run",
+    )
+    _add(
+        sub,
+        "serve",
+        "queue mode: HTTP /generate on PORT for Salad's job queue",
+        "Listens on HOST:PORT (default 0.0.0.0:8000): /health, /generate, /metrics.",
+        f"PORT=8000 {PROG} serve",
+    )
+    _add(
+        sub,
+        "buffer",
+        "buffer mode: claim jobs from ORCHESTRATOR_BASE_URL",
+        "Claims, heartbeats every HEARTBEAT_INTERVAL_S (default 5 s), reports statuses; SIGTERM drains.",
+        f"ORCHESTRATOR_BASE_URL=http://localhost:8080 INTERNAL_API_KEY=… {PROG} buffer",
+    )
+    dl = _add(
+        sub,
+        "download-model",
+        "fetch the model weights (MODEL_ID) into the Hugging Face cache",
+        "About 24 GB; resumes a partial download; returns at once when the model is already there.\n"
+        "Into HF_HOME's cache, or into MODEL_PATH when that is set. Ends with where the weights are and\n"
+        "their size; the folder goes to stdout when stdout is not a terminal.",
+        f"HF_HOME=/data/hf {PROG} download-model",
+    )
+    dl.add_argument("--json", action="store_true", help="print {model_id, path, bytes, files} as JSON on stdout")
+    _generate_options(
+        _add(
+            sub,
+            "generate",
+            "make one video here, with no orchestrator",
+            "Loads the model (PIPELINE_BACKEND), generates, and writes an MP4. On a terminal: a progress display\n"
+            "and a summary on stderr. The JSON result goes to stdout when stdout is not a terminal, or with --json.",
+            f'{PROG} generate --prompt "a red fox in snow" --frames 81 --seed 7 --out fox.mp4',
+        )
+    )
     return parser
+
+
+def _generate_options(gen: argparse.ArgumentParser) -> None:
+    side = f"pixels, {MIN_SIDE}-{MAX_SIDE}, a multiple of {SIDE_MULTIPLE}"
+    frames, fps, steps = "num_frames", "fps", "num_inference_steps"
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="what the video shows (required)")
+    gen.add_argument("--negative-prompt", metavar="TEXT", help="accepted; the distilled model ignores it")
+    gen.add_argument("--image", metavar="PATH_OR_URL", help="first frame: a local file or an http(s) URL")
+    gen.add_argument(
+        "--width", type=int, metavar="PX", default=_default("width"), help=f"{side} (default: %(default)s)"
+    )
+    gen.add_argument(
+        "--height", type=int, metavar="PX", default=_default("height"), help=f"{side} (default: %(default)s)"
+    )
+    gen.add_argument(
+        "--frames",
+        type=int,
+        metavar="N",
+        default=_default(frames),
+        dest=frames,
+        help=f"frames, 4k+1, {_limit(frames, 'ge')}-{_limit(frames, 'le')} (default: %(default)s: 5 s at 24 fps)",
+    )
+    gen.add_argument(
+        "--fps",
+        type=int,
+        metavar="N",
+        default=_default(fps),
+        help=f"frames per second, {_limit(fps, 'ge')}-{_limit(fps, 'le')} (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        default=_default(steps),
+        dest=steps,
+        help=f"denoising steps, {_limit(steps, 'ge')}-{_limit(steps, 'le')} (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--seed", type=int, metavar="N", help=f"0-{MAX_SEED - 1}; the same seed gives the same video (default: random)"
+    )
+    gen.add_argument(
+        "--out", type=Path, metavar="FILE", default=Path("video.mp4"), help="the MP4 to write (default: %(default)s)"
+    )
+    gen.add_argument("--json", action="store_true", help="print the JSON result on stdout even on a terminal")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,13 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "buffer" or (args.command == "run" and settings.WORKER_MODE == "buffer"):
             settings.require_orchestrator()
     except SettingsError as exc:
-        print(f"fastwan-worker: {exc}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    from worker_app_fastwan.logs import setup_logging
+        return int(report(classify(exc)))
+    from worker_app_fastwan.logs import hide_own_records, setup_logging
 
-    setup_logging(settings.LOG_LEVEL)
+    fmt = setup_logging(settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
     command = settings.WORKER_MODE if args.command == "run" else args.command
+    # The GPU child logs in the parent's format; on a terminal the progress display stands in for the
+    # worker's own records unless LOG_LEVEL asks for them.
+    child_settings = settings.model_copy(update={"LOG_FORMAT": fmt})
+    display = command in INTERACTIVE and fmt == "text" and sys.stderr.isatty()
+    if display and "LOG_LEVEL" not in settings.model_fields_set:
+        hide_own_records()
+        child_settings = child_settings.model_copy(update={"LOG_LEVEL": "WARNING"})
     logging.getLogger("worker_app_fastwan").info("settings", extra={"command": command, **settings.summary()})
+    return run_command(
+        lambda: _dispatch(command, child_settings, args, display=display, fmt=fmt),
+        fmt=fmt,
+        debug=settings.LOG_LEVEL == "DEBUG",
+    )
+
+
+def _dispatch(command: str, settings: Settings, args: argparse.Namespace, *, display: bool, fmt: str) -> int:
     if command in ("queue", "serve"):
         from worker_app_fastwan.queue_mode import serve
 
@@ -62,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         from worker_app_fastwan.buffer_mode import run_buffer
 
         return asyncio.run(run_buffer(settings))
+    json_out = args.json or not sys.stdout.isatty() or fmt == "json"
     if command == "download-model":
         from worker_app_fastwan.model_fetch import main_download
 
-        return main_download(settings)
-    return asyncio.run(generate_once(settings, args))
+        return main_download(settings, human=fmt == "text", json_out=args.json, path_out=not sys.stdout.isatty())
+    return asyncio.run(generate_once(settings, args, display=display, human=fmt == "text", json_out=json_out))
 
 
 class _OnePathStorage:
@@ -83,37 +215,72 @@ class _OnePathStorage:
         return StoredObject(key=str(self.out), url=self.out.resolve().as_uri(), bytes=self.out.stat().st_size)
 
 
-async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
-    from worker_app_fastwan.runner import JobRunner
+def _job_fields(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
+    """The job input from the options, and a local image file if --image names one."""
+    names = ("prompt", "negative_prompt", "width", "height", "num_frames", "fps", "num_inference_steps", "seed")
+    job = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if not args.image:
+        return job, None
+    if args.image.startswith(("http://", "https://")):
+        job["image_url"] = args.image
+        return job, None
+    image_file = Path(args.image)
+    if not image_file.is_file():
+        raise CommandError(
+            ExitCode.BAD_INPUT, f"--image: no such file {image_file}", "give an image file or an http(s) URL"
+        )
+    return job, image_file
+
+
+async def generate_once(
+    settings: Settings, args: argparse.Namespace, *, display: bool, human: bool, json_out: bool
+) -> int:
+    from worker_app_fastwan.errors import JobFailure
     from worker_app_fastwan.schema import parse_job_input
 
-    job = {
-        k: getattr(args, k)
-        for k in ("prompt", "negative_prompt", "width", "height", "num_frames", "fps", "num_inference_steps", "seed")
-        if getattr(args, k) is not None
-    }
-    image_file = None
-    if args.image:
-        if args.image.startswith(("http://", "https://")):
-            job["image_url"] = args.image
-        else:
-            image_file = Path(args.image)
-            if not image_file.is_file():
-                print(f"fastwan-worker: --image: no such file {image_file}", file=sys.stderr)
-                return ExitCode.BAD_INPUT
     try:
+        job, image_file = _job_fields(args)
         parse_job_input(job)  # a bad field is reported before the model loads
+        return await _generate(settings, args.out, job, image_file, display=display, human=human, json_out=json_out)
     except JobFailure as exc:
-        print(json.dumps({"error": exc.to_error().model_dump(mode="json")}), file=sys.stderr)
-        return 1
-    runner = JobRunner(settings, _OnePathStorage(args.out))
-    await runner.start()
+        if json_out:  # scripts read the outcome from stdout either way
+            print(json.dumps({"error": exc.to_error().model_dump(mode="json")}), flush=True)
+        raise
+
+
+async def _generate(
+    settings: Settings,
+    out: Path,
+    job: dict[str, Any],
+    image_file: Path | None,
+    *,
+    display: bool,
+    human: bool,
+    json_out: bool,
+) -> int:
+    from worker_app_fastwan.cli_display import GenerateDisplay, print_lines, stderr_console, summary
+    from worker_app_fastwan.runner import JobRunner, RunnerState
+
+    console = stderr_console()
+    screen = GenerateDisplay(console) if display else None
+    runner = JobRunner(settings, _OnePathStorage(out), listeners=[screen.on_progress] if screen else [])
     try:
-        result = await runner.run(f"cli-{uuid.uuid4().hex[:12]}", job, image_file=image_file)
-    except JobFailure as exc:
-        print(json.dumps({"error": exc.to_error().model_dump(mode="json")}), file=sys.stderr)
-        return 1
+        with screen or contextlib.nullcontext():
+            started = time.monotonic()
+            await runner.start()
+            load_s = time.monotonic() - started
+            if runner.state is not RunnerState.ready:
+                raise CommandError(ExitCode.MODEL_UNAVAILABLE, runner.unhealthy_reason or "the model did not load")
+            result = await runner.run(f"cli-{uuid.uuid4().hex[:12]}", job, image_file=image_file)
+            if screen:
+                screen.done()
+    except asyncio.CancelledError:  # Ctrl-C: stop now; the GPU process ignores SIGINT by design
+        await runner.child.kill()
+        raise
     finally:
         await runner.close()
-    print(json.dumps(result.model_dump(mode="json")))
-    return 0
+    if human:
+        print_lines(console, summary(result, out, load_s))
+    if json_out:
+        print(json.dumps(result.model_dump(mode="json")), flush=True)
+    return ExitCode.OK

@@ -13,3 +13,5 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     # The model cannot be loaded (weights missing, unreadable, or no device to run them on).
     MODEL_UNAVAILABLE = 3
+    # Stopped by Ctrl-C (SIGINT), the shell's convention: 128 + the signal number.
+    INTERRUPTED = 130

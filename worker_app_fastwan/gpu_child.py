@@ -42,9 +42,10 @@ class ChildExited:
 
 
 def child_main(conn: Connection, cancel: mp.synchronize.Event, settings: Settings) -> None:
-    from worker_app_fastwan.logs import setup_logging
+    from worker_app_fastwan.logs import adopt_library_loggers, setup_logging
 
-    setup_logging(settings.LOG_LEVEL, process="gpu-child")
+    setup_logging(settings.LOG_LEVEL, process="gpu-child", fmt=settings.LOG_FORMAT)
+    adopt_library_loggers()
     _die_with_parent()
     # The parent decides when the child stops (Shutdown, or a kill after a timeout); a Ctrl-C or a
     # SIGTERM sent to the whole process group must not cut a job short behind the parent's back.
@@ -70,6 +71,7 @@ def _die_with_parent() -> None:
 
 def _load(conn: Connection, settings: Settings):
     from worker_app_fastwan.encoder import resolve_codec
+    from worker_app_fastwan.model_fetch import ModelUnavailable
     from worker_app_fastwan.pipelines import make_backend
 
     start = time.perf_counter()
@@ -79,7 +81,8 @@ def _load(conn: Connection, settings: Settings):
         backend.load()
         backend.warmup()
     except Exception as exc:  # noqa: BLE001 - any load failure is reported, then the child exits
-        log.exception("model load failed")
+        if not isinstance(exc, ModelUnavailable):  # that one is a known condition in one line: the parent logs it
+            log.exception("model load failed")
         conn.send(Failed(None, ErrorCode.internal.value, f"model load failed: {exc}"[:1000], True, fatal=True))
         sys.exit(LOAD_FAILED_EXIT)
     log.info("video encoder", extra={"codec": codec})

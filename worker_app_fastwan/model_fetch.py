@@ -6,7 +6,7 @@
 - `download_model(settings)` fetches it with progress bars: `python -m worker_app_fastwan download-model`,
   also run at image build time by `Dockerfile.fastwan --build-arg BAKE_MODEL=1`.
 - Every way of not getting the model ends in one exception, `ModelUnavailable`, whose str() is one line
-  that says what to do; the CLI prints it and exits 1.
+  that says what to do; the CLI prints it and exits 3 (`ExitCode.MODEL_UNAVAILABLE`).
 
 huggingface_hub itself reads `HF_HOME` / `HF_HUB_CACHE` (where), `HF_HUB_OFFLINE` (whether to go online),
 `HF_TOKEN` (gated models), `HF_ENDPOINT` and its timeouts from the environment, once, when it is first
@@ -16,10 +16,12 @@ the parent process, which never loads a model, never pays for it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
+from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -184,28 +186,52 @@ def _download_failure(model_id: str, where: str, exc: BaseException) -> str:
     )
 
 
-def main_download(settings: Settings) -> int:
-    """`download-model`: progress bars on stderr, the model folder on stdout; 0, or 1 with one line on stderr."""
+def folder_size(folder: Path) -> tuple[int, int]:
+    """Bytes and files under `folder`, following the hub cache's symlinks to the blobs they point at."""
+    files = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def main_download(settings: Settings, *, human: bool = False, json_out: bool = False, path_out: bool = True) -> int:
+    """`download-model`: the hub's progress bars and a closing summary on stderr for a person (`human`);
+    the folder on stdout (`path_out`), or `{model_id, path, bytes, files}` (`json_out`).
+
+    Raises `ModelUnavailable` (exit 3 through the CLI) when the model cannot be had.
+    """
     target = settings.MODEL_PATH or _hub_cache()
-    print(f"downloading {settings.MODEL_ID} into {target} (about 24 GB; resumes a partial download)", flush=True)
-    try:
-        folder = download_model(settings, progress=True)
-    except ModelUnavailable as exc:
-        print(f"fastwan-worker: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(folder, flush=True)
-    return 0
+    if human:
+        print(f"fetching {settings.MODEL_ID} into {target} (about 24 GB; resumes a partial download)", file=sys.stderr)
+    folder = download_model(settings, progress=human)
+    size, files = folder_size(folder)
+    log.info("model ready", extra={"model": settings.MODEL_ID, "path": str(folder), "bytes": size, "files": files})
+    if human:
+        from worker_app_fastwan.cli_display import model_summary, print_lines, stderr_console
+
+        print_lines(stderr_console(), model_summary(settings.MODEL_ID, folder, size, files))
+    if json_out:
+        print(json.dumps({"model_id": settings.MODEL_ID, "path": str(folder), "bytes": size, "files": files}))
+    elif path_out:
+        print(folder, flush=True)
+    return ExitCode.OK
 
 
 def _main() -> int:
     """`python -m worker_app_fastwan.model_fetch`: the download on its own, with the CLI's exit codes."""
+    from worker_app_fastwan.cli_errors import classify, report, run_command
+    from worker_app_fastwan.logs import setup_logging
+
     try:
         settings = load_settings()
     except SettingsError as exc:
-        print(f"fastwan-worker: {exc}", file=sys.stderr)
-        return 2
-    return main_download(settings)
+        return int(report(classify(exc)))
+    fmt = setup_logging(settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+    return run_command(
+        lambda: main_download(settings, human=fmt == "text"), fmt=fmt, debug=settings.LOG_LEVEL == "DEBUG"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    # Through the package's own module, so the exceptions raised are the ones the CLI's run_command knows.
+    from worker_app_fastwan.model_fetch import _main as package_main
+
+    sys.exit(package_main())

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
     VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
+    # The diffusers and fastvideo backends refuse to start without a CUDA device (a 5B model on the CPU
+    # takes hours per video) unless this insists.
+    ALLOW_CPU_INFERENCE: bool = False
     ENCODER: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     ENCODER_PRESET: str = "superfast"
     ENCODER_CRF: int = Field(default=27, ge=0, le=51)
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     IMAGE_TIMEOUT_S: float = Field(default=20.0, gt=0)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["auto", "json", "text"] = "auto"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

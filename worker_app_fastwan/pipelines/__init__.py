@@ -11,8 +11,10 @@ def make_backend(settings: Settings) -> Backend:
         from worker_app_fastwan.pipelines.tiny import TinyBackend
 
         return TinyBackend()
+    from worker_app_fastwan.cuda_check import require_cuda
     from worker_app_fastwan.model_fetch import resolve_model_source
 
+    require_cuda(settings)  # before the weights are looked for: no 24 GB download for a CPU box
     source = resolve_model_source(settings)
     name = str(settings.MODEL_PATH or settings.MODEL_ID)
     if settings.PIPELINE_BACKEND == "fastvideo":
