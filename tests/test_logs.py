@@ -24,7 +24,9 @@ TORCHVISION_NOTICE = (
 
 
 def _record(name: str, msg: str, level: int = logging.WARNING, exc: BaseException | None = None, **extra):
-    record = logging.LogRecord(name, level, __file__, 1, msg, None, (type(exc), exc, exc.__traceback__) if exc else None)
+    record = logging.LogRecord(
+        name, level, __file__, 1, msg, None, (type(exc), exc, exc.__traceback__) if exc else None
+    )
     record.__dict__.update(extra)
     return record
 
