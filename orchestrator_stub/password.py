@@ -14,7 +14,7 @@ import binascii
 import hmac
 import logging
 
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("orchestrator_stub.password")
@@ -22,6 +22,12 @@ log = logging.getLogger("orchestrator_stub.password")
 OPEN_PATHS = ("/health",)
 OPEN_PREFIXES = ("/internal/", "/uploads/")
 CHALLENGE = 'Basic realm="orchestrator_stub", charset="UTF-8"'
+MESSAGE = "this stub needs its STUB_PASSWORD (HTTP Basic, any user name)"
+REFUSED_HTML = (
+    "<!doctype html><title>Password needed</title><h1>Password needed</h1>"
+    "<p>This studio is protected by the stub's <code>STUB_PASSWORD</code>. Reload the page and enter it"
+    " (any user name will do).</p>"
+)
 
 
 def is_open(path: str) -> bool:
@@ -55,14 +61,17 @@ class PasswordMiddleware:
             # compare_digest on equal-length digests: neither the password nor its length leaks by timing.
             if given is None or not hmac.compare_digest(_digest(given), _digest(self._password)):
                 log.info("page or API call refused", extra={"path": scope["path"], "reason": "STUB_PASSWORD"})
-                response = JSONResponse(
-                    {"detail": "this stub needs its STUB_PASSWORD (HTTP Basic, any user name)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": CHALLENGE},
-                )
-                await response(scope, receive, send)
+                await _refusal(scope)(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+
+def _refusal(scope: Scope) -> Response:
+    """401 with the Basic challenge; a browser that was asked and cancelled shows the HTML one."""
+    headers = {"WWW-Authenticate": CHALLENGE}
+    if b"text/html" in dict(scope["headers"]).get(b"accept", b""):
+        return HTMLResponse(REFUSED_HTML, status_code=401, headers=headers)
+    return JSONResponse({"detail": MESSAGE}, status_code=401, headers=headers)
 
 
 def warn_if_open(host: str, password: str | None) -> None:

@@ -95,6 +95,9 @@ def test_password_protects_the_page_and_v1_only(stub_factory) -> None:  # noqa: 
             assert PASSWORD not in response.text
         assert http.get(path, auth=("any-name", PASSWORD)).status_code == 200
         assert http.get(path, auth=("", PASSWORD)).status_code == 200
+    # A browser that cancelled the password prompt is told what to do.
+    page = http.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 401 and "STUB_PASSWORD" in page.text and "<h1>" in page.text
     # Malformed headers are a plain 401, never a 5xx.
     for header in ("Basic !!!", "Basic " + "Zm9v", "Bearer x", "Basic"):
         assert http.get("/v1/jobs", headers={"Authorization": header}).status_code == 401

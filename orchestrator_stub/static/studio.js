@@ -191,6 +191,7 @@ function wireImageInput() {
   const zone = $("dropzone"), input = $("image");
   input.addEventListener("change", () => setImage(input.files[0] || null));
   $("image-clear").addEventListener("click", () => { input.value = ""; setImage(null); input.focus(); });
+  $("image-thumb").addEventListener("error", () => { $("image-thumb").hidden = true; }); // not an image
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
   zone.addEventListener("drop", (e) => {
@@ -201,6 +202,7 @@ function wireImageInput() {
 }
 
 function setImage(file) {
+  $("image-thumb").hidden = false;
   if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
   state.image = file;
   state.imageUrl = file ? URL.createObjectURL(file) : null;
@@ -372,7 +374,7 @@ function renderCounts(counts) {
 }
 
 function renderWorkers(workers) {
-  const key = JSON.stringify(workers);
+  const key = JSON.stringify(workers.map((w) => [w, w.job_id && state.jobs.get(w.job_id)?.dataset.status]));
   if (key === state.workers) return;
   state.workers = key;
   const list = $("workers");
@@ -406,8 +408,11 @@ function workerItem(w) {
     const link = document.createElement("a");
     link.href = `#job-${w.job_id}`;
     link.textContent = `job ${w.job_id.slice(0, 8)}`;
-    const stage = w.stage ? ` ${w.stage.replace(/_/g, " ")} ${Math.round((w.progress || 0) * 100)}%` : "";
-    job.append("running ", link, stage);
+    // The worker's last heartbeat may predate the job's end (it beats every few seconds): trust the job.
+    const card = state.jobs.get(w.job_id);
+    const over = card && !ACTIVE.has(card.dataset.status);
+    const stage = !over && w.stage ? ` ${w.stage.replace(/_/g, " ")} ${Math.round((w.progress || 0) * 100)}%` : "";
+    job.append(over ? "finished " : "running ", link, stage);
     li.append(job);
   }
   return li;
