@@ -106,13 +106,16 @@ def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
         stages = [stage_order.index(p.body["stage"]) for p in progress]
         assert stages == sorted(stages) and stage_order[stages[-1]] == "uploading", stages
         assert [p.body["progress"] for p in progress] == sorted(p.body["progress"] for p in progress)
-        statuses = [s.body["status"] for s in shared.proxy.requests(f"/internal/buffer/jobs/{job_id}/status")]
-        assert statuses == ["running", "completed"]
+        statuses = [s.body for s in shared.proxy.requests(f"/internal/buffer/jobs/{job_id}/status")]
+        assert [(b["status"], b["attempt"]) for b in statuses] == [("running", 1), ("completed", 1)]  # v1.1
+        busy_beats = [b.body for b in shared.proxy.requests("/heartbeat") if b.body["job_id"] == job_id]
+        assert busy_beats and all(b["job_ids"] == [job_id] for b in busy_beats)  # v1.1: every job held
     assert [p.body["stage"] for p in shared.proxy.requests(f"/jobs/{i2v}/progress")].count("downloading") == 1
     assert worker.events("job claimed", job_id=i2v, attempt=1)
     assert worker.events("final status delivered", job_id=t2v, outcome="ok")
     me = wait_for(lambda: (w := queue_worker(stub, "shared-worker"))["state"] == "idle" and w, 5, what="idle")
     assert (me["gpu_class"], me["gpu"]["name"], me["job_id"]) == ("cpu", "cpu", None)
+    assert shared.proxy.requests("/heartbeat")[-1].body["job_ids"] == []
     assert not list(worker.outbox.iterdir()), "delivered statuses leave the outbox"
 
 

@@ -289,7 +289,7 @@ class BufferWorker:
         # Not outboxed, and in the background: the job need not wait for a slow orchestrator.
         try:
             outcome = await self.client.post_status(
-                held.job_id, StatusUpdate(worker_id=self.worker_id, status="running")
+                held.job_id, StatusUpdate(worker_id=self.worker_id, status="running", attempt=held.claimed.attempt)
             )
         except OrchestratorRejected as exc:
             log.warning("running status refused", extra={"error": str(exc)})
@@ -305,12 +305,16 @@ class BufferWorker:
         else:
             try:
                 result = await self.runner.run(held.job_id, held.claimed.input, queued_s=0.0)
-                return StatusUpdate(worker_id=self.worker_id, status="completed", result=result)
+                return StatusUpdate(
+                    worker_id=self.worker_id, status="completed", result=result, attempt=held.claimed.attempt
+                )
             except JobFailure as exc:
                 failure = exc
             except (Busy, NotReady) as exc:
                 failure = JobFailure(ErrorCode.internal, f"the worker could not start the job: {exc}", retryable=True)
-        return StatusUpdate(worker_id=self.worker_id, status="failed", error=failure.to_error())
+        return StatusUpdate(
+            worker_id=self.worker_id, status="failed", error=failure.to_error(), attempt=held.claimed.attempt
+        )
 
     def _on_progress(self, p: JobProgress) -> None:
         self.reporter.report_progress(p)
@@ -369,6 +373,7 @@ class BufferWorker:
             gpu_class=self.gpu_class,
             state=self._state(),
             job_id=held.job_id if held else None,
+            job_ids=[held.job_id] if held else [],  # v1.1: every job held, generating or still reporting
             stage=held.stage if held else None,
             progress=held.progress if held else 0.0,
             gpu=self._gpu(),
