@@ -232,8 +232,11 @@ def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(
     stub = stubs.start()
     job_id = stub.submit("nobody may take this", **SMALL)
     bad_key = "not-the-key-0123"
+    with_userinfo = stub.url.replace("http://", "http://deploy:url-pa55word@")  # httpx sends it as basic auth
     worker = workers.add(
-        WorkerProcess.buffer(tmp_path / "w", stub.url, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2", RETRY_MAX_S="10")
+        WorkerProcess.buffer(
+            tmp_path / "w", with_userinfo, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2", RETRY_MAX_S="10"
+        )
     )
     wait_for(lambda: len(worker.events("claim refused")) >= 4, 60, interval_s=0.1, what="four refused claims")
 
@@ -248,6 +251,8 @@ def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(
     assert 4 <= refused_claims <= len(worker.events("claim refused")) + 1, "no hidden retries of a 401"
     assert worker.stop() == 0
     assert bad_key not in worker.log_text()
+    assert "url-pa55word" not in worker.log_text() and "deploy" not in worker.log_text()
+    assert worker.events("settings")[0]["ORCHESTRATOR_BASE_URL"].startswith("http://***@127.0.0.1:")
 
 
 # ---- heartbeats and the drain, through a recording proxy ---------------------------------------------------

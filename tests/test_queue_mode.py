@@ -18,6 +18,7 @@ from helpers_video import gradient_image, png_bytes, read_video
 from stub_fixtures import API_KEY
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
+B2_SECRETS = {"B2_KEY_ID": "key-id-0042", "B2_APP_KEY": "b2-app-key-s3cr3t", "B2_BUCKET_NAME": "bucket"}
 SLOW = {"width": 512, "height": 512, "num_frames": 33}
 
 
@@ -67,7 +68,8 @@ def recorder():
 def worker(tmp_path_factory, recorder):
     tmp = tmp_path_factory.mktemp("queue")
     port = free_port()
-    proc = start_worker(tmp, port, recorder.url)
+    # B2 credentials beside local storage: the GPU child must see none of them (test_gpu_child_gets_no_secrets).
+    proc = start_worker(tmp, port, recorder.url, STORAGE_BACKEND="local", **B2_SECRETS)
     base = f"http://127.0.0.1:{port}"
     first = wait_status(base, "starting", timeout_s=30)
     ready = wait_status(base, "ready")
@@ -91,6 +93,19 @@ def test_start_up_logs_the_settings_but_never_the_key(worker):
     assert API_KEY not in worker["proc"].log_text()
 
 
+def test_gpu_child_gets_no_secrets(worker):
+    import psutil
+
+    parent = psutil.Process(worker["proc"].proc.pid)
+    children = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    gpu_child = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(gpu_child) == 1, [p.cmdline() for p in children]
+    env = gpu_child[0].environ()
+    assert parent.environ()["INTERNAL_API_KEY"] == API_KEY and parent.environ()["B2_APP_KEY"]  # the parent has them
+    leaked = {k for k, v in env.items() if k.startswith(("B2_", "INTERNAL_", "ORCHESTRATOR_")) or API_KEY in v}
+    assert not leaked and "PATH" in env
+
+
 def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
     (tmp_path / "empty-model").mkdir()
     port = free_port()
@@ -110,6 +125,8 @@ def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
         proc.stop(30)
     assert resp.status_code == 503 and "empty-model" in body["reason"]
     assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
+    for text in (resp.text, refused.text):  # the folder is named, this machine's layout is not
+        assert str(tmp_path) not in text and "…/empty-model" in text, text
 
 
 def test_t2v_job_returns_a_result_whose_mp4_matches(worker):

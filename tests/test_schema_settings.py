@@ -93,3 +93,42 @@ def test_storage_auto_is_local_without_b2_credentials(monkeypatch):
     for key in ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME", "STORAGE_BACKEND"):
         monkeypatch.delenv(key, raising=False)
     assert load_settings(None).storage == "local"
+
+
+def test_orchestrator_url_userinfo_is_masked_in_the_summary_and_the_client() -> None:
+    from worker_app_fastwan.orchestrator_client import OrchestratorClient
+    from worker_app_fastwan.settings import load_settings, mask_userinfo
+
+    url = "https://ops:hunter2@orch.example:8443/base?x=1"
+    settings = load_settings(None, ORCHESTRATOR_BASE_URL=url, INTERNAL_API_KEY="k")
+    assert settings.summary()["ORCHESTRATOR_BASE_URL"] == "https://***@orch.example:8443/base?x=1"
+    client = OrchestratorClient.from_settings(settings)
+    assert client is not None and "hunter2" not in repr(client) and "ops" not in client.shown_url
+    assert mask_userinfo("http://orch:8080") == "http://orch:8080"
+
+
+def test_gpu_child_settings_and_environment_carry_no_secrets() -> None:
+    from worker_app_fastwan.child_env import child_settings, minimal_env
+    from worker_app_fastwan.settings import load_settings
+
+    settings = load_settings(
+        None,
+        ORCHESTRATOR_BASE_URL="http://u:p@o",
+        INTERNAL_API_KEY="k",
+        B2_KEY_ID="i",
+        B2_APP_KEY="a",
+        B2_BUCKET_NAME="b",
+    )
+    child = child_settings(settings)
+    assert (child.INTERNAL_API_KEY, child.B2_APP_KEY, child.B2_KEY_ID, child.ORCHESTRATOR_BASE_URL) == (None,) * 4
+    assert child.PIPELINE_BACKEND == settings.PIPELINE_BACKEND
+    env = {"PATH": "/bin", "HF_TOKEN": "hf", "CUDA_VISIBLE_DEVICES": "0", "B2_APP_KEY": "a", "INTERNAL_API_KEY": "k"}
+    assert minimal_env(env) == {"PATH": "/bin", "HF_TOKEN": "hf", "CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_job_failure_messages_hide_local_paths() -> None:
+    from worker_app_fastwan.errors import JobFailure
+
+    exc = JobFailure("generation_failed", "OSError: [Errno 28] No space left: '/var/lib/fastwan/work/job-1/out.mp4'")
+    assert exc.message == "OSError: [Errno 28] No space left: '…/out.mp4'" and "/var/lib" not in str(exc)
+    assert JobFailure("invalid_input", "image_url: https://h/a/b.png: HTTP 404").message.endswith("/a/b.png: HTTP 404")

@@ -107,7 +107,7 @@ class BufferWorker:
             loop.add_signal_handler(sig, self._on_signal)
         heartbeats = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self._work = asyncio.create_task(self._main(), name="work")
-        log.info("buffer worker starting", extra={"worker_id": self.worker_id, "orchestrator": self.client.base_url})
+        log.info("buffer worker starting", extra={"worker_id": self.worker_id, "orchestrator": self.client.shown_url})
         try:
             return await self._work
         except asyncio.CancelledError:  # cut short on purpose (and logged) by a deadline or a second signal

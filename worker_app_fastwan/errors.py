@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from worker_app_fastwan.schema import ErrorCode, JobError
 
 # Whether another attempt (here or on another worker) can succeed, by code, unless a raiser knows better.
@@ -17,14 +19,24 @@ DEFAULT_RETRYABLE: dict[ErrorCode, bool] = {
 }
 
 
+# An absolute path on this machine: a slash not inside a URL or a word, then folders. Only its last part is kept.
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"()<>,;]+/)+([^\s/'\"()<>,;]*)")
+
+
+def hide_local_paths(text: str) -> str:
+    """`text` with every absolute local path cut to `…/<last part>`: clients need not learn this machine's layout."""
+    return _LOCAL_PATH.sub(lambda m: "…/" + m.group(1), text)
+
+
 class JobFailure(Exception):
-    """A job failed with a protocol error; ``message`` is shown to clients, so it never holds secrets."""
+    """A job failed with a protocol error; ``message`` is shown to clients, so it never holds secrets or
+    local paths (exception texts often name files: they are cut by `hide_local_paths`)."""
 
     def __init__(self, code: ErrorCode | str, message: str, retryable: bool | None = None) -> None:
         self.code = ErrorCode(code)
-        self.message = message
+        self.message = hide_local_paths(message)
         self.retryable = DEFAULT_RETRYABLE[self.code] if retryable is None else retryable
-        super().__init__(f"{self.code.value}: {message}")
+        super().__init__(f"{self.code.value}: {self.message}")
 
     def to_error(self) -> JobError:
         return JobError(code=self.code, message=self.message, retryable=self.retryable)

@@ -12,6 +12,7 @@ import ctypes
 import gc
 import logging
 import multiprocessing as mp
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from worker_app_fastwan.child_env import child_settings, minimal_env, only_environment
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.messages import DeviceInfo, Done, Failed, Progress, Ready, RunJob, Shutdown
 from worker_app_fastwan.schema import ErrorCode, JobInput, Stage
@@ -247,9 +249,10 @@ class GpuChild:
         self._cancel.clear()
         self._exit_expected = False
         self._proc = self._ctx.Process(
-            target=child_main, args=(child_conn, self._cancel, self.settings), name="gpu-child"
+            target=child_main, args=(child_conn, self._cancel, child_settings(self.settings)), name="gpu-child"
         )
-        self._proc.start()
+        with only_environment(minimal_env(os.environ)):  # no B2 keys, no INTERNAL_API_KEY in the child
+            self._proc.start()
         child_conn.close()
         self._conn = parent_conn
         loop = asyncio.get_running_loop()

@@ -37,6 +37,7 @@ from worker_app_fastwan.protocol import (
     StatusUpdate,
 )
 from worker_app_fastwan.schema import Stage
+from worker_app_fastwan.settings import mask_userinfo
 
 if TYPE_CHECKING:
     from worker_app_fastwan.runner import JobProgress
@@ -132,6 +133,7 @@ class OrchestratorClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shown_url = mask_userinfo(self.base_url)  # what logs and reprs show: never a user:password
         self.retry = RetryPolicy(initial_s=retry_initial_s, max_s=retry_max_s)
         self._quick = httpx.Timeout(quick_timeout_s)
         self._http = httpx.AsyncClient(
@@ -152,7 +154,7 @@ class OrchestratorClient:
         )
 
     def __repr__(self) -> str:
-        return f"OrchestratorClient(base_url={self.base_url!r})"
+        return f"OrchestratorClient(base_url={self.shown_url!r})"
 
     async def __aenter__(self) -> OrchestratorClient:
         return self

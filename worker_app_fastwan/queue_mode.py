@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from worker_app_fastwan.body_guard import BodyGuard, BodyRejected, check_json_body
-from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.errors import JobFailure, hide_local_paths
 from worker_app_fastwan.metrics import Metrics
 from worker_app_fastwan.runner import Busy, JobRunner, NotReady, RunnerState
 from worker_app_fastwan.schema import ErrorCode, JobError, JobId, JobInput, JobResult
@@ -62,7 +62,7 @@ class QueueWorker:
         elif state is RunnerState.busy and self.runner.current is not None:
             body["job_id"] = self.runner.current.job_id
         elif state is RunnerState.unhealthy:
-            body["reason"] = self.runner.unhealthy_reason
+            body["reason"] = hide_local_paths(self.runner.unhealthy_reason or "")
         device = self.runner.device
         if device is not None:
             body.update(
@@ -188,7 +188,7 @@ async def _generate(worker: QueueWorker, request: Request, salad_job_id: str | N
     except Busy as exc:
         return _error(429, ErrorCode.internal, f"busy: {exc}", True)
     except NotReady as exc:
-        return _error(503, ErrorCode.internal, f"not ready: {exc}", True)
+        return _error(503, ErrorCode.internal, hide_local_paths(f"not ready: {exc}"), True)
     except BodyRejected as exc:
         return _error(exc.status, ErrorCode.invalid_input, exc.message, False)
     except JobFailure as exc:

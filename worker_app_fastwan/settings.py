@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,12 +120,26 @@ class Settings(BaseSettings):
             raise SettingsError("ORCHESTRATOR_BASE_URL: is required in buffer mode")
 
     def summary(self) -> dict[str, object]:
-        """What start-up logs: every setting, secrets masked."""
-        return {
+        """What start-up logs: every setting, secrets masked (and a URL's user:password)."""
+        shown = {
             key: ("***" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
             for key, value in self.model_dump().items()
             if value is not None
         }
+        if self.ORCHESTRATOR_BASE_URL:
+            shown["ORCHESTRATOR_BASE_URL"] = mask_userinfo(self.ORCHESTRATOR_BASE_URL)
+        return shown
+
+
+def mask_userinfo(url: str) -> str:
+    """`url` with any `user:password@` replaced by `***@`, for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
