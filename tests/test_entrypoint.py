@@ -448,6 +448,19 @@ def test_shellcheck_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_container_runs_under_an_init():
+    """PID 1 reaps orphans and forwards signals: tini in the image, Docker's init where compose replaces it."""
+    dockerfile = (REPO / "Dockerfile.fastwan").read_text(encoding="utf-8")
+    runtime = dockerfile.split(" AS runtime")[1]
+    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", runtime, re.M)
+    assert entrypoint == ['["/usr/bin/tini", "--", "/app/run_fastwan_worker.sh"]']
+    installs = re.search(r"apt-get install[^&]*", runtime)
+    assert installs is not None and re.search(r"\btini\b", installs.group(0))
+    for name, service in _compose()["services"].items():
+        if "entrypoint" in service:  # the image's tini is bypassed: Docker's init takes its place
+            assert service.get("init") is True, name
+
+
 def test_hadolint_clean():
     proc = subprocess.run(
         [_tool("hadolint"), str(REPO / "Dockerfile.fastwan")], capture_output=True, text=True, cwd=REPO
