@@ -29,6 +29,10 @@ studio: setup
 bench: setup
 	$(PY) bench/cpu_bench.py
 
+# The chaos run (RELIABILITY.md): about 10 minutes on 2 cores, niced so it yields to interactive work.
+soak: setup
+	nice $(PY) bench/soak.py
+
 lint: setup
 	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile.fastwan
