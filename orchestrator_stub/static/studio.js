@@ -261,8 +261,9 @@ function insertJob(list, job) {
   el.dataset.id = job.job_id;
   el.dataset.created = job.created_at;
   state.jobs.set(job.job_id, el);
-  // Usually the newest: check from the top, stop at the first older one.
+  // A new job goes first; on the first load they come newest first, so each goes last: both O(1).
   let before = list.firstElementChild;
+  if (list.lastElementChild && list.lastElementChild.dataset.created > job.created_at) before = null;
   while (before && before.dataset.created > job.created_at) before = before.nextElementSibling;
   list.insertBefore(el, before);
   updateJob(job);
@@ -319,7 +320,10 @@ function showVideo(el, job) {
   if (!box.hidden) return;
   const result = job.result;
   const remote = /^https?:/.test(result.video_url);
-  const video = box.querySelector("video");
+  // Made here, not in the template: a media element is costly, and most of a long list never plays.
+  const video = document.createElement("video");
+  Object.assign(video, { controls: true, playsInline: true, preload: "none" });
+  box.prepend(video);
   video.dataset.src = remote ? result.video_url : `/v1/jobs/${encodeURIComponent(job.job_id)}/video`;
   video.setAttribute("aria-label", `video of job ${job.job_id.slice(0, 8)}`);
   const link = box.querySelector(".download");
@@ -344,7 +348,7 @@ function loadVisibleVideos(entries) {
     if (!entry.isIntersecting) continue;
     const video = entry.target;
     state.observer.unobserve(video);
-    video.preload = "metadata";
+    video.preload = "auto"; // a local file: load it whole, so play and seek start at once
     video.src = video.dataset.src;
   }
 }
@@ -427,4 +431,5 @@ function formatBytes(n) {
 }
 function formatMb(mb) { return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${mb} MB`; }
 function seconds(s) { return s === undefined || s === null ? "?" : `${Number(s).toFixed(1)} s`; }
-function timeOf(iso) { return iso ? new Date(iso).toLocaleTimeString() : ""; }
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" }); // one formatter: building one is slow
+function timeOf(iso) { return iso ? TIME_FORMAT.format(new Date(iso)) : ""; }
