@@ -198,3 +198,21 @@ def test_module_import_does_not_import_the_hub():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert out.stdout.strip() == "False", out.stderr
     assert model_fetch.IGNORE_PATTERNS  # and the module is importable here
+
+
+def test_with_json_logs_the_download_progress_is_logged_not_drawn(monkeypatch, caplog, capsys):
+    monkeypatch.setattr(model_fetch, "LOG_PROGRESS_EVERY_S", 0.0)
+    bar_class = model_fetch.logged_progress()
+    with caplog.at_level("INFO", logger="worker_app_fastwan.model_fetch"):
+        bar = bar_class(desc="Downloading bytes", total=0, unit="B", unit_scale=True, name="hub-bar")
+        bar.total = 4000  # the hub grows the total as it learns each file's size
+        bar.update(1000)
+        bar.update(3000)
+        bar.close()
+        files = bar_class(desc="Fetching 2 files", total=2)  # counts files, not bytes: not logged
+        files.update(2)
+        files.close()
+    seen = [(r.bytes, r.total_bytes, r.percent) for r in caplog.records if r.getMessage() == "downloading the model"]
+    assert seen[0] == (1000, 4000, 25.0) and seen[-1] == (4000, 4000, 100.0)
+    assert {r.bar for r in caplog.records if r.getMessage() == "downloading the model"} == {"Downloading bytes"}
+    assert capsys.readouterr().err == ""  # no bar, not even a newline

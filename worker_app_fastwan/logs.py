@@ -21,7 +21,8 @@ LogFormat = Literal["auto", "json", "text"]
 
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds `color_message`, its message again with ANSI colours: never a field of ours.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 # Loggers that chatter at INFO about their own plumbing; their warnings still show.
 _NOISY = ("httpx", "httpcore", "b2sdk", "urllib3", "uvicorn.access", "diffusers", "transformers", "huggingface_hub")
 # Third-party notices that never concern a user of this worker, matched exactly (logger prefix, message start).

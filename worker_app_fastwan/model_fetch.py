@@ -16,6 +16,7 @@ the parent process, which never loads a model, never pays for it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -120,7 +121,7 @@ def resolve_model_source(settings: Settings) -> Path:
     return download_model(settings, progress=False)
 
 
-def download_model(settings: Settings, *, progress: bool = True) -> Path:
+def download_model(settings: Settings, *, progress: bool = True, tqdm_class: type | None = None) -> Path:
     """Fetch MODEL_ID into the hub cache (or into MODEL_PATH when that is set), with tqdm progress bars.
 
     Resumes a partial download; returns at once when the model is already complete locally.
@@ -147,7 +148,8 @@ def download_model(settings: Settings, *, progress: bool = True) -> Path:
     if not progress and not bars_were_off:
         disable_progress_bars()
     try:
-        folder = Path(snapshot_download(model_id, local_dir=local_dir, ignore_patterns=IGNORE_PATTERNS))
+        bars = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
+        folder = Path(snapshot_download(model_id, local_dir=local_dir, ignore_patterns=IGNORE_PATTERNS, **bars))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the one error type, classified below
         raise ModelUnavailable(_download_failure(model_id, where, exc)) from exc
     finally:
@@ -186,6 +188,32 @@ def _download_failure(model_id: str, where: str, exc: BaseException) -> str:
     )
 
 
+LOG_PROGRESS_EVERY_S = 15.0
+
+
+def logged_progress() -> type:
+    """A tqdm class for the hub that logs the bytes fetched every LOG_PROGRESS_EVERY_S instead of drawing a
+    bar: with JSON logs (a container, a docker build baking the model) a 24 GB download still shows it moves."""
+    from tqdm.auto import tqdm
+
+    class LoggedProgress(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs.pop("name", None)  # the hub's own bars take a name; plain tqdm refuses it
+            quiet = {"mininterval": LOG_PROGRESS_EVERY_S, "disable": False, "file": io.StringIO()}  # no stray \n
+            super().__init__(*args, **{**kwargs, **quiet})
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            info = self.format_dict
+            if info.get("unit") == "B" and info.get("total"):
+                done, total = int(info["n"]), int(info["total"])
+                extra = {"bytes": done, "total_bytes": total, "percent": round(100 * done / total, 1)}
+                extra["bar"] = str(info.get("prefix") or "")
+                log.info("downloading the model", extra=extra)
+            return True
+
+    return LoggedProgress
+
+
 def folder_size(folder: Path) -> tuple[int, int]:
     """Bytes and files under `folder`, following the hub cache's symlinks to the blobs they point at."""
     files = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts]
@@ -201,7 +229,7 @@ def main_download(settings: Settings, *, human: bool = False, json_out: bool = F
     target = settings.MODEL_PATH or _hub_cache()
     if human:
         print(f"fetching {settings.MODEL_ID} into {target} (about 24 GB; resumes a partial download)", file=sys.stderr)
-    folder = download_model(settings, progress=human)
+    folder = download_model(settings, progress=human, tqdm_class=None if human else logged_progress())
     size, files = folder_size(folder)
     log.info("model ready", extra={"model": settings.MODEL_ID, "path": str(folder), "bytes": size, "files": files})
     if human:
