@@ -248,6 +248,19 @@ async def generate_once(
         raise
 
 
+def _loading_label(settings: Settings) -> str:
+    """Say so when the first start will download the weights: minutes of "loading" would look like a hang."""
+    from worker_app_fastwan.cli_display import LABELS, LOADING
+
+    if settings.PIPELINE_BACKEND == "tiny" or settings.MODEL_PATH is not None:
+        return LABELS[LOADING]
+    from worker_app_fastwan.model_fetch import cached_snapshot, hub_offline
+
+    if hub_offline() or cached_snapshot(settings.MODEL_ID) is not None:  # no network call either way
+        return LABELS[LOADING]
+    return f"{LABELS[LOADING]} (not in the cache: downloading about 24 GB first)"
+
+
 async def _generate(
     settings: Settings,
     out: Path,
@@ -262,7 +275,7 @@ async def _generate(
     from worker_app_fastwan.runner import JobRunner, RunnerState
 
     console = stderr_console()
-    screen = GenerateDisplay(console) if display else None
+    screen = GenerateDisplay(console, _loading_label(settings)) if display else None
     runner = JobRunner(settings, _OnePathStorage(out), listeners=[screen.on_progress] if screen else [])
     try:
         with screen or contextlib.nullcontext():

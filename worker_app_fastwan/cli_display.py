@@ -39,7 +39,7 @@ def stderr_console() -> Console:
 class GenerateDisplay:
     """A live progress display for one `generate`; use as a context manager, feed it `on_progress`."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, loading: str = LABELS[LOADING]) -> None:
         self.console = console
         self.progress = Progress(
             SpinnerColumn(),
@@ -49,7 +49,7 @@ class GenerateDisplay:
             TimeElapsedColumn(),
             console=console,
         )
-        self.task = self.progress.add_task(LABELS[LOADING], total=100)
+        self.task = self.progress.add_task(loading, total=100)
         self.stage = LOADING
         self.stage_started = time.monotonic()
 

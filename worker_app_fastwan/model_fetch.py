@@ -77,7 +77,7 @@ def _hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
@@ -138,7 +138,7 @@ def download_model(settings: Settings, *, progress: bool = True, tqdm_class: typ
         cached = cached_snapshot(model_id)
         if cached is not None:
             return cached
-    if _hub_offline():
+    if hub_offline():
         raise ModelUnavailable(
             f"model {model_id} is not in the cache ({where}) and cannot be downloaded "
             f"(offline: HF_HUB_OFFLINE is set); {DOWNLOAD_HINT}"
