@@ -148,8 +148,9 @@ def download_model(settings: Settings, *, progress: bool = True, tqdm_class: typ
     if not progress and not bars_were_off:
         disable_progress_bars()
     try:
-        bars = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
-        folder = Path(snapshot_download(model_id, local_dir=local_dir, ignore_patterns=IGNORE_PATTERNS, **bars))
+        folder = Path(
+            snapshot_download(model_id, local_dir=local_dir, ignore_patterns=IGNORE_PATTERNS, tqdm_class=tqdm_class)
+        )
     except Exception as exc:  # noqa: BLE001 - every failure becomes the one error type, classified below
         raise ModelUnavailable(_download_failure(model_id, where, exc)) from exc
     finally:
@@ -194,7 +195,7 @@ LOG_PROGRESS_EVERY_S = 15.0
 def logged_progress() -> type:
     """A tqdm class for the hub that logs the bytes fetched every LOG_PROGRESS_EVERY_S instead of drawing a
     bar: with JSON logs (a container, a docker build baking the model) a 24 GB download still shows it moves."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     class LoggedProgress(tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -206,7 +207,11 @@ def logged_progress() -> type:
             info = self.format_dict
             if info.get("unit") == "B" and info.get("total"):
                 done, total = int(info["n"]), int(info["total"])
-                extra = {"bytes": done, "total_bytes": total, "percent": round(100 * done / total, 1)}
+                extra: dict[str, object] = {
+                    "bytes": done,
+                    "total_bytes": total,
+                    "percent": round(100 * done / total, 1),
+                }
                 extra["bar"] = str(info.get("prefix") or "")
                 log.info("downloading the model", extra=extra)
             return True
