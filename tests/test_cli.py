@@ -21,6 +21,7 @@ from stub_fixtures import REPO
 
 from worker_app_fastwan.cli import build_parser
 from worker_app_fastwan.exit_codes import ExitCode
+from worker_app_fastwan.settings import DEFAULT_MODEL_ID
 
 COLUMNS = 400  # wide enough that no logical line wraps: a line counted is a line printed
 SMALL = ("--width", "256", "--height", "256", "--frames", "9", "--fps", "8")
@@ -132,7 +133,7 @@ def test_model_not_available_in_a_terminal_is_one_line_and_exit_3(tmp_path):
     lines = screen_lines(raw)
     assert status == ExitCode.MODEL_UNAVAILABLE, raw[-3000:]
     assert len(lines) == 1, lines  # the progress display clears itself: only the error stays
-    assert lines[0].startswith("fastwan-worker: error: model load failed: model FastVideo/FastWan2.2-TI2V-5B")
+    assert lines[0].startswith(f"fastwan-worker: error: model load failed: model {DEFAULT_MODEL_ID} is")
     assert "is not in the cache" in lines[0] and "MODEL_PATH" in lines[0] and "download-model" in lines[0]
     assert "Traceback" not in raw
 
@@ -261,7 +262,7 @@ def _cached_model(hf_home: Path, model_id: str) -> Path:
 
 
 def test_download_model_in_a_terminal_ends_with_where_and_how_big(tmp_path):
-    snapshot = _cached_model(tmp_path / "hf-home", "FastVideo/FastWan2.2-TI2V-5B-Diffusers")
+    snapshot = _cached_model(tmp_path / "hf-home", DEFAULT_MODEL_ID)
     size = decimal(1500 + len(json.dumps({"_class_name": "WanDMDPipeline"})))
     status, raw = run_in_terminal(tmp_path, "download-model")
     lines = screen_lines(raw)
@@ -272,12 +273,12 @@ def test_download_model_in_a_terminal_ends_with_where_and_how_big(tmp_path):
 
 
 def test_download_model_piped_prints_the_folder_or_json(tmp_path):
-    snapshot = _cached_model(tmp_path / "hf-home", "FastVideo/FastWan2.2-TI2V-5B-Diffusers")
+    snapshot = _cached_model(tmp_path / "hf-home", DEFAULT_MODEL_ID)
     plain = run_cli(tmp_path, "download-model")
     assert plain.returncode == ExitCode.OK and plain.stdout.strip() == str(snapshot)
     as_json = run_cli(tmp_path, "download-model", "--json")
     assert json.loads(as_json.stdout) == {
-        "model_id": "FastVideo/FastWan2.2-TI2V-5B-Diffusers",
+        "model_id": DEFAULT_MODEL_ID,
         "path": str(snapshot),
         "bytes": 1500 + len(json.dumps({"_class_name": "WanDMDPipeline"})),
         "files": 2,
