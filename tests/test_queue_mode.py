@@ -378,3 +378,16 @@ def test_deep_nesting_is_a_400_never_a_500(worker, body):
     resp = raw_post(worker["base"], body)
     assert resp.status_code == 400, resp.text
     assert "nested deeper than" in resp.json()["error"]["message"]
+
+
+def test_fuzzed_generate_never_answers_a_server_error(worker):
+    """Property-based fuzzing of /generate from its OpenAPI document (helpers_fuzz.py, schemathesis): valid and
+    schema-breaking bodies and Salad-Job-Id headers; no 5xx but the protocol's retryable image-host one."""
+    from helpers_fuzz import cheap, fuzz, generate_check
+
+    outcome = fuzz(f"{worker['base']}/openapi.json", generate_check, prepare=cheap)
+    assert ("POST", "/generate") in outcome["seen"]
+    assert not outcome["problems"], "\n".join(outcome["problems"][:10])
+    codes = outcome["codes"][("POST", "/generate")]
+    assert codes[422] > 0, codes
+    assert wait_status(worker["base"], "ready", timeout_s=30)["status"] == "ready", "the worker still serves"

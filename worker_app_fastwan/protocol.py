@@ -5,7 +5,7 @@ Shared by the worker (sender) and orchestrator_stub (receiver). Receivers ignore
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,8 @@ WorkerState = Literal["starting", "idle", "busy", "draining"]
 JobStatus = Literal["running", "completed", "failed"]
 MAX_HELD_JOBS = 64  # job ids one heartbeat may name
 MAX_ATTEMPT = 1_000_000  # far above any orchestrator's attempts, and far below SQLite's integer range
+# Steps, sizes, megabytes: far above any real value, and never an OverflowError where SQLite stores them.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Body(BaseModel):
@@ -25,16 +27,16 @@ class ProgressUpdate(_Body):
     worker_id: str
     stage: Stage
     progress: float = Field(ge=0.0, le=1.0)
-    step: int | None = None
-    total_steps: int | None = None
+    step: Count | None = None
+    total_steps: Count | None = None
     message: str = ""
 
 
 class Capabilities(_Body):
     modes: list[Literal["t2v", "i2v"]] = ["t2v", "i2v"]
-    max_width: int = 1280
-    max_height: int = 1280
-    max_frames: int = 241
+    max_width: Count = 1280
+    max_height: Count = 1280
+    max_frames: Count = 241
 
 
 class ClaimRequest(_Body):
@@ -56,8 +58,8 @@ class ClaimResponse(_Body):
 
 class GpuInfo(_Body):
     name: str = "unknown"
-    memory_used_mb: int = 0
-    memory_total_mb: int = 0
+    memory_used_mb: Count = 0
+    memory_total_mb: Count = 0
 
 
 class HeartbeatRequest(_Body):
@@ -65,7 +67,7 @@ class HeartbeatRequest(_Body):
     state: WorkerState
     job_id: JobId | None = None  # the job generating now
     stage: Stage | None = None
-    progress: float = 0.0
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
     gpu: GpuInfo = GpuInfo()
     # v1.1: every job this worker holds (generating, uploading or reporting); each one's lease is renewed.
     job_ids: list[JobId] = Field(default_factory=list, max_length=MAX_HELD_JOBS)
