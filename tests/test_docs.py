@@ -78,3 +78,12 @@ def test_protocol_doc_names_every_worker_route_of_the_stub():
     assert not missing, f"docs/protocol.md does not describe {missing}"
     assert "v1.1" in doc and "`attempt`" in doc and "`job_ids`" in doc
     assert "docs/protocol.md" in (ROOT / "README.md").read_text()
+
+
+def test_every_stub_setting_is_in_the_stub_readme():
+    from orchestrator_stub.settings import StubSettings
+
+    readme = (ROOT / "orchestrator_stub" / "README.md").read_text()
+    missing = [name for name in StubSettings.model_fields if f"`{name}`" not in readme]
+    assert not missing, f"document these settings in orchestrator_stub/README.md: {missing}"
+    assert "X-Stub-Signature" in readme and "HMAC-SHA256" in readme, "receivers must learn how to check webhooks"
