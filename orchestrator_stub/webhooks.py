@@ -14,6 +14,7 @@ shows only whether an attempt succeeded, or the stub would be a port and DNS sca
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -111,7 +112,10 @@ class WebhookSender:
             if job_id not in self._inflight:
                 task = asyncio.create_task(self._deliver(client, job_id))
                 self._inflight[job_id] = task
-                task.add_done_callback(lambda _t, j=job_id: self._inflight.pop(j, None))
+                task.add_done_callback(functools.partial(self._forget, job_id))
+
+    def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(job_id, None)
 
     async def _deliver(self, client: httpx.AsyncClient, job_id: str) -> None:
         try:
