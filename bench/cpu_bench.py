@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the tests use
 from helpers_http import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-HEAVY = {"width": 768, "height": 768, "num_frames": 41, "num_inference_steps": 6}
+HEAVY = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 
 

@@ -33,12 +33,12 @@ from stub_fixtures import StubProcess
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 3}
 # ~6 s on 2 idle cores, mostly VAE decoding: long enough to act while it runs.
-MEDIUM = {"width": 512, "height": 512, "num_frames": 41, "num_inference_steps": 8}
-# ~1.3 s per denoising step on 2 cores: a cancel lands mid-denoising, and the job never gets to decoding.
-SLOW_STEPS = {"width": 1280, "height": 1280, "num_frames": 41, "num_inference_steps": 8}
+MEDIUM = {"width": 512, "height": 512, "num_frames": 41, "num_inference_steps": 3}
+# ~3-4 s per denoising step on 2 cores: a cancel lands mid-denoising, and the job never gets to decoding.
+SLOW_STEPS = {"width": 1280, "height": 1280, "num_frames": 81, "num_inference_steps": 3}
 # Keeps the GPU child's CPU busy for well over 15 s (~20-25 s on 2 cores, mostly decoding; the test
 # worker is held to 2 threads so that a bigger machine does not make it short).
-LONG = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 8}
+LONG = {"width": 768, "height": 768, "num_frames": 65, "num_inference_steps": 3}
 
 
 def video_path(result: dict[str, Any]) -> Path:

@@ -225,6 +225,13 @@ def test_debug_level_shows_the_traceback(tmp_path):
     assert "Traceback (most recent call last)" in done.stderr and "parse_job_input" in done.stderr
 
 
+def test_generate_refuses_undistilled_step_counts(tmp_path):
+    done = run_cli(tmp_path, "generate", "--prompt", "x", "--steps", "4", "--out", "x.mp4", PIPELINE_BACKEND="tiny")
+    assert done.returncode != 0
+    assert "invalid_input" in done.stderr and "num_inference_steps" in done.stderr and "1-3" in done.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_bad_setting_exits_2_with_one_line(tmp_path):
     done = run_cli(tmp_path, "serve", PIPELINE_BACKEND="tensorrt")
     assert done.returncode == ExitCode.BAD_INPUT

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,16 +138,22 @@ def test_cached_snapshot_is_used_offline(hub_cache, no_network):
 
 def test_other_model_id_in_cache_is_not_taken(hub_cache, no_network):
     _fake_cache(hub_cache, "someone/else")
-    with pytest.raises(ModelUnavailable, match="FastWan2.2-TI2V-5B-Diffusers"):
+    with pytest.raises(ModelUnavailable, match=re.escape(DEFAULT_MODEL_ID)):
         resolve_model_source(_settings())
+
+
+def test_default_is_the_fullattn_name_and_the_first_upload_name_still_works(hub_cache, no_network):
+    assert DEFAULT_MODEL_ID == "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"  # the hub collection's name
+    snapshot = _fake_cache(hub_cache, "FastVideo/FastWan2.2-TI2V-5B-Diffusers")
+    assert resolve_model_source(_settings(MODEL_ID="FastVideo/FastWan2.2-TI2V-5B-Diffusers")) == snapshot
 
 
 def test_offline_empty_cache_is_one_line_naming_model_and_fix(hub_cache, no_network):
     with pytest.raises(ModelUnavailable) as info:
-        resolve_model_source(_settings(MODEL_ID="FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"))
+        resolve_model_source(_settings(MODEL_ID="FastVideo/FastWan2.2-TI2V-5B-Diffusers"))
     message = str(info.value)
     assert "\n" not in message
-    assert "model FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers is not in the cache" in message
+    assert "model FastVideo/FastWan2.2-TI2V-5B-Diffusers is not in the cache" in message
     assert str(hub_cache) in message and "offline" in message
     assert "MODEL_PATH" in message and "download-model" in message
 

@@ -69,10 +69,10 @@ def test_dmd_timesteps_by_default(tiny_backend):
 
 def test_progress_reports_every_step_in_order(tiny_backend):
     events = []
-    job = _job(num_inference_steps=4)
+    job = _job(num_inference_steps=3)
     list(tiny_backend.generate(job, None, lambda *e: events.append(e)).frames)
     assert events[0] == ("encoding_prompt", None, None)
-    assert [e for e in events if e[0] == "denoising"] == [("denoising", i, 4) for i in range(5)]
+    assert [e for e in events if e[0] == "denoising"] == [("denoising", i, 3) for i in range(4)]
     assert events[-1] == ("decoding", None, None)
 
 

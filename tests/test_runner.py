@@ -17,8 +17,8 @@ from worker_app_fastwan.settings import load_settings
 from worker_app_fastwan.storage import LocalStorage
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
-# ~2 s per denoising step on 2 cores: long enough to cancel or time out mid-job.
-SLOW = {"width": 768, "height": 768, "num_frames": 41, "num_inference_steps": 4}
+# ~3 s per denoising step on 2 cores: long enough to cancel or time out mid-job.
+SLOW = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
 
 
 @pytest.fixture(scope="module")

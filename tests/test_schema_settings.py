@@ -26,6 +26,7 @@ BAD_FIELDS = [
     ({"prompt": "a", "seed": 2**63}, "seed"),
     ({"prompt": "a", "num_inference_steps": 0}, "num_inference_steps"),
     ({"prompt": "a", "num_inference_steps": 9}, "num_inference_steps"),
+    ({"prompt": "a", "num_inference_steps": 4}, "num_inference_steps"),
     ({"prompt": "a", "width": "wide"}, "width"),
     ({}, "prompt"),
 ]

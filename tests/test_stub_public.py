@@ -14,6 +14,7 @@ def test_invalid_input_is_422_naming_the_field_and_creates_nothing(stub: StubPro
     cases = {
         "width": {"prompt": "x", "width": 500},
         "num_frames": {"prompt": "x", "num_frames": 100},
+        "num_inference_steps": {"prompt": "x", "num_inference_steps": 4},  # never distilled: 1-3 only
         "prompt": {"prompt": "   "},
         "image_url": {"prompt": "x", "image_url": "ftp://example.com/a.png"},
         "notify_url": {"prompt": "x", "notify_url": "not a url"},

@@ -28,6 +28,7 @@ from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.gpu_child import CANCEL_GRACE_S
 from worker_app_fastwan.logs import job_context
+from worker_app_fastwan.modes import enabled_modes
 from worker_app_fastwan.orchestrator_client import (
     HeartbeatFailed,
     OrchestratorClient,
@@ -251,8 +252,7 @@ class BufferWorker:
         return ClaimRequest(worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=self._capabilities())
 
     def _capabilities(self) -> Capabilities:
-        device = self.runner.device
-        modes = ["t2v", "i2v"] if device is None or device.supports_i2v else ["t2v"]
+        modes = enabled_modes(self.settings, self.runner.device)
         return Capabilities(modes=modes, max_width=MAX_SIDE, max_height=MAX_SIDE, max_frames=MAX_FRAMES)
 
     @property

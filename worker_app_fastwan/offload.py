@@ -5,8 +5,9 @@ Profiles (`OFFLOAD_PROFILE`; `auto` picks one from the card's memory):
 | profile    | what stays on the GPU                                   | VAE decode                 |
 |------------|---------------------------------------------------------|----------------------------|
 | `none`     | everything (text encoder, transformer, VAE)             | streamed per latent frame  |
-| `balanced` | transformer + VAE; the text encoder visits to encode    | tiled                      |
+| `balanced` | transformer + VAE; the text encoder streamed block-wise | tiled                      |
 | `low_vram` | one component at a time (model CPU offload)             | tiled                      |
+| `fastvideo`| the `fastvideo` backend's own placement (not requestable) | FastVideo's                |
 
 `auto` takes the fastest profile under which the default job (1280×704, 121 frames) fits the budget model
 below, so a card never gets a profile that refuses the default job while a slower one would run it.
@@ -23,6 +24,7 @@ A job's peak is the larger of its two GPU phases, plus a reserve:
   streamed (per latent frame, as `pipelines/wan.py` does without tiling) it is linear in the frame *area*;
   tiled it is a fixed per-tile working set plus the whole decoded video, linear in pixel-frames.
 Prompt encoding (≤ 512 tokens) does not depend on the job; `describe()` warns when it cannot fit.
+Host RAM is modelled too (`host_ram_gib`): what the weights need on the CPU side, at load and after.
 
 The constants: weights from the published parameter counts (facts file), activations measured here on CPU
 with diffusers 0.42.1's `WanTransformer3DModel` / `AutoencoderKLWan` at the checkpoint's real widths
@@ -42,17 +44,28 @@ Profile = Literal["none", "balanced", "low_vram"]
 VaeDtype = Literal["float32", "bfloat16"]
 PROFILES: tuple[Profile, ...] = ("none", "balanced", "low_vram")  # fastest first: `auto` tries them in order
 REQUESTABLE = ("auto", *PROFILES)
+FASTVIDEO = "fastvideo"  # the fastvideo backend's placement: budgeted here, never chosen by `auto`
 
 GIB = 2**30
 KIB = 2**10
 
-# Weights. Transformer ≈ 5.0 B params and UMT5 encoder ≈ 5.7 B params, both bf16 (facts file: ≈ 10 GB and
-# 11.4 GB). The VAE has 704.7 M params (counted here from the real config): 2.8 GB in float32 (the
-# worker's default VAE_DTYPE, for decode quality), 1.4 GB in bfloat16.
+# Weights. Transformer ≈ 5.0 B params, bf16 (facts file: ≈ 10 GB). UMT5-XXL encoder ≈ 5.7 B params, bf16
+# (11.4 GB): a 1.05 B-param token embedding (2.1 GB) and 24 blocks of 193 M params (0.39 GB each), counted
+# here from its config. Streamed block by block (`balanced`) the GPU holds the embedding and two blocks (the
+# one running, the next prefetched). The VAE, counted from the real config: encoder side 149.6 M params,
+# always float32 (0.6 GB); decoder side 555.1 M params in VAE_DTYPE (1.1 GB bf16, 2.2 GB float32).
 TRANSFORMER_BYTES = 10.0e9
 TEXT_ENCODER_BYTES = 11.4e9
-VAE_PARAMS = 704.7e6
+TEXT_ENCODER_EMBED_BYTES = 2.1e9
+TEXT_ENCODER_BLOCK_BYTES = 0.386e9
+STREAMED_BLOCKS_ON_GPU = 2
+VAE_ENCODER_PARAMS = 149.6e6
+VAE_DECODER_PARAMS = 555.1e6
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2}
+# The fastvideo backend: FastVideo runs UMT5 in float32 (22.8 GB) and loads the VAE in float32; with its
+# text-encoder CPU offload on (as the backend sets it) the whole encoder visits the GPU to encode a prompt.
+FASTVIDEO_TEXT_ENCODER_BYTES = 22.8e9
+FASTVIDEO_VAE_BYTES = (VAE_ENCODER_PARAMS + VAE_DECODER_PARAMS) * 4
 
 # Transformer activations per token. Measured: 81 KiB/token for text-to-video (one scalar timestep) and
 # 195 KiB/token for image-to-video, where every token has its own timestep and the blocks build
@@ -65,7 +78,7 @@ TEXT_ENCODE_ACT_BYTES = 0.25 * GIB
 # VAE decode, streamed per latent frame (no tiling): the causal-conv caches (7.2 KB per output pixel, kept
 # across chunks) plus one 4-frame chunk in flight. Measured 21.6 KB per pixel of frame area in float32 at
 # 64×96 and 128×192 (linear); + 11 %: 24,000 B. Independent of num_frames: frames are encoded as they come.
-# 1280×704 ≈ 20 GiB in float32, which is why 40-45 GiB cards use `balanced` unless VAE_DTYPE=bfloat16.
+# 1280×704 ≈ 20 GiB in float32 (VAE_DTYPE=float32), ≈ 10 GiB in bfloat16 (the default).
 VAE_STREAM_BYTES_PER_PIXEL_FP32 = 24_000
 # VAE decode, tiled (diffusers' 256×256 tiles, stride 192): one tile's streamed working set
 # (24,000 B × 65,536 px ≈ 1.46 GiB in float32) plus the whole video held several times over: every tile's
@@ -73,6 +86,9 @@ VAE_STREAM_BYTES_PER_PIXEL_FP32 = 24_000
 # of 4 bytes per pixel-frame each: ≈ 57 B, rounded up to 60 B per pixel-frame in float32.
 VAE_TILE_PIXELS = 256 * 256
 VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 = 60
+
+# Host RAM besides the weights: Python, torch, CUDA's host-side state, a job's frames and the encoder.
+HOST_RUNTIME_BYTES = 4 * GIB
 
 # CUDA context, cuBLAS/cuDNN workspaces and allocator fragmentation: a fixed part plus a share of the card.
 RESERVE_FIXED_BYTES = 0.75 * GIB
@@ -96,12 +112,14 @@ _PLANS: dict[str, OffloadPlan] = {
     "none": OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=False, vae_tiling=False),
     "balanced": OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=True, vae_tiling=True),
     "low_vram": OffloadPlan(model_cpu_offload=True, text_encoder_off_gpu_after_encode=True, vae_tiling=True),
+    FASTVIDEO: OffloadPlan(model_cpu_offload=False, text_encoder_off_gpu_after_encode=True, vae_tiling=True),
 }
 
 _WHAT: dict[str, str] = {
     "none": "everything on the GPU, VAE decoded per latent frame",
-    "balanced": "transformer + VAE on the GPU, text encoder moved to the GPU only to encode the prompt, tiled VAE",
+    "balanced": "transformer + VAE on the GPU, text encoder streamed through it block by block, tiled VAE",
     "low_vram": "model CPU offload (one component on the GPU at a time), tiled VAE",
+    FASTVIDEO: "FastVideo: transformer + float32 VAE on the GPU, its float32 text encoder visits to encode",
 }
 
 
@@ -135,27 +153,46 @@ def reserve_gib(vram_total_gb: float) -> float:
     return (RESERVE_FIXED_BYTES + RESERVE_SHARE * vram_total_gb * GIB) / GIB
 
 
-def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtype: str = "float32") -> MemoryEstimate:
-    """What the budget model says one job needs on the GPU under `profile` (see the module doc)."""
+def _weights(profile: str, vae_dtype: str) -> tuple[float, float, float]:
+    """Bytes of weights on the GPU while (encoding the prompt, denoising, decoding) under `profile`."""
     plan = plan_for(profile)
+    transformer = TRANSFORMER_BYTES
+    vae = VAE_ENCODER_PARAMS * 4 + VAE_DECODER_PARAMS * DTYPE_BYTES[vae_dtype]
+    if profile == FASTVIDEO:
+        resident = transformer + FASTVIDEO_VAE_BYTES
+        return resident + FASTVIDEO_TEXT_ENCODER_BYTES, resident, resident
+    if plan.model_cpu_offload:
+        # One component per phase: the generator sends each back to the CPU at every phase boundary.
+        return TEXT_ENCODER_BYTES, transformer, vae
+    if plan.text_encoder_off_gpu_after_encode:
+        streamed = TEXT_ENCODER_EMBED_BYTES + STREAMED_BLOCKS_ON_GPU * TEXT_ENCODER_BLOCK_BYTES
+        return transformer + vae + streamed, transformer + vae, transformer + vae
+    everything = TEXT_ENCODER_BYTES + transformer + vae
+    return everything, everything, everything
+
+
+def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtype: str = "bfloat16") -> MemoryEstimate:
+    """What the budget model says one job needs on the GPU under `profile` (see the module doc).
+
+    `vae_dtype` is the decoder's (VAE_DTYPE); the `fastvideo` profile ignores it (FastVideo decodes in bf16).
+    """
+    plan = plan_for(profile)
+    if profile == FASTVIDEO:
+        vae_dtype = "bfloat16"
     scale = DTYPE_BYTES[vae_dtype] / 4  # VAE activations scale with its dtype; constants are float32
-    transformer, text_encoder = TRANSFORMER_BYTES, TEXT_ENCODER_BYTES
-    vae = VAE_PARAMS * DTYPE_BYTES[vae_dtype]
-    if plan.model_cpu_offload:  # each phase has only its own component on the GPU
-        encode_w, denoise_w, decode_w = text_encoder, transformer, vae
-    elif plan.text_encoder_off_gpu_after_encode:
-        # As pipelines/wan.py does it today: the whole text encoder joins the resident transformer + VAE.
-        encode_w, denoise_w, decode_w = text_encoder + transformer + vae, transformer + vae, transformer + vae
-    else:
-        encode_w = denoise_w = decode_w = text_encoder + transformer + vae
+    encode_w, denoise_w, decode_w = _weights(profile, vae_dtype)
     pixels = width * height
-    if plan.vae_tiling:
-        vae_work = scale * (
-            VAE_STREAM_BYTES_PER_PIXEL_FP32 * min(pixels, VAE_TILE_PIXELS)
-            + VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 * pixels * num_frames
-        )
+    streamed = scale * VAE_STREAM_BYTES_PER_PIXEL_FP32 * pixels
+    tiled = scale * (
+        VAE_STREAM_BYTES_PER_PIXEL_FP32 * min(pixels, VAE_TILE_PIXELS)
+        + VAE_TILED_BYTES_PER_PIXEL_FRAME_FP32 * pixels * num_frames
+    )
+    if profile == FASTVIDEO:
+        vae_work = max(streamed, tiled)  # FastVideo's decode, tiled or not, was not measured: the larger
+    elif plan.vae_tiling:
+        vae_work = tiled
     else:
-        vae_work = scale * VAE_STREAM_BYTES_PER_PIXEL_FP32 * pixels
+        vae_work = streamed
     return MemoryEstimate(
         encode_gib=(encode_w + TEXT_ENCODE_ACT_BYTES) / GIB,
         denoise_gib=(denoise_w + ACT_BYTES_PER_TOKEN * tokens_for(width, height, num_frames)) / GIB,
@@ -163,12 +200,31 @@ def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtyp
     )
 
 
+def host_ram_gib(profile: str, *, vae_dtype: str = "bfloat16") -> float:
+    """Host RAM the weights need at the worst moment, plus the runtime: what a box must have.
+
+    diffusers backend: every component is read into CPU memory before it is placed (≈ 23 GB at load,
+    whatever the profile); afterwards `balanced` keeps the text encoder on the host with a pinned
+    (page-locked) copy of its blocks, and `low_vram` keeps all of it there. fastvideo: its float32 text
+    encoder lives on the host (22.8 GB).
+    """
+    if profile == FASTVIDEO:
+        weights = FASTVIDEO_TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + FASTVIDEO_VAE_BYTES
+    else:
+        vae = VAE_ENCODER_PARAMS * 4 + VAE_DECODER_PARAMS * DTYPE_BYTES[vae_dtype]
+        at_load = TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + vae
+        pinned_blocks = 24 * TEXT_ENCODER_BLOCK_BYTES
+        after = {"none": 0.0, "balanced": TEXT_ENCODER_BYTES + pinned_blocks, "low_vram": at_load}
+        weights = max(at_load, after.get(profile, at_load))
+    return (weights + HOST_RUNTIME_BYTES) / GIB
+
+
 def _fits(width: int, height: int, num_frames: int, vram_total_gb: float, profile: str, vae_dtype: str) -> bool:
     need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib
     return need + reserve_gib(vram_total_gb) <= vram_total_gb
 
 
-def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: str = "float32") -> Profile:
+def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16") -> Profile:
     """An explicit profile wins; `auto` takes the fastest one that runs the default job on this card."""
     if requested not in REQUESTABLE:
         raise ValueError(f"OFFLOAD_PROFILE: must be one of {', '.join(REQUESTABLE)} (got {requested!r})")
@@ -183,7 +239,7 @@ def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: st
 
 
 def max_frames(
-    width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "float32", limit: int = MAX_FRAMES
+    width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "bfloat16", limit: int = MAX_FRAMES
 ) -> int | None:
     """The largest valid num_frames (4k+1, ≤ limit) that fits at width×height, or None when none does."""
     best = None
@@ -195,7 +251,7 @@ def max_frames(
 
 
 def check_job_fits(
-    width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *, vae_dtype: str = "float32"
+    width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *, vae_dtype: str = "bfloat16"
 ) -> None:
     """Refuse, before any GPU work, a job whose size this card cannot hold under this profile.
 
@@ -218,7 +274,7 @@ def check_job_fits(
             f"this {card} cannot run the model with OFFLOAD_PROFILE={profile}: even a "
             f"{SMALLEST_JOB[0]}×{SMALLEST_JOB[1]}×{SMALLEST_JOB[2]} job needs ≈ {floor:.1f} GiB of "
             f"{vram_total_gb:.1f} GiB; this worker needs a larger GPU"
-            + ("" if profile == "low_vram" else " or OFFLOAD_PROFILE=low_vram"),
+            + ("" if profile in ("low_vram", FASTVIDEO) else " or OFFLOAD_PROFILE=low_vram"),
             retryable=True,
         )
     if _fits(width, height, num_frames, vram_total_gb, profile, vae_dtype):
@@ -243,12 +299,12 @@ def check_job_fits(
     )
 
 
-def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "float32") -> str:
+def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16") -> str:
     """One line for the start-up log: the profile, what it does, what this card can do with it."""
     if vram_total_gb is None:
         return f"{profile}: no CUDA device, everything runs on the CPU"
     width, height, frames = DEFAULT_JOB
-    line = f"{profile} on a {vram_total_gb:.1f} GiB GPU ({_WHAT.get(profile, '?')}, VAE {vae_dtype})"
+    line = f"{profile} on a {vram_total_gb:.1f} GiB GPU ({_WHAT.get(profile, '?')}, VAE decoder {vae_dtype})"
     if profile not in _PLANS:
         return line
     reserve = reserve_gib(vram_total_gb)
@@ -265,4 +321,4 @@ def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "flo
             f"; WARNING: prompt encoding needs ≈ {encode_need:.1f} GiB with the text encoder on the GPU, more "
             "than this card has"
         )
-    return line
+    return line + f"; host RAM needed ≈ {host_ram_gib(profile, vae_dtype=vae_dtype):.0f} GiB"

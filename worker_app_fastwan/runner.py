@@ -24,6 +24,7 @@ from worker_app_fastwan.gpu_child import CANCEL_GRACE_S, ChildJobFailure, GpuChi
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.messages import DeviceInfo, Progress, RunJob
 from worker_app_fastwan.metrics import Metrics
+from worker_app_fastwan.modes import check_mode
 from worker_app_fastwan.schema import MAX_SEED, ErrorCode, JobInput, JobResult, Stage, Timings, parse_job_input
 from worker_app_fastwan.settings import Settings
 
@@ -217,13 +218,9 @@ class JobRunner:
     def _check_capacity(self, job: JobInput, mode: str) -> None:
         """Refuse before any GPU work what this backend or card cannot do."""
         device = self.child.device
+        check_mode(mode, self.settings, device)
         if device is None:
             return
-        if mode == "i2v" and not device.supports_i2v:
-            raise JobFailure(
-                ErrorCode.invalid_input,
-                f"image_url: the {device.backend} backend cannot do image-to-video; use PIPELINE_BACKEND=diffusers",
-            )
         if device.device.startswith("cuda"):
             from worker_app_fastwan.offload import check_job_fits
 

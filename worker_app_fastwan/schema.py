@@ -10,7 +10,15 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 # 1-128 characters of [A-Za-z0-9._:-], and never "." or ".." (ids become path segments and storage keys).
 # Spelled without look-ahead so the same pattern runs in pydantic's Rust regex engine, Python's `re` and
@@ -27,6 +35,8 @@ MAX_PROMPT_CHARS = 4000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 1280, 32
 MIN_FRAMES, MAX_FRAMES = 5, 241
 MAX_SEED = 2**63
+# FastWan was distilled for exactly 3 DMD steps ([1000, 757, 522]); 1-2 run a prefix of that schedule.
+MIN_STEPS, MAX_STEPS = 1, 3
 
 
 class Stage(str, Enum):
@@ -59,13 +69,17 @@ class JobInput(BaseModel):
 
     prompt: str
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    image_url: str | None = None
+    image_url: str | None = Field(
+        default=None,
+        description="image-to-video (experimental: the 5B student was distilled on text-to-video only; "
+        "an operator can switch it off with I2V_ENABLED=false)",
+    )
     width: int = Field(default=1280, ge=MIN_SIDE, le=MAX_SIDE)
     height: int = Field(default=704, ge=MIN_SIDE, le=MAX_SIDE)
     num_frames: int = Field(default=121, ge=MIN_FRAMES, le=MAX_FRAMES)
     fps: int = Field(default=24, ge=1, le=60)
     seed: int | None = Field(default=None, ge=0, lt=MAX_SEED)
-    num_inference_steps: int = Field(default=3, ge=1, le=8)
+    num_inference_steps: int = Field(default=3, ge=MIN_STEPS, le=MAX_STEPS)
 
     @field_validator("prompt")
     @classmethod
@@ -91,6 +105,20 @@ class JobInput(BaseModel):
         if value % SIDE_MULTIPLE:
             raise ValueError(f"must be a multiple of {SIDE_MULTIPLE} (got {value})")
         return value
+
+    @field_validator("num_inference_steps", mode="wrap")
+    @classmethod
+    def _distilled_steps(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+        """An out-of-range integer gets the reason, not just the bound."""
+        try:
+            return handler(value)
+        except ValidationError:
+            if isinstance(value, int) and not isinstance(value, bool):
+                raise ValueError(
+                    f"must be {MIN_STEPS}-{MAX_STEPS} (got {value}): FastWan is distilled for 3 steps "
+                    "(timesteps 1000, 757, 522); 1-2 run the start of that schedule, more would leave it"
+                ) from None
+            raise
 
     @field_validator("num_frames")
     @classmethod

@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker_app_fastwan.schema import ID_PATTERN
 
 B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
-DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-Diffusers"
+# The name the model hub's FastWan collection lists (DMD with full attention); the other published name,
+# FastVideo/FastWan2.2-TI2V-5B-Diffusers, is the first upload of the same model and works as well.
+DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"
 
 
 class SettingsError(ValueError):
@@ -53,10 +55,14 @@ class Settings(BaseSettings):
     MODEL_PATH: Path | None = None
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
-    VAE_DTYPE: Literal["float32", "bfloat16"] = "float32"
+    # The VAE decoder's dtype on CUDA; the encoder (image-to-video) always runs in float32.
+    VAE_DTYPE: Literal["float32", "bfloat16"] = "bfloat16"
     # The diffusers and fastvideo backends refuse to start without a CUDA device (a 5B model on the CPU
     # takes hours per video) unless this insists.
     ALLOW_CPU_INFERENCE: bool = False
+    # Image-to-video is experimental (the 5B student was distilled on text-to-video only): off, claims
+    # advertise t2v only and a job with an image is refused with invalid_input.
+    I2V_ENABLED: bool = True
     ENCODER: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     ENCODER_PRESET: str = "superfast"
     ENCODER_CRF: int = Field(default=27, ge=0, le=51)

@@ -15,12 +15,12 @@ def make_backend(settings: Settings) -> Backend:
     from worker_app_fastwan.model_fetch import resolve_model_source
 
     require_cuda(settings)  # before the weights are looked for: no 24 GB download for a CPU box
-    source = resolve_model_source(settings)
     name = str(settings.MODEL_PATH or settings.MODEL_ID)
     if settings.PIPELINE_BACKEND == "fastvideo":
-        from worker_app_fastwan.pipelines.fastvideo_backend import FastVideoBackend
+        from worker_app_fastwan.pipelines.fastvideo_backend import FastVideoBackend, fastvideo_model
 
-        return FastVideoBackend(source, name)
+        return FastVideoBackend(fastvideo_model(settings), name)
+    source = resolve_model_source(settings)
     from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
 
     return DiffusersBackend(
@@ -29,4 +29,5 @@ def make_backend(settings: Settings) -> Backend:
         offload_profile=settings.OFFLOAD_PROFILE,
         compile_transformer=settings.TORCH_COMPILE,
         vae_dtype=settings.VAE_DTYPE,
+        i2v_enabled=settings.I2V_ENABLED,
     )

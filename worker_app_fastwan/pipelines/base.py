@@ -12,6 +12,9 @@ from PIL import Image
 from worker_app_fastwan.messages import DeviceInfo
 from worker_app_fastwan.schema import JobInput
 
+DEFAULT_SIZE = (1280, 704, 121)  # width, height, num_frames of a job that names none (schema defaults)
+SMALL_SIZE = (256, 256, 5)
+
 # (stage, step, total_steps): called at every stage change and after every denoising step; it may raise
 # JobFailure(cancelled) to stop the job at that safe point.
 ProgressCallback = Callable[[str, "int | None", "int | None"], None]
@@ -47,6 +50,44 @@ def torch_device_info(
     )
 
 
+@dataclass(frozen=True)
+class WarmupItem:
+    """One warm-up run: `decode` False runs the denoiser only (all torch.compile touches)."""
+
+    job: JobInput
+    image: Image.Image | None
+    decode: bool
+
+
+def warmup_plan(
+    *, compiled: bool, i2v: bool, default: tuple[int, int, int] = DEFAULT_SIZE, small: tuple[int, int, int] = SMALL_SIZE
+) -> list[WarmupItem]:
+    """What start-up runs before the first job, so that no paying job pays for lazy initialisation.
+
+    Always one small text-to-video job end to end. With a compiled transformer, also each enabled mode
+    (text-to-video has a 1-D timestep, image-to-video a 2-D one: separate graphs) at the default size and
+    at the small size: the second size makes PyTorch compile the dynamic graph that serves every later
+    size, so jobs do not recompile. One step each: every step runs the same graph.
+    """
+
+    def job(size: tuple[int, int, int]) -> JobInput:
+        width, height, frames = size
+        return JobInput(prompt="warm-up", width=width, height=height, num_frames=frames, num_inference_steps=1, seed=0)
+
+    plan = []
+    if compiled:
+        for image in [None, warmup_image()] if i2v else [None]:
+            plan += [WarmupItem(job(default), image, False), WarmupItem(job(small), image, False)]
+    return [*plan, WarmupItem(job(small), None, True)]
+
+
+def warmup_image() -> Image.Image:
+    """A smooth gradient: a plausible picture for the image-to-video warm-up, no file needed."""
+    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128, np.uint8)])
+    return Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
+
+
 class Backend(abc.ABC):
     name: str = "base"
     supports_i2v: bool = True
@@ -57,9 +98,9 @@ class Backend(abc.ABC):
 
     def warmup(self) -> None:
         """Run one small job so the first real job does not pay for lazy initialisation."""
-        job = JobInput(prompt="warm-up", width=256, height=256, num_frames=5, num_inference_steps=1, seed=0)
-        for _ in self.generate(job, None, lambda *_: None).frames:
-            pass
+        for item in warmup_plan(compiled=False, i2v=False):
+            for _ in self.generate(item.job, item.image, lambda *_: None).frames:
+                pass
 
     @abc.abstractmethod
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:

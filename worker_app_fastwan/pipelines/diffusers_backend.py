@@ -7,6 +7,7 @@ which `DiffusionPipeline.from_pretrained` does not know, and the scheduler is al
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,23 +16,58 @@ from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from worker_app_fastwan.messages import DeviceInfo
-from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info
+from worker_app_fastwan.offload import OffloadPlan
+from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
+from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
 from worker_app_fastwan.schema import JobInput
 
 log = logging.getLogger(__name__)
 
-# Tried in order; diffusers' native SDPA (PyTorch's flash kernel on Hopper) is the fallback.
-ATTENTION_BACKENDS = ("_flash_3", "flash")
+__all__ = ["DiffusersBackend", "Precision", "load_parts", "precision_for", "stream_text_encoder", "tune_for_cuda"]
 
 
-def load_parts(source: str | Path, dtype: torch.dtype, vae_dtype: torch.dtype) -> WanParts:
+@dataclass(frozen=True)
+class Precision:
+    """The dtype of each component. The VAE is split: FastVideo encodes in float32 (bf16 encoding hurts
+    image-to-video) and decodes in bfloat16 (MS-SSIM 0.9999 against float32, half the decoder's memory)."""
+
+    transformer: torch.dtype
+    text_encoder: torch.dtype
+    vae_encoder: torch.dtype
+    vae_decoder: torch.dtype
+
+
+def precision_for(cuda: bool, vae_decode_dtype: str = "bfloat16") -> Precision:
+    """bf16 on CUDA with the float32 VAE encoder; float32 everywhere on the CPU (no fast bf16 kernels)."""
+    if not cuda:
+        return Precision(torch.float32, torch.float32, torch.float32, torch.float32)
+    return Precision(torch.bfloat16, torch.bfloat16, torch.float32, getattr(torch, vae_decode_dtype))
+
+
+def set_vae_precision(vae: torch.nn.Module, encoder: torch.dtype, decoder: torch.dtype) -> None:
+    """Encoder side (`encoder`, `quant_conv`) in one dtype, decoder side (`post_quant_conv`, `decoder`) in another.
+
+    `vae.dtype` (what diffusers casts an image to before encoding) is its first parameter's, the encoder's.
+    """
+    vae.to(encoder)
+    vae.post_quant_conv.to(decoder)
+    vae.decoder.to(decoder)
+
+
+def load_parts(source: str | Path, precision: Precision) -> WanParts:
     """The four components from a diffusers-format folder (the real loading code, also run on the tiny model)."""
+    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=precision.vae_encoder).eval()
+    set_vae_precision(vae, precision.vae_encoder, precision.vae_decoder)
     return WanParts(
         tokenizer=AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
-        text_encoder=UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype).eval(),
-        transformer=WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype).eval(),
-        vae=AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype).eval(),
+        text_encoder=UMT5EncoderModel.from_pretrained(
+            source, subfolder="text_encoder", dtype=precision.text_encoder
+        ).eval(),
+        transformer=WanTransformer3DModel.from_pretrained(
+            source, subfolder="transformer", torch_dtype=precision.transformer
+        ).eval(),
+        vae=vae,
     )
 
 
@@ -39,8 +75,10 @@ def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> 
     """Keep the 11 GB UMT5 in CPU memory and stream its blocks through the GPU one at a time.
 
     Moving it whole to the GPU for each prompt would need transformer + VAE + text encoder at once
-    (≈ 23 GiB: too much for 24 GB cards); block by block it needs one block (≈ 0.4 GB) at a time. The
-    hook goes on the encoder stack, whose `block` list diffusers' block-level offloading can see.
+    (≈ 23 GiB: too much for 24 GB cards); block by block it needs the embedding (≈ 2.1 GB) and two blocks
+    (≈ 0.4 GB each: the one running and the next, prefetched on a side stream). The host keeps a pinned
+    copy of the blocks (≈ 9.3 GB of page-locked RAM). The hook goes on the encoder stack, whose `block`
+    list diffusers' block-level offloading can see.
     """
     from diffusers.hooks import apply_group_offloading
 
@@ -56,28 +94,6 @@ def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> 
     )
 
 
-def tune_for_cuda(transformer: torch.nn.Module, *, compile_transformer: bool) -> str:
-    """The CUDA speed settings of the project's path; returns the attention backend in use.
-
-    `bench/gpu_bench.py` calls this too, so what it times is what a worker runs.
-    """
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    chosen = "native"
-    for backend in ATTENTION_BACKENDS:
-        try:
-            transformer.set_attention_backend(backend)
-            chosen = backend
-            break
-        except Exception as exc:  # noqa: BLE001 - an optional kernel that is missing is not an error
-            log.info("attention backend unavailable", extra={"backend": backend, "why": str(exc)[:200]})
-    log.info("attention backend", extra={"backend": chosen})
-    if compile_transformer:
-        transformer.compile(fullgraph=False, dynamic=False)
-    return chosen
-
-
 class DiffusersBackend(Backend):
     name = "diffusers"
 
@@ -88,38 +104,49 @@ class DiffusersBackend(Backend):
         *,
         offload_profile: str = "auto",
         compile_transformer: bool = False,
-        vae_dtype: str = "float32",
+        vae_dtype: str = "bfloat16",
+        i2v_enabled: bool = True,
+        device: torch.device | None = None,
+        precision: Precision | None = None,
     ) -> None:
+        """`device` / `precision` default to CUDA's bf16 set-up when CUDA is there (tests pass them on CPU)."""
         self.source, self.model_name = source, model_name
         self.requested_profile = offload_profile
         self.compile_transformer = compile_transformer
+        self.i2v_enabled = i2v_enabled
         self.cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda" if self.cuda else "cpu")
-        self.dtype = torch.bfloat16 if self.cuda else torch.float32
-        self.vae_dtype = getattr(torch, vae_dtype) if self.cuda else torch.float32
+        self.device = device or torch.device("cuda" if self.cuda else "cpu")
+        self.precision = precision or precision_for(self.cuda, vae_dtype)
         self.profile = "none"
         self.generator: WanGenerator | None = None
+        self.attention = "native"
+        self.recompiles: RecompileWatch | None = None
+
+    @property
+    def vae_decode_dtype(self) -> str:
+        return str(self.precision.vae_decoder).removeprefix("torch.")
 
     def load(self) -> None:
         from worker_app_fastwan.offload import choose_profile, describe, plan_for
 
-        parts = load_parts(self.source, self.dtype, self.vae_dtype)
-        vram, vae_dtype = self.vram_total_gb(), str(self.vae_dtype).removeprefix("torch.")
-        self.profile = choose_profile(self.requested_profile, vram, vae_dtype=vae_dtype)
-        plan = plan_for(self.profile)
+        parts = load_parts(self.source, self.precision)
+        vram = self.vram_total_gb()
+        self.profile = choose_profile(self.requested_profile, vram, vae_dtype=self.vae_decode_dtype)
         log.info(
-            "offload profile", extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=vae_dtype)}
+            "offload profile",
+            extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=self.vae_decode_dtype)},
         )
         self.generator = WanGenerator(parts, self.device)
-        self._place(parts, plan)
+        self._place(parts, plan_for(self.profile))
         if self.cuda:
-            tune_for_cuda(parts.transformer, compile_transformer=self.compile_transformer)
+            self.attention = tune_for_cuda(parts.transformer, compile_transformer=self.compile_transformer)
+            self.generator.release_offloaded()  # the probe brought the transformer over under low_vram
 
-    def _place(self, parts: WanParts, plan) -> None:
+    def _place(self, parts: WanParts, plan: OffloadPlan) -> None:
         assert self.generator is not None
         if plan.vae_tiling:
             parts.vae.enable_tiling()
-        if plan.model_cpu_offload and self.cuda:
+        if plan.model_cpu_offload:
             self.generator.t2v.enable_model_cpu_offload(device=self.device)
             return
         parts.transformer.to(self.device)
@@ -129,9 +156,26 @@ class DiffusersBackend(Backend):
         else:
             parts.text_encoder.to(self.device)
 
+    def warmup(self) -> None:
+        """The small job; compiled, also both modes at the default size and another (see `warmup_plan`)."""
+        assert self.generator is not None, "load() first"
+        compiled = self.compile_transformer and self.cuda
+        for item in warmup_plan(compiled=compiled, i2v=self.i2v_enabled):
+            if item.decode:
+                for _ in self.generator.generate(item.job, item.image, lambda *_: None).frames:
+                    pass
+            else:
+                self.generator.denoise(item.job, item.image, lambda *_: None)
+        if compiled:
+            self.recompiles = RecompileWatch()
+
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
         assert self.generator is not None, "load() first"
-        return self.generator.generate(job, image, progress)
+        generation = self.generator.generate(job, image, progress)
+        if self.recompiles is not None:
+            mode = "i2v" if image is not None else "t2v"
+            self.recompiles.check(f"{job.width}×{job.height}×{job.num_frames} {mode}")
+        return generation
 
     def vram_total_gb(self) -> float | None:
         return torch.cuda.get_device_properties(0).total_memory / 2**30 if self.cuda else None

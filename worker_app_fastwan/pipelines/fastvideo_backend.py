@@ -5,7 +5,14 @@ Known limits, from FastVideo's source (0.2.x) for this checkpoint:
   (run them on the `diffusers` backend);
 - it has no per-step callback, so progress jumps from denoising 0 to done;
 - it spawns worker processes, so `close()` calls `shutdown()`;
-- it defaults every CPU-offload flag to on; they are turned off here (one GPU, one model).
+- it defaults every CPU-offload flag to on; here the transformer and VAE stay on the GPU and only the text
+  encoder (UMT5 in float32 there: ≈ 22.8 GB) is parked in CPU memory between prompts; the memory model's
+  `fastvideo` profile budgets exactly that;
+- it always runs the 3 DMD steps [1000, 757, 522] whatever `num_inference_steps` says, so a job asking
+  for fewer is refused rather than reported as something it did not run;
+- it picks its model config by the model name (an exact key of its registry, else the last path
+  component), so it is given `MODEL_ID`, or a `MODEL_PATH` folder named like one: a hub-cache snapshot
+  folder is named by a commit hash and would make FastVideo fall back to FastWan 2.1's config.
 Not exercised in CI (FastVideo pins its own torch); the Docker image installs it.
 """
 
@@ -18,8 +25,40 @@ from PIL import Image
 
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.messages import DeviceInfo
+from worker_app_fastwan.model_fetch import ModelUnavailable
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info
-from worker_app_fastwan.schema import ErrorCode, JobInput, Stage
+from worker_app_fastwan.schema import MAX_STEPS, ErrorCode, JobInput, Stage
+from worker_app_fastwan.settings import Settings
+
+# FastVideo's model registry (registry.py, 0.2.x): both names map to its FastWan2.2 TI2V-5B config.
+FASTVIDEO_MODEL_IDS = ("FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers", "FastVideo/FastWan2.2-TI2V-5B-Diffusers")
+
+
+def fastvideo_model(settings: Settings) -> str:
+    """What to hand FastVideo so that it picks the FastWan2.2 TI2V-5B config.
+
+    MODEL_ID itself (FastVideo finds or downloads it in the hub cache), or MODEL_PATH when its folder is
+    named like a registry entry; any other folder (a baked `/opt/fastwan-model`) is reached through a
+    link named after MODEL_ID in STATE_DIR, because FastVideo matches the last path component.
+    """
+    if settings.MODEL_ID not in FASTVIDEO_MODEL_IDS:
+        raise ModelUnavailable(
+            f"MODEL_ID: the fastvideo backend needs a name from FastVideo's model registry "
+            f"({' or '.join(FASTVIDEO_MODEL_IDS)}), got {settings.MODEL_ID!r}"
+        )
+    if settings.MODEL_PATH is None:
+        return settings.MODEL_ID
+    folder = Path(settings.MODEL_PATH).expanduser().resolve()
+    known = {name.rsplit("/", 1)[1] for name in FASTVIDEO_MODEL_IDS}
+    if folder.name in known:
+        return str(folder)
+    link = settings.STATE_DIR / "fastvideo-model" / settings.MODEL_ID.rsplit("/", 1)[1]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() != folder:
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(folder, target_is_directory=True)
+    return str(link)
 
 
 class FastVideoBackend(Backend):
@@ -38,9 +77,15 @@ class FastVideoBackend(Backend):
             num_gpus=1,
             dit_cpu_offload=False,
             vae_cpu_offload=False,
-            text_encoder_cpu_offload=False,
+            text_encoder_cpu_offload=True,
             pin_cpu_memory=False,
         )
+
+    def warmup(self) -> None:
+        """The small warm-up job, at the 3 steps FastVideo always runs (it refuses any other count)."""
+        job = JobInput(prompt="warm-up", width=256, height=256, num_frames=5, num_inference_steps=MAX_STEPS, seed=0)
+        for _ in self.generate(job, None, lambda *_: None).frames:
+            pass
 
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
         if image is not None:
@@ -49,7 +94,13 @@ class FastVideoBackend(Backend):
                 "image_url: the fastvideo backend cannot do image-to-video "
                 "with this checkpoint (it ignores the image); use PIPELINE_BACKEND=diffusers",
             )
-        progress(Stage.denoising.value, 0, job.num_inference_steps)
+        if job.num_inference_steps != MAX_STEPS:
+            raise JobFailure(
+                ErrorCode.invalid_input,
+                f"num_inference_steps: the fastvideo backend always runs FastWan's {MAX_STEPS} DMD steps "
+                f"(got {job.num_inference_steps}); ask for {MAX_STEPS} or use PIPELINE_BACKEND=diffusers",
+            )
+        progress(Stage.denoising.value, 0, MAX_STEPS)
         result = self.generator.generate_video(  # type: ignore[union-attr]
             job.prompt,
             height=job.height,
@@ -57,16 +108,15 @@ class FastVideoBackend(Backend):
             num_frames=job.num_frames,
             fps=job.fps,
             seed=job.seed,
-            num_inference_steps=job.num_inference_steps,
             save_video=False,
             return_frames=True,
         )
-        progress(Stage.denoising.value, job.num_inference_steps, job.num_inference_steps)
+        progress(Stage.denoising.value, MAX_STEPS, MAX_STEPS)
         frames = np.stack([np.asarray(f, dtype=np.uint8) for f in _frames_of(result)])
         return Generation(seed=job.seed or 0, num_frames=len(frames), frames=iter([frames]))
 
     def device_info(self) -> DeviceInfo:
-        return torch_device_info(self.name, self.model_name, supports_i2v=False)
+        return torch_device_info(self.name, self.model_name, supports_i2v=False, offload_profile="fastvideo")
 
     def close(self) -> None:
         if self.generator is not None:

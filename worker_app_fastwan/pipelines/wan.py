@@ -72,11 +72,13 @@ class WanGenerator:
 
     @torch.inference_mode()
     def denoise(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> torch.Tensor:
-        """Latents of the finished video (normalised, as the transformer sees them)."""
+        """Latents of the finished video in float32 (normalised, as the transformer sees them)."""
         generator = torch.Generator("cpu").manual_seed(job.seed or 0)
         progress(Stage.encoding_prompt.value, None, None)
         embeds = self._encode_prompt(job.prompt)
+        self.release_offloaded()
         latents, condition, mask = self._initial_latents(job, image, generator)
+        self.release_offloaded()  # i2v: the VAE that encoded the image leaves before the transformer comes
         steps = job.num_inference_steps
         self.scheduler.set_timesteps(steps, device=self.device)
         dtype = self.t2v.transformer.dtype
@@ -91,11 +93,26 @@ class WanGenerator:
             noise_pred = self.t2v.transformer(
                 hidden_states=model_in.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
             )[0]
-            latents = self.scheduler.step(noise_pred, t, latents, generator=generator, return_dict=False)[0]
+            # float32 in, float32 out: the step casts its result to the model output's dtype, and bf16
+            # latents would carry bf16 rounding into the next step and into the VAE.
+            latents = self.scheduler.step(noise_pred.float(), t, latents, generator=generator, return_dict=False)[0]
             progress(Stage.denoising.value, i + 1, steps)
         if mask is not None:
             latents = (1 - mask) * condition + mask * latents
+        self.release_offloaded()
         return latents
+
+    def release_offloaded(self) -> None:
+        """Under model CPU offload, send every component back to the CPU now.
+
+        diffusers chains the offload hooks text encoder → transformer → VAE and only a component's successor
+        evicts it; its own pipelines call `maybe_free_model_hooks()` at the end of `__call__`, which this
+        loop never runs. Without this the VAE would stay on the GPU after a decode (and the text encoder
+        during an image encode), so a phase would hold two components where the budget counts one.
+        No-op without model CPU offload.
+        """
+        if getattr(self.t2v, "_all_hooks", None):
+            self.t2v.maybe_free_model_hooks()
 
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
         # 512 tokens as in `WanPipeline.__call__` (encode_prompt's own default is 226).
@@ -141,29 +158,37 @@ class WanGenerator:
 
         This is `AutoencoderKLWan._decode`'s own causal loop, unrolled so that each chunk can be encoded
         while the next one decodes. Tiling (large videos on small cards) has no such loop: decode whole.
+        The latents are un-normalised in float32 and only then cast to the decoder's dtype.
         """
         vae = self.vae
-        mean, inv_std = self._latent_stats(latents)
-        z = (latents / inv_std + mean).to(vae.dtype)
-        if vae.use_tiling:
-            yield _to_uint8(vae.decode(z, return_dict=False)[0])
-            return
-        vae.clear_cache()
+        decoder_dtype = vae.post_quant_conv.weight.dtype
+        mean, inv_std = self._latent_stats(latents.float())
+        z = (latents.float() / inv_std + mean).to(decoder_dtype)
         try:
-            x = vae.post_quant_conv(z)
-            for i in range(x.shape[2]):
-                vae._conv_idx = [0]
-                out = vae.decoder(
-                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=(i == 0)
-                )
-                if vae.config.patch_size is not None:
-                    out = unpatchify(out, patch_size=vae.config.patch_size)
-                yield _to_uint8(out)
-        finally:
+            if vae.use_tiling:
+                yield _to_uint8(vae.decode(z, return_dict=False)[0])
+                return
             vae.clear_cache()
+            try:
+                x = vae.post_quant_conv(z)
+                for i in range(x.shape[2]):
+                    vae._conv_idx = [0]
+                    out = vae.decoder(
+                        x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=(i == 0)
+                    )
+                    if vae.config.patch_size is not None:
+                        out = unpatchify(out, patch_size=vae.config.patch_size)
+                    yield _to_uint8(out)
+            finally:
+                vae.clear_cache()
+        finally:
+            self.release_offloaded()
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8, converted on the device so the copy is 4x smaller."""
-    video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8, converted on the device so the copy is 4x smaller.
+
+    In float32: bf16 keeps 8 significant bits, so (x + 1) · 127.5 would round to the wrong level above 128.
+    """
+    video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return video.permute(1, 2, 3, 0).contiguous().cpu().numpy()
