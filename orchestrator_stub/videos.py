@@ -57,8 +57,11 @@ def local_video_path(output_dir: Path, result: dict[str, Any]) -> Path | None:
     key = result.get("storage_key")
     if not isinstance(key, str) or not key or "\x00" in key:
         return None
-    root = output_dir.resolve()
-    path = (root / key).resolve()  # resolves `..` and symlinks before the check below
-    if not path.is_relative_to(root) or path == root or not path.is_file():
+    try:
+        root = output_dir.resolve()
+        path = (root / key).resolve()  # resolves `..` and symlinks before the check below
+        if not path.is_relative_to(root) or path == root or not path.is_file():
+            return None
+    except (OSError, ValueError, RuntimeError):  # a name too long for the file system; a loop of links
         return None
     return path

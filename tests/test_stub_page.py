@@ -232,7 +232,10 @@ def test_nothing_outside_local_output_dir_is_served(video_stub) -> None:
     secret.write_text("secret")
     (out / "link.mp4").unlink(missing_ok=True)
     (out / "link.mp4").symlink_to(secret)
-    for key in ("../secret.txt", "videos/../../secret.txt", str(secret), "", "videos", "link.mp4"):
+    (out / "loop.mp4").unlink(missing_ok=True)
+    (out / "loop.mp4").symlink_to(out / "loop.mp4")
+    keys = ("../secret.txt", "videos/../../secret.txt", str(secret), "", "videos", "link.mp4", "loop.mp4", "x" * 5000)
+    for key in keys:
         job_id = finish(stub, storage_key=key)
         response = stub.get(f"/v1/jobs/{job_id}/video")
         assert response.status_code == 404 and "secret" not in response.text, key
@@ -267,7 +270,9 @@ def test_changes_send_only_what_changed_since_the_cursor(stub: StubProcess) -> N
     time.sleep(0.3)
     later = stub.get("/v1/studio/changes", since=time.time() - 0.1).json()
     assert later["jobs"] == []
-    assert stub.get("/v1/studio/changes", since=-1).status_code == 422
+    for bad in ("-1", "nan", "inf", "1e400", "x", "1" * 400):
+        assert stub.get("/v1/studio/changes", since=bad).status_code == 422, bad
+    assert stub.get("/v1/studio/changes", limit=1001).status_code == 422
 
 
 def test_changes_show_workers_and_which_went_quiet(stub: StubProcess) -> None:
