@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
@@ -34,7 +34,7 @@ QUIET_AFTER_S = 15.0
 FIELD_STEPS = {"width": SIDE_MULTIPLE, "height": SIDE_MULTIPLE, "num_frames": 4}
 
 
-def mount(app: Any, store: Store) -> None:
+def mount(app: FastAPI, store: Store) -> None:
     """Add the page, its assets and its routes to the stub's app."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(build_router(store))

@@ -284,6 +284,17 @@ def test_changes_show_workers_and_which_went_quiet(stub: StubProcess) -> None:
     assert worker["quiet"] is False and 0 <= worker["quiet_s"] < 5
 
 
+def test_a_worker_silent_past_the_threshold_is_quiet() -> None:
+    from orchestrator_stub.page import QUIET_AFTER_S, worker_row
+
+    base = {"worker_id": "w", "gpu_class": "x", "state": "busy", "job_id": None, "stage": None, "progress": 0.0}
+    base |= {"gpu": None, "first_seen": 0.0, "last_heartbeat": None}
+    now = 1_000_000.0
+    assert worker_row(base | {"last_seen": now - 2}, now)["quiet"] is False
+    row = worker_row(base | {"last_seen": now - QUIET_AFTER_S - 1}, now)
+    assert row["quiet"] is True and row["quiet_s"] == QUIET_AFTER_S + 1
+
+
 def test_a_few_hundred_jobs_cost_one_small_answer_per_poll(stub: StubProcess) -> None:
     for n in range(300):
         stub.submit(f"job {n}")

@@ -376,6 +376,13 @@ def test_a_few_hundred_jobs_stay_responsive(page: Page, studio: Studio) -> None:
             f"INSERT INTO jobs (job_id, {names}) SELECT ?, {names} FROM jobs WHERE job_id = ?",
             [(uuid.uuid4().hex, template) for _ in range(300)],
         )
+        # And a worker last heard from a minute ago, as the stub would keep it after the worker died.
+        gone = time.time() - 60
+        db.execute(
+            "INSERT INTO workers (worker_id, gpu_class, state, first_seen, last_seen, last_heartbeat)"
+            " VALUES ('gone-worker', 'rtx-4090', 'busy', ?, ?, ?)",
+            (gone, gone, gone),
+        )
     page.add_init_script(LONG_TASKS_JS)
     start = time.monotonic()
     page.reload()
@@ -397,6 +404,10 @@ def test_a_few_hundred_jobs_stay_responsive(page: Page, studio: Studio) -> None:
         f"longest task while polling {longest:.0f} ms; a new job shown after {seen_s:.2f} s"
     )
     assert longest < 200, f"a {longest:.0f} ms task while polling: the page stutters"
+    gone_item = page.locator("#workers li", has_text="gone-worker")
+    assert gone_item.locator(".badge").text_content() == "quiet"
+    assert "silent for 6" in (gone_item.text_content() or "")  # 60-69 s
+    assert page.locator("#workers li", has_text="studio-worker").locator(".badge").text_content() != "quiet"
     assert seen_s < 3
     shot(page, "11-three-hundred-jobs", full_page=False)
 

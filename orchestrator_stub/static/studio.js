@@ -251,6 +251,9 @@ function applyChanges(data) {
   const list = $("jobs");
   for (const job of fresh) insertJob(list, job);
   $("no-jobs").hidden = state.jobs.size > 0;
+  // The first answer holds the latest changes only (500): say so when the stub has more.
+  const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
+  $("jobs-note").textContent = total > state.jobs.size ? `(the latest ${state.jobs.size} of ${total})` : "";
   renderCounts(data.counts);
   renderWorkers(data.workers);
 }
