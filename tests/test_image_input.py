@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,6 +50,25 @@ def gzip_bomb() -> bytes:
     return gzip.compress(layer, 9)
 
 
+def many_scans_jpeg(extra_scans: int) -> bytes:
+    """A valid 4096×4096 progressive JPEG (within the pixel cap) with one small AC scan repeated
+    `extra_scans` times: each costs the decoder a pass over every block, a few ms here, so a file of a few
+    hundred KB takes many seconds to decode (libjpeg only warns about the bogus progression)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (120, 30, 200)).save(buf, "JPEG", progressive=True, quality=50)
+    data, segments, i = buf.getvalue(), [], 2
+    while data[i + 1] != 0xD9:
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if data[i + 1] == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+        segments.append(data[i:end])
+        i = end
+    scans = [n for n, s in enumerate(segments) if s[1] == 0xDA]
+    repeated = segments[scans[1] - 1] + segments[scans[1]]  # its Huffman table, then the small scan
+    return data[:2] + b"".join(segments) + repeated * extra_scans + b"\xff\xd9"
+
+
 def rotated_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: the camera was turned 90°, so viewers show it 17 wide, 33 high
@@ -73,6 +93,7 @@ def build_app() -> FastAPI:
         "big-pixels.png": (BIG_PIXELS, "image/png"),
         "declared-huge.png": (b"\0" * (MAX_BYTES + 1), "image/png"),
         "huge-pixels.png": (HUGE_PIXELS, "image/png"),
+        "many-scans.jpg": (many_scans_jpeg(4000), "image/jpeg"),
     }
     bomb = gzip_bomb()
 
@@ -204,6 +225,20 @@ def test_pixel_cap_is_exact(server, tmp_path: Path, max_pixels: int) -> None:
     else:
         exc = failure(f"{base}/f/big-pixels.png", tmp_path, max_pixels=max_pixels)
         assert exc.code is ErrorCode.invalid_input and "pixel limit" in exc.message
+
+
+def test_a_jpeg_slow_to_decode_is_killed_at_the_deadline(server, tmp_path: Path) -> None:
+    base, _ = server
+    url = f"{base}/f/many-scans.jpg"
+    start = time.monotonic()
+    with pytest.raises(JobFailure) as info:
+        asyncio.run(
+            download_image(url, tmp_path, allow_private=True, max_bytes=1 << 20, timeout_s=20, decode_timeout_s=2)
+        )
+    elapsed = time.monotonic() - start
+    assert info.value.code is ErrorCode.invalid_input and "took longer than 2 s to decode" in info.value.message
+    assert elapsed < 10, elapsed  # decoded to the end it takes about 30 s on 2 busy cores
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_decoding_is_killed_at_its_deadline(server, tmp_path: Path) -> None:
