@@ -226,7 +226,9 @@ class GpuChild:
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._cancel = self._ctx.Event()
+        # The first semaphore starts multiprocessing's resource tracker, a process of its own: no secrets there either.
+        with only_environment(minimal_env(os.environ)):
+            self._cancel = self._ctx.Event()
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self.device: DeviceInfo | None = None
         self.load_s = 0.0
