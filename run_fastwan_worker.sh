@@ -10,6 +10,8 @@
 #    (DRAIN_TIMEOUT_S) and the script exits 0 when the app did.
 # 3. WORKER_MODE=buffer (Vast.ai, local box): execs `python -m worker_app_fastwan buffer`, which then gets
 #    the container's signals directly.
+# 4. `run_fastwan_worker.sh doctor [--load] [--generate]` (e.g. `docker run … IMAGE doctor`): execs
+#    `python -m worker_app_fastwan doctor`, which checks whether this box can serve as configured.
 #
 # Variables of the script itself (not worker settings): PYTHON (interpreter, default python),
 # SALAD_QUEUE_WORKER_BIN (default salad-http-job-queue-worker), STOP_MARGIN_S (seconds allowed past
@@ -215,6 +217,12 @@ use_baked_model() {
 }
 
 main() {
+    # `doctor` reports every problem itself, one line each, so it runs before (instead of) the checks below.
+    if [[ "${1:-}" == doctor ]]; then
+        shift
+        use_baked_model
+        exec "$PY" -m worker_app_fastwan doctor "$@"
+    fi
     validate_env
     if ((problems > 0)); then
         exit 2

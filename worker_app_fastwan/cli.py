@@ -100,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"HF_HOME=/data/hf {PROG} download-model",
     )
     dl.add_argument("--json", action="store_true", help="print {model_id, path, bytes, files} as JSON on stdout")
+    from worker_app_fastwan.doctor import add_arguments as doctor_arguments
+
+    doctor_arguments(
+        _add(
+            sub,
+            "doctor",
+            "check whether this box can serve as configured, one line per check",
+            "Driver and CUDA, each GPU and the jobs it admits, host RAM, NVENC, where the weights come from\n"
+            "and room for them, storage (a B2 probe object written and deleted), the orchestrator and its key.\n"
+            "Exit 0 only when everything the configured mode needs passes. No secret is printed.",
+            f"{PROG} doctor --generate",
+        )
+    )
     _generate_options(
         _add(
             sub,
@@ -193,6 +206,10 @@ def _dispatch(command: str, settings: Settings, args: argparse.Namespace, *, dis
         from worker_app_fastwan.buffer_mode import run_buffer
 
         return asyncio.run(run_buffer(settings))
+    if command == "doctor":
+        from worker_app_fastwan.doctor import run_doctor
+
+        return run_doctor(settings, load=args.load, generate=args.generate)
     json_out = args.json or not sys.stdout.isatty() or fmt == "json"
     if command == "download-model":
         from worker_app_fastwan.model_fetch import main_download

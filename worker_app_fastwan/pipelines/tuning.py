@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ ATTENTION_CANDIDATES = ("_flash_3", "flash")
 NATIVE = "native"
 
 
-def probe_transformer(transformer: torch.nn.Module) -> None:
+def probe_transformer(transformer: Any) -> None:
     """One real forward pass of the transformer on a one-token latent: every kernel a job uses, for ~ms.
 
     A backend that imports but fails on the arguments diffusers passes (an FA3 build without a keyword,
@@ -39,7 +40,7 @@ def probe_transformer(transformer: torch.nn.Module) -> None:
         )
 
 
-def choose_attention(transformer: torch.nn.Module, candidates: Sequence[str] = ATTENTION_CANDIDATES) -> str:
+def choose_attention(transformer: Any, candidates: Sequence[str] = ATTENTION_CANDIDATES) -> str:
     """The first candidate that both selects and runs a real forward pass; else diffusers' native SDPA."""
     for backend in candidates:
         try:
@@ -56,7 +57,7 @@ def choose_attention(transformer: torch.nn.Module, candidates: Sequence[str] = A
     return NATIVE
 
 
-def compile_blocks(transformer: torch.nn.Module, *, backend: str = "inductor") -> None:
+def compile_blocks(transformer: Any, *, backend: str = "inductor") -> None:
     """Compile the 30 identical blocks once (diffusers' regional compilation), not the whole model.
 
     `dynamic=None` is PyTorch's automatic dynamic shapes: the first size compiles a static graph, the
@@ -66,7 +67,7 @@ def compile_blocks(transformer: torch.nn.Module, *, backend: str = "inductor") -
     transformer.compile_repeated_blocks(fullgraph=False, dynamic=None, backend=backend)
 
 
-def tune_for_cuda(transformer: torch.nn.Module, *, compile_transformer: bool) -> str:
+def tune_for_cuda(transformer: Any, *, compile_transformer: bool) -> str:
     """The CUDA speed settings of the project's path; returns the attention backend in use."""
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
