@@ -19,7 +19,7 @@ from helpers_video import gradient_image, read_video
 from rich.filesize import decimal
 from stub_fixtures import REPO
 
-from worker_app_fastwan.cli import build_parser
+from worker_app_fastwan.cli_parser import build_parser
 from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.settings import DEFAULT_MODEL_ID
 
