@@ -13,12 +13,13 @@ times, noise and all.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
 
-from helpers_procs import RecordingProxy, WorkerProcess, start_stub, wait_final
-from stub_fixtures import wait_for
+from helpers_procs import RecordingProxy, WorkerProcess, wait_final
+from stub_fixtures import Stubs, wait_for
 
 
 def _jobs(n: int, small: dict) -> list[dict]:
@@ -31,6 +32,7 @@ class RunnerAlone:
     def __init__(self, tmp: Path) -> None:
         from helpers_loop import LoopThread
 
+        from worker_app_fastwan.gpu_child.handle import GpuChild
         from worker_app_fastwan.runner import JobRunner
         from worker_app_fastwan.settings import load_settings
         from worker_app_fastwan.storage import LocalStorage
@@ -39,7 +41,7 @@ class RunnerAlone:
             None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state", LOCAL_OUTPUT_DIR=tmp / "alone-videos"
         )
         self.loop = LoopThread()
-        self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
+        self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
         self.loop.run(self.runner.start())
 
     def seconds(self, job_id: str, job: dict) -> tuple[float, float]:
@@ -66,13 +68,13 @@ def _claim_to_status(proxy: RecordingProxy, job_id: str) -> float:
 
 def _max_gap(proxy: RecordingProxy) -> tuple[float, int]:
     beats = [s.at for s in proxy.requests("/heartbeat")]
-    return max(b - a for a, b in zip(beats, beats[1:])), len(beats)
+    return max(b - a for a, b in itertools.pairwise(beats)), len(beats)
 
 
 def overhead_and_heartbeats(tmp: Path, n: int, heavy: dict, small: dict) -> dict:
     jobs = _jobs(n, small)
     alone_runner = RunnerAlone(tmp)
-    stub = start_stub(tmp / "stub")
+    stub = Stubs(tmp / "stub").start()
     with RecordingProxy(stub.url) as proxy:
         # Production cadences (the test defaults post progress at every step).
         worker = WorkerProcess.buffer(
@@ -102,7 +104,7 @@ def overhead_and_heartbeats(tmp: Path, n: int, heavy: dict, small: dict) -> dict
         finally:
             worker.stop()
             stub.kill()
-    wall_ms = [(t - a) * 1000 for t, a in zip(through, alone)]
+    wall_ms = [(t - a) * 1000 for t, a in zip(through, alone, strict=True)]
     overhead_ms = [o * 1000 for o in overhead]
     return {
         "overhead_jobs": n,

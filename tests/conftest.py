@@ -1,13 +1,11 @@
-"""Shared fixtures. Test helpers live in importable modules beside this file (helpers_*.py)."""
+"""Shared fixtures. Test helpers live in importable modules beside this file (pyproject's `pythonpath =
+["tests"]`); the ones that define fixtures are registered here as plugins, so no test imports a fixture."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ["stub_fixtures", "helpers_procs"]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Real processes on loopback for end-to-end tests: worker subprocesses (either mode), the orchestrator stub,
 a recording proxy between them, and a small image server.
 
-    def test_x(stubs: StubSet, workers: WorkerSet, tmp_path: Path) -> None:   # fixtures defined here
-        stub = stubs.start(LEASE_SECONDS=4)          # python -m orchestrator_stub (stub_fixtures.StubProcess)
+    def test_x(stub_factory, workers: WorkerSet, tmp_path: Path) -> None:   # fixtures (stub_fixtures, here)
+        stub = stub_factory(LEASE_SECONDS=4)         # python -m orchestrator_stub (stub_fixtures.StubProcess)
         worker = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url))
         worker.wait_for_event("claiming jobs")
         ...
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers_http import ThreadedServer
-from stub_fixtures import API_KEY, REPO, StubProcess, free_port, wait_for
+from stub_fixtures import API_KEY, REPO, StubProcess, wait_for
 
 # Settings every test worker shares: the tiny CPU model, local storage, fast retries and polls.
 WORKER_ENV = {
@@ -190,49 +190,10 @@ class WorkerSet:
             print(f"---- {worker.log_path} ----\n{worker.log_tail(20000)}")
 
 
-def start_stub(folder: Path, name: str = "stub", *args: str, **env: Any) -> StubProcess:
-    """`python -m orchestrator_stub` with its own SQLite file in `folder`, on a free loopback port."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stub = StubProcess(
-        db=folder / f"{name}.sqlite3",
-        log_path=folder / f"{name}.log",
-        env={k: str(v) for k, v in env.items()},
-        args=list(args),
-    )
-    return stub.start()
-
-
-@dataclass
-class StubSet:
-    """Stubs started by one test; all are killed (and their logs printed) at teardown."""
-
-    folder: Path
-    started: list[StubProcess] = field(default_factory=list)
-
-    def start(self, *args: str, **env: Any) -> StubProcess:
-        stub = start_stub(self.folder, f"stub{len(self.started)}", *args, **env)
-        self.started.append(stub)
-        return stub
-
-    def close(self) -> None:
-        for stub in self.started:
-            stub.kill()
-            stub.http.close()
-            print(f"---- {stub.log_path} ----\n{stub.log_text()[-20000:]}")
-
-
 @pytest.fixture
 def workers() -> Iterator[WorkerSet]:
     """`workers.add(WorkerProcess.buffer(...))` starts one; all are killed at teardown."""
     started = WorkerSet()
-    yield started
-    started.close()
-
-
-@pytest.fixture
-def stubs(tmp_path: Path) -> Iterator[StubSet]:
-    """`stubs.start(**env)` starts a stub with its own database in tmp_path; all are killed at teardown."""
-    started = StubSet(tmp_path)
     yield started
     started.close()
 
@@ -357,24 +318,6 @@ class FileServer(ThreadedServer):
         return Handler
 
 
-__all__ = [
-    "API_KEY",
-    "FileServer",
-    "RecordingProxy",
-    "Seen",
-    "StubSet",
-    "WorkerProcess",
-    "WorkerSet",
-    "free_port",
-    "start_stub",
-    "stubs",
-    "wait_final",
-    "wait_for",
-    "wait_job",
-    "workers",
-]
-
-
 def wait_health(base: str, states: tuple[str, ...], timeout_s: float = WORKER_START_S) -> dict[str, Any]:
     """A queue-mode worker's /health body once its status is one of `states`."""
 
@@ -386,3 +329,15 @@ def wait_health(base: str, states: tuple[str, ...], timeout_s: float = WORKER_ST
         return body if body["status"] in states else None
 
     return wait_for(probe, timeout_s, interval_s=0.01, what=f"/health to say {states}")
+
+
+def assert_torch_only_in_the_gpu_child(pid: int) -> None:
+    """The parent never imports torch (it stays small and never fights generation for the GIL); its GPU
+    child does, which shows the check can see torch where it is loaded."""
+
+    def has_torch(p: int) -> bool:
+        return "libtorch" in Path(f"/proc/{p}/maps").read_text()
+
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert any(has_torch(c) for c in children), "the GPU child has torch loaded"
+    assert not has_torch(pid), "the parent process imported torch"

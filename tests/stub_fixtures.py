@@ -1,7 +1,8 @@
 """Fixtures for the orchestrator_stub tests: the stub as a real process on loopback, and scripted HTTP servers.
 
-Test modules import what they use (`from stub_fixtures import stub, stub_factory, ...`); pytest finds the
-fixtures through that import, so conftest.py stays untouched.
+The one way to start stubs is `Stubs(folder).start(*cli_args, **env)` (each with its own database, all killed
+at `close()`); the `stub_factory` fixture is its `start` for one test. conftest.py registers this module as a
+plugin, so tests take its fixtures as arguments without importing them.
 """
 
 from __future__ import annotations
@@ -190,27 +191,40 @@ class StubProcess:
         return self.post(f"/internal/buffer/jobs/{job_id}/status", {"worker_id": worker_id, "status": status, **fields})
 
 
-@pytest.fixture
-def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
-    """`stub_factory(*cli_args, **env)` starts a stub with its own database; all are killed at teardown."""
-    started: list[StubProcess] = []
+@dataclass
+class Stubs:
+    """Stubs started by one test or module, each with its own database in `folder`; all are killed (and their
+    logs printed, which pytest shows when the test fails) at `close()`."""
 
-    def start(*args: str, **env: Any) -> StubProcess:
-        n = len(started)
+    folder: Path
+    started: list[StubProcess] = field(default_factory=list)
+
+    def start(self, *args: str, **env: Any) -> StubProcess:
+        """`python -m orchestrator_stub *args` with `env`, on a free loopback port."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(self.started)
         stub = StubProcess(
-            db=tmp_path / f"stub{n}.sqlite3",
-            log_path=tmp_path / f"stub{n}.log",
+            db=self.folder / f"stub{n}.sqlite3",
+            log_path=self.folder / f"stub{n}.log",
             env={k: str(v) for k, v in env.items()},
             args=list(args),
         )
-        started.append(stub)
+        self.started.append(stub)
         return stub.start()
 
-    yield start
-    for stub in started:
-        stub.kill()  # SIGKILL: fast, and the stub is built to survive it
-        stub.http.close()
-        print(f"---- {stub.log_path} ----\n{stub.log_text()[-20000:]}")  # shown by pytest when the test fails
+    def close(self) -> None:
+        for stub in self.started:
+            stub.kill()  # SIGKILL: fast, and the stub is built to survive it
+            stub.http.close()
+            print(f"---- {stub.log_path} ----\n{stub.log_text()[-20000:]}")
+
+
+@pytest.fixture
+def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
+    """`stub_factory(*cli_args, **env)` starts a stub with its own database; all are killed at teardown."""
+    stubs = Stubs(tmp_path)
+    yield stubs.start
+    stubs.close()
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers_procs import WorkerProcess, start_stub, wait_final, wait_health
+from helpers_procs import WorkerProcess, wait_final, wait_health
 from helpers_video import read_video
-from stub_fixtures import free_port
+from stub_fixtures import Stubs, free_port
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 
@@ -18,16 +18,15 @@ def dispatched(tmp_path_factory):
     port = free_port()
     worker = WorkerProcess.queue(tmp / "worker", port, ALLOW_PRIVATE_IMAGE_URLS="false").start()
     wait_health(f"http://127.0.0.1:{port}", ("ready",))
-    stub = start_stub(
-        tmp / "stub",
-        "stub",
+    stubs = Stubs(tmp / "stub")
+    stub = stubs.start(
         "--dispatch-to",
         f"http://127.0.0.1:{port}/generate",
         DISPATCH_RETRY_BASE_S=0.1,
         DISPATCH_RETRY_MAX_S=0.2,
     )
     yield stub, worker
-    stub.kill()
+    stubs.close()
     worker.stop()
 
 

@@ -40,7 +40,7 @@ def test_documented_defaults_match_the_code():
         r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M
     ):
         names, shown = re.findall(r"`([^`]*)`", names), re.findall(r"`([^`]*)`", cell)
-        rows += zip(names, shown) if len(names) == len(shown) else []
+        rows += zip(names, shown, strict=True) if len(names) == len(shown) else []
     assert len(rows) > 25
     for name, shown in rows:
         if name in defaults and defaults[name] is not None and _shown(defaults[name]) != shown:

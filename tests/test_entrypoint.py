@@ -163,7 +163,7 @@ def test_bad_environment_exits_2_naming_each_variable(fake, run_script, extra, n
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == len(named), err
-    for line, name in zip(lines, named):
+    for line, name in zip(lines, named, strict=True):
         assert f": {name}: " in line, line
     for secret in ("key-id-value-1234", "app-key-secret-5678", "hunter2"):
         assert secret not in err + out

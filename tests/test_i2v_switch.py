@@ -6,26 +6,21 @@ queue mode refuses a job with an image with `invalid_input` before any work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from helpers_http import free_port
-from helpers_procs import (  # noqa: F401 (fixtures)
-    RecordingProxy,
-    StubSet,
-    WorkerProcess,
-    WorkerSet,
-    stubs,
-    wait_final,
-    wait_health,
-    workers,
-)
+from helpers_procs import RecordingProxy, WorkerProcess, WorkerSet, wait_final, wait_health
+from stub_fixtures import StubProcess
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 
 
-def test_buffer_worker_with_i2v_off_claims_t2v_only(stubs: StubSet, workers: WorkerSet, tmp_path: Path) -> None:  # noqa: F811
-    stub = stubs.start()
+def test_buffer_worker_with_i2v_off_claims_t2v_only(
+    stub_factory: Callable[..., StubProcess], workers: WorkerSet, tmp_path: Path
+) -> None:
+    stub = stub_factory()
     with RecordingProxy(stub.url) as proxy:
         worker = workers.add(WorkerProcess.buffer(tmp_path / "w", proxy.url, I2V_ENABLED="false"))
         image_job = stub.submit("the picture comes alive", image_url="http://127.0.0.1:9/cat.png", **SMALL)
@@ -38,7 +33,7 @@ def test_buffer_worker_with_i2v_off_claims_t2v_only(stubs: StubSet, workers: Wor
     assert worker.alive
 
 
-def test_queue_worker_with_i2v_off_refuses_an_image_job(workers: WorkerSet, tmp_path: Path) -> None:  # noqa: F811
+def test_queue_worker_with_i2v_off_refuses_an_image_job(workers: WorkerSet, tmp_path: Path) -> None:
     port = free_port()
     workers.add(WorkerProcess.queue(tmp_path / "q", port, I2V_ENABLED="false"))
     base = f"http://127.0.0.1:{port}"

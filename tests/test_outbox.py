@@ -134,3 +134,13 @@ def test_flush_delivers_oldest_first_and_reports_what_is_left(tmp_path: Path) ->
     assert [job_id for job_id, _ in seen] == ["c-job", "a-job", "b-job"]
     assert all(body["error"]["message"] == job_id for job_id, body in seen), "each file's own update is sent"
     assert [e.job_id for e in box.pending()] == ["a-job"]
+
+
+@pytest.mark.parametrize("name", ["not a job id!.json", "..json", "a%2Fb.json"])
+def test_a_file_named_like_no_job_id_is_set_aside_not_a_crash(tmp_path: Path, name: str) -> None:
+    box = Outbox(tmp_path / "outbox")
+    (box.folder / name).write_text(failed().model_dump_json())
+    box.put("good-1", failed())
+
+    assert [e.job_id for e in box.pending()] == ["good-1"]
+    assert sorted(p.name for p in box.folder.iterdir()) == sorted(["good-1.json", Path(name).stem + ".unreadable"])

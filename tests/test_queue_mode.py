@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from helpers_http import free_port, serve
-from helpers_procs import WORKER_START_S, WorkerProcess, wait_health
+from helpers_procs import WORKER_START_S, WorkerProcess, assert_torch_only_in_the_gpu_child, wait_health
 from helpers_video import gradient_image, png_bytes, read_video
 from stub_fixtures import API_KEY
 
@@ -247,6 +247,11 @@ def test_metrics_count_jobs(worker):
     assert 'fastwan_stage_seconds_count{stage="denoising"}' in text and "fastwan_queue_wait_seconds" in text
 
 
+def test_the_parent_process_never_imports_torch(worker):
+    assert post(worker["base"], {"prompt": "one job first", **SMALL}).status_code == 200
+    assert_torch_only_in_the_gpu_child(worker["proc"].pid)
+
+
 def test_index_and_openapi_document_the_endpoints(worker):
     assert "POST /generate" in httpx.get(f"{worker['base']}/").json()["endpoints"]
     spec = httpx.get(f"{worker['base']}/openapi.json").json()
@@ -287,6 +292,7 @@ def test_queue_mode_uploads_to_b2(tmp_path):
 
     from helpers_b2 import download, new_api
 
+    from worker_app_fastwan.gpu_child.handle import GpuChild
     from worker_app_fastwan.metrics import Metrics
     from worker_app_fastwan.queue_mode import QueueWorker, create_app
     from worker_app_fastwan.runner import JobRunner
@@ -299,7 +305,7 @@ def test_queue_mode_uploads_to_b2(tmp_path):
     settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp_path / "state", B2_PREFIX="prod/")
     storage = B2Storage(api, "videos-bucket", prefix=settings.B2_PREFIX)
     metrics = Metrics()
-    worker = QueueWorker(settings, JobRunner(settings, storage, metrics=metrics))
+    worker = QueueWorker(settings, JobRunner(settings, storage, child=GpuChild(settings), metrics=metrics))
     app = create_app(settings, worker, metrics)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))

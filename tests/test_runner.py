@@ -11,7 +11,8 @@ from helpers_loop import LoopThread
 from helpers_video import read_video
 
 from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.runner import Busy, JobRunner, RunnerState
+from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
+from worker_app_fastwan.runner import Busy, JobRunner
 from worker_app_fastwan.schema import ErrorCode
 from worker_app_fastwan.settings import load_settings
 from worker_app_fastwan.storage import LocalStorage
@@ -34,16 +35,16 @@ def runner(loop, tmp_path_factory):
     settings = load_settings(
         None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state", LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600
     )
-    runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
+    runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
     loop.run(runner.start())
-    assert runner.state is RunnerState.ready
+    assert runner.state is ChildState.ready
     yield runner
     loop.run(runner.close())
 
 
 def _wait_ready(runner: JobRunner, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    while runner.state is not RunnerState.ready:
+    while runner.state is not ChildState.ready:
         assert time.monotonic() < deadline, f"runner stuck in {runner.state}"
         time.sleep(0.1)
 
@@ -126,7 +127,7 @@ def test_cancel_stops_within_one_step(loop, runner):
     step_times = [t for s, step, t in steps if s == "denoising" and step]
     assert max(step for s, step, _ in steps if s == "denoising") <= 2, "stopped at the next safe point"
     assert time.monotonic() - asked < 2 * (step_times[0] - min(t for s, _, t in steps if s == "denoising")) + 5
-    assert runner.state is RunnerState.ready
+    assert runner.state is ChildState.ready
 
 
 def test_timeout_ends_a_stuck_job_and_the_worker_recovers(loop, runner):
@@ -163,10 +164,10 @@ def test_gpu_process_killed_while_idle_is_restarted_before_the_next_job(loop, ru
     old_pid = runner.child.pid
     os.kill(old_pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while runner.state is RunnerState.ready:
+    while runner.state is ChildState.ready:
         assert time.monotonic() < deadline, "the runner never noticed its GPU process died"
         time.sleep(0.02)
-    assert runner.state is RunnerState.starting
+    assert runner.state is ChildState.starting
     _wait_ready(runner)
     assert runner.child.pid != old_pid
     assert loop.run(runner.run("after-idle-kill", {"prompt": "a cat", **SMALL})).num_frames == 9

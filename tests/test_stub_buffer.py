@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from stub_fixtures import API_KEY, StubProcess, job_result, stub, stub_factory  # noqa: F401 (fixtures)
+from stub_fixtures import API_KEY, StubProcess
 
 
 def test_submit_claim_run_complete(stub: StubProcess) -> None:

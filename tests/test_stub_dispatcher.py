@@ -5,17 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from stub_fixtures import (  # noqa: F401 (fixtures)
-    API_KEY,
-    Answer,
-    Recorded,
-    ScriptedServer,
-    StubProcess,
-    job_result,
-    scripted_server,
-    stub_factory,
-    wait_for,
-)
+from stub_fixtures import API_KEY, Answer, Recorded, ScriptedServer, StubProcess, job_result, wait_for
 
 StartStub = Callable[..., StubProcess]
 StartServer = Callable[..., ScriptedServer]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from stub_fixtures import StubProcess, stub_factory, wait_for  # noqa: F401 (fixtures)
+from stub_fixtures import StubProcess, wait_for
 
 
 def _wait_status(stub: StubProcess, job_id: str, status: str, timeout_s: float = 5.0) -> dict:

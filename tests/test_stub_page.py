@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from stub_fixtures import StubProcess, job_result, stub_factory  # noqa: F401 (fixtures)
+from stub_fixtures import StubProcess, job_result
 
 from worker_app_fastwan.schema import JobInput
 

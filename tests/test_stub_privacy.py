@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from stub_fixtures import StubProcess, stub, stub_factory  # noqa: F401 (fixtures)
+from stub_fixtures import StubProcess
 
 
 def _mode(path: Path) -> int:

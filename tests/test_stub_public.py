@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stub_fixtures import StubProcess, stub, stub_factory  # noqa: F401 (fixtures)
+from stub_fixtures import StubProcess
 
 
 def _submit(stub: StubProcess, body: object, key: str | None = None):

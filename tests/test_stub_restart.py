@@ -12,15 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from stub_fixtures import (  # noqa: F401 (fixtures)
-    REPO,
-    Answer,
-    ScriptedServer,
-    StubProcess,
-    scripted_server,
-    stub_factory,
-    wait_for,
-)
+from stub_fixtures import REPO, Answer, ScriptedServer, StubProcess, wait_for
 
 
 def test_refuses_to_start_without_internal_api_key(tmp_path: Path) -> None:

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stub_fixtures import (  # noqa: F401 (fixtures)
-    Answer,
-    ScriptedServer,
-    StubProcess,
-    scripted_server,
-    stub,
-    stub_factory,
-    wait_for,
-)
+from stub_fixtures import Answer, ScriptedServer, StubProcess, wait_for
 
 OOM = {"code": "out_of_memory", "message": "CUDA out of memory", "retryable": True}
 UPLOAD = {"code": "upload_failed", "message": "storage answered 503", "retryable": True}

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from stub_fixtures import API_KEY, StubProcess, stub_factory, wait_for  # noqa: F401 (fixtures)
+from stub_fixtures import API_KEY, StubProcess, wait_for
 
 from worker_app_fastwan.settings import SettingsError, load_settings
 

@@ -10,16 +10,7 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
-from stub_fixtures import (  # noqa: F401 (fixtures)
-    WEBHOOK_SECRET,
-    Answer,
-    ScriptedServer,
-    StubProcess,
-    scripted_server,
-    stub,
-    stub_factory,
-    wait_for,
-)
+from stub_fixtures import WEBHOOK_SECRET, Answer, ScriptedServer, StubProcess, wait_for
 
 from worker_app_fastwan.addresses import forbidden_address
 

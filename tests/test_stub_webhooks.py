@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
-from stub_fixtures import (  # noqa: F401 (fixtures)
-    Answer,
-    ScriptedServer,
-    StubProcess,
-    scripted_server,
-    stub,
-    stub_factory,
-    wait_for,
-)
+from stub_fixtures import Answer, ScriptedServer, StubProcess, wait_for
 
 
 def _webhook_done(stub: StubProcess, job_id: str, timeout_s: float = 5.0) -> dict:
@@ -66,7 +59,7 @@ def test_webhook_is_retried_after_500s(
     assert len(receiver.requests) == 3
     assert [r.headers["x-stub-webhook-attempt"] for r in receiver.requests] == ["1", "2", "3"]
     assert receiver.requests[2].body["error"] == error
-    gaps = [b.at - a.at for a, b in zip(receiver.requests, receiver.requests[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.requests)]
     assert gaps[0] >= 0.15 and gaps[1] >= 0.3, f"exponential backoff: 0.15 s, then 0.3 s (got {gaps})"
 
 

@@ -62,7 +62,7 @@ def _dispatch(command: str, settings: Settings, args: argparse.Namespace, *, dis
 
         return serve(settings)
     if command == "buffer":
-        from worker_app_fastwan.buffer_mode import run_buffer
+        from worker_app_fastwan.buffer_main import run_buffer
 
         return asyncio.run(run_buffer(settings))
     if command == "doctor":
@@ -148,17 +148,19 @@ async def _generate(
     json_out: bool,
 ) -> int:
     from worker_app_fastwan.cli_display import GenerateDisplay, print_lines, stderr_console, summary
-    from worker_app_fastwan.runner import JobRunner, RunnerState
+    from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
+    from worker_app_fastwan.runner import JobRunner
 
     console = stderr_console()
     screen = GenerateDisplay(console, _loading_label(settings)) if display else None
-    runner = JobRunner(settings, _OnePathStorage(out), listeners=[screen.on_progress] if screen else [])
+    listeners = [screen.on_progress] if screen else []
+    runner = JobRunner(settings, _OnePathStorage(out), child=GpuChild(settings), listeners=listeners)
     try:
         with screen or contextlib.nullcontext():
             started = time.monotonic()
             await runner.start()
             load_s = time.monotonic() - started
-            if runner.state is not RunnerState.ready:
+            if runner.state is not ChildState.ready:
                 raise CommandError(ExitCode.MODEL_UNAVAILABLE, runner.unhealthy_reason or "the model did not load")
             result = await runner.run(f"cli-{uuid.uuid4().hex[:12]}", job, image_file=image_file)
             if screen:

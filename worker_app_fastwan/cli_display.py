@@ -16,7 +16,7 @@ from rich.filesize import decimal
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from worker_app_fastwan.runner import JobProgress
+from worker_app_fastwan.job_progress import JobProgress
 from worker_app_fastwan.schema import JobResult, Stage
 
 LOADING = "loading"

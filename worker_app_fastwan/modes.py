@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.messages import DeviceInfo
+from worker_app_fastwan.gpu_child.messages import DeviceInfo
 from worker_app_fastwan.schema import ErrorCode
 from worker_app_fastwan.settings import Settings
 

@@ -40,7 +40,7 @@ from worker_app_fastwan.schema import Stage
 from worker_app_fastwan.settings import mask_userinfo
 
 if TYPE_CHECKING:
-    from worker_app_fastwan.runner import JobProgress
+    from worker_app_fastwan.job_progress import JobProgress
     from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -83,6 +83,7 @@ class Outbox:
 
     def _load(self, path: Path) -> StatusUpdate | None:
         try:
+            self.path(path.name.removesuffix(SUFFIX))  # a name no job id makes (put by a person, say)
             return StatusUpdate.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
@@ -90,7 +91,8 @@ class Outbox:
             # Only a damaged disk (or a person) makes one. Keep the bytes for a person, out of the delivery
             # path, and say so loudly: a result is never dropped silently.
             aside = path.with_suffix(BAD_SUFFIX)
-            os.replace(path, aside)
+            with contextlib.suppress(OSError):  # even a file that cannot be moved must not stop the start-up
+                os.replace(path, aside)
             log.error("unreadable outbox entry set aside", extra={"path": str(aside), "error": str(exc)[:300]})
             return None
 
@@ -125,9 +127,27 @@ def _age_key(path: Path) -> tuple[int, str]:
 
 
 async def send_final(outbox: Outbox, client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:
-    """Store the final status, then deliver it (retried until 200/409; cancel the task to stop early)."""
-    await asyncio.to_thread(outbox.put, job_id, update)
+    """Store the final status, then deliver it (retried until 200/409; cancel the task to stop early).
+
+    When the outbox cannot store it (a full disk, an id it refuses), the status is delivered directly: it
+    is then lost if this process dies before the orchestrator answers, which beats losing it for sure."""
+    try:
+        await asyncio.to_thread(outbox.put, job_id, update)
+    except (OSError, ValueError) as exc:
+        with job_context(job_id):
+            log.error("outbox not writable; delivering the final status directly", extra={"error": str(exc)[:300]})
+            return await _deliver_directly(client, job_id, update)
     return await deliver(outbox, client, job_id, update)
+
+
+async def _deliver_directly(client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:
+    try:
+        outcome = await client.post_status(job_id, update)
+    except (OrchestratorRejected, ValueError) as exc:
+        log.error("final status refused, and not stored", extra={"status": update.status, "error": str(exc)})
+        return "kept"
+    log.info("final status delivered", extra={"status": update.status, "outcome": outcome, "stored": False})
+    return outcome
 
 
 async def deliver(outbox: Outbox, client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:

@@ -24,8 +24,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from worker_app_fastwan.body_guard import BodyGuard, BodyRejected, check_json_body
 from worker_app_fastwan.errors import JobFailure, hide_local_paths
+from worker_app_fastwan.gpu_child.handle import ChildState
 from worker_app_fastwan.metrics import Metrics
-from worker_app_fastwan.runner import Busy, JobRunner, NotReady, RunnerState
+from worker_app_fastwan.runner import Busy, JobRunner, NotReady
 from worker_app_fastwan.schema import ErrorCode, JobError, JobId, JobInput, JobResult
 from worker_app_fastwan.settings import Settings
 
@@ -59,9 +60,9 @@ class QueueWorker:
         body: dict[str, Any] = {"status": state.value}
         if self.draining:
             body["status"] = "draining"
-        elif state is RunnerState.busy and self.runner.current is not None:
+        elif state is ChildState.busy and self.runner.current is not None:
             body["job_id"] = self.runner.current.job_id
-        elif state is RunnerState.unhealthy:
+        elif state is ChildState.unhealthy:
             body["reason"] = hide_local_paths(self.runner.unhealthy_reason or "")
         device = self.runner.device
         if device is not None:
@@ -75,7 +76,7 @@ class QueueWorker:
                     "memory_total_mb": device.memory_total_mb,
                 },
             )
-        ok = not self.draining and state in (RunnerState.ready, RunnerState.busy)
+        ok = not self.draining and state in (ChildState.ready, ChildState.busy)
         return (200 if ok else 503), body
 
     async def drain(self) -> None:
@@ -84,21 +85,8 @@ class QueueWorker:
             return
         self.draining = True
         log.info("draining", extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S})
-        if not await self._idle_within(self.settings.DRAIN_TIMEOUT_S):
-            current = self.runner.current
-            if current is not None:
-                log.warning("drain deadline reached; stopping the job", extra={"job_id": current.job_id})
-                self.runner.cancel(current.job_id, ErrorCode.timeout)
-            await self._idle_within(30.0)
+        await self.runner.drain(self.settings.DRAIN_TIMEOUT_S)
         self.drained.set()
-
-    async def _idle_within(self, timeout_s: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.runner.busy:
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
 
 def _error(status: int, code: ErrorCode, message: str, retryable: bool) -> JSONResponse:
@@ -242,6 +230,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
+    from worker_app_fastwan.gpu_child.handle import GpuChild
     from worker_app_fastwan.orchestrator_client import OrchestratorClient, ProgressReporter
     from worker_app_fastwan.storage import make_storage
 
@@ -254,7 +243,7 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
             worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
             min_interval_s=settings.PROGRESS_MIN_INTERVAL_S,
         )
-    runner = JobRunner(settings, make_storage(settings), metrics=metrics)
+    runner = JobRunner(settings, make_storage(settings), child=GpuChild(settings), metrics=metrics)
     worker = QueueWorker(settings, runner, reporter)
     if reporter is not None:
         runner.listeners.append(reporter.report_progress)

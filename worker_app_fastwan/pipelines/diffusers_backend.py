@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from worker_app_fastwan.messages import DeviceInfo
+from worker_app_fastwan.gpu_child.messages import DeviceInfo
 from worker_app_fastwan.offload import OffloadPlan
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
 from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda

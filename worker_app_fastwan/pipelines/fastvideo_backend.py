@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.messages import DeviceInfo
+from worker_app_fastwan.gpu_child.messages import DeviceInfo
 from worker_app_fastwan.model_fetch import ModelUnavailable
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info
 from worker_app_fastwan.schema import MAX_STEPS, ErrorCode, JobInput, Stage

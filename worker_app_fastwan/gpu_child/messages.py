@@ -1,12 +1,15 @@
 """Typed messages between the parent (HTTP, heartbeats, uploads) and the GPU child process.
 
-They are small on purpose: the child writes the MP4 to disk and sends its path, never frames.
+They are small on purpose: the child writes the MP4 to disk and sends its path, never frames. Build them
+with keywords; stages and error codes are the protocol's enums end to end.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from worker_app_fastwan.schema import ErrorCode, Stage
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Ready:
 @dataclass(frozen=True)
 class Progress:
     job_id: str
-    stage: str
+    stage: Stage
     step: int | None = None
     total_steps: int | None = None
     memory_used_mb: int = 0
@@ -59,15 +62,23 @@ class Done:
     out_path: str
     frames: int
     inference_s: float
-    encode_s: float
-    encode_tail_s: float
+    encode_tail_s: float  # the encoder's flush after the last frame: what encoding adds to a job
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Failed:
     job_id: str | None
-    code: str
+    code: ErrorCode
     message: str
     retryable: bool
     fatal: bool = False  # the child exits after sending it (CUDA context unusable, or the model failed to load)
+
+
+# made by the parent's reader when the pipe closes
+@dataclass(frozen=True)
+class ChildExited:
+    exitcode: int | None
+
+
+ChildEvent = Ready | Progress | Done | Failed | ChildExited
