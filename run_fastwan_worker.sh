@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Container entrypoint of the FastWan worker (Dockerfile.fastwan).
 #
-# 1. Checks the environment before anything starts: one line per bad or missing variable on stderr, then
-#    exit 2. Values of secrets (keys, and URLs, which may carry credentials) are never printed.
+# 1. Checks the environment before anything starts (`python -m worker_app_fastwan check-settings`): one
+#    line per bad or missing variable on stderr, then exit 2. Values of secrets are never printed.
 # 2. WORKER_MODE=queue (SaladCloud): runs `python -m worker_app_fastwan serve` and, when it is on PATH,
 #    SaladCloud's job-queue worker binary, which POSTs jobs to http://localhost:$PORT/generate. The two are
 #    supervised together: if either exits, the other is stopped and this script exits non-zero, so the
@@ -22,87 +22,29 @@ set -euo pipefail
 readonly SELF="run_fastwan_worker.sh"
 PY="${PYTHON:-python}"
 SALAD_BIN="${SALAD_QUEUE_WORKER_BIN:-salad-http-job-queue-worker}"
-B2_VARS=(B2_KEY_ID B2_APP_KEY B2_BUCKET_NAME)
 
 log() { printf '%s: %s\n' "$SELF" "$*" >&2; }
 
-# A non-secret value, quoted and cut short, so that one bad variable is always one line.
-shown() {
-    local value="${1:0:60}"
-    printf '%q' "$value"
-}
-
-problems=0
-bad() {
-    log "$*"
-    problems=$((problems + 1))
-}
-
-is_number() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]]; }
-
+# The worker's own check of every setting (settings.py states each rule once): one line per problem on
+# stderr, naming the variable, never a secret's value; then exit 2. Only this script's own variables are
+# checked here.
 validate_env() {
-    local mode="${WORKER_MODE:-queue}" port="${PORT:-8000}" name
-    case "$mode" in
-        queue | buffer) ;;
-        *) bad "WORKER_MODE: must be queue or buffer (got $(shown "$mode"))" ;;
-    esac
-    if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
-        bad "PORT: must be a number from 1 to 65535 (got $(shown "$port"))"
-    fi
-    case "${PIPELINE_BACKEND:-diffusers}" in
-        diffusers | fastvideo | tiny) ;;
-        *) bad "PIPELINE_BACKEND: must be diffusers, fastvideo or tiny (got $(shown "${PIPELINE_BACKEND}"))" ;;
-    esac
-    local storage="${STORAGE_BACKEND:-auto}"
-    case "$storage" in
-        auto | b2 | local) ;;
-        *) bad "STORAGE_BACKEND: must be auto, b2 or local (got $(shown "$storage"))" ;;
-    esac
-    if [[ -n "${DRAIN_TIMEOUT_S:-}" ]] && ! is_number "$DRAIN_TIMEOUT_S"; then
-        bad "DRAIN_TIMEOUT_S: must be a number of seconds (got $(shown "$DRAIN_TIMEOUT_S"))"
-    fi
+    local ok=0
     if [[ -n "${STOP_MARGIN_S:-}" ]] && ! [[ "$STOP_MARGIN_S" =~ ^[0-9]+$ ]]; then
-        bad "STOP_MARGIN_S: must be a whole number of seconds (got $(shown "$STOP_MARGIN_S"))"
+        log "STOP_MARGIN_S: must be a whole number of seconds (got $(printf '%q' "${STOP_MARGIN_S:0:60}"))"
+        ok=2
     fi
-
-    # B2: all three or none (a half-configured bucket would only fail at the first upload).
-    local set_b2=() missing_b2=()
-    for name in "${B2_VARS[@]}"; do
-        if [[ -n "${!name:-}" ]]; then set_b2+=("$name"); else missing_b2+=("$name"); fi
-    done
-    if ((${#set_b2[@]} > 0 && ${#missing_b2[@]} > 0)); then
-        for name in "${missing_b2[@]}"; do
-            bad "$name: is required because ${set_b2[*]} is set (B2 needs all of ${B2_VARS[*]})"
-        done
-    elif [[ "$storage" == b2 && ${#set_b2[@]} -eq 0 ]]; then
-        for name in "${B2_VARS[@]}"; do
-            bad "$name: is required because STORAGE_BACKEND=b2"
-        done
-    fi
-
-    # The orchestrator: required in buffer mode (jobs come from it), optional in queue mode (progress only).
-    local url="${ORCHESTRATOR_BASE_URL:-}"
-    if [[ "$mode" == buffer && -z "$url" ]]; then
-        bad "ORCHESTRATOR_BASE_URL: is required when WORKER_MODE=buffer"
-    elif [[ -n "$url" && ! "$url" =~ ^https?:// ]]; then
-        bad "ORCHESTRATOR_BASE_URL: must start with http:// or https://"
-    fi
-    if [[ -z "${INTERNAL_API_KEY:-}" ]]; then
-        if [[ "$mode" == buffer ]]; then
-            bad "INTERNAL_API_KEY: is required when WORKER_MODE=buffer"
-        elif [[ -n "$url" ]]; then
-            bad "INTERNAL_API_KEY: is required when ORCHESTRATOR_BASE_URL is set"
-        fi
-    fi
-    if [[ -n "${BUFFER_WORKER_ID:-}" && ! "$BUFFER_WORKER_ID" =~ ^[A-Za-z0-9._:-]{1,128}$ ]]; then
-        bad "BUFFER_WORKER_ID: must be 1-128 characters of A-Z a-z 0-9 . _ : - (got $(shown "$BUFFER_WORKER_ID"))"
-    fi
+    "$PY" -m worker_app_fastwan check-settings || ok=2
+    return "$ok"
 }
 
 # Seconds a process gets after TERM before KILL: the app's own drain time plus a margin for its exit.
 stop_grace_s() {
-    local drain="${DRAIN_TIMEOUT_S:-120}"
-    echo $((${drain%%.*} + 1 + ${STOP_MARGIN_S:-15}))
+    local drain
+    # check-settings has vetted DRAIN_TIMEOUT_S as a number of seconds; rounded here for bash's arithmetic.
+    drain="$(printf '%.0f' "${DRAIN_TIMEOUT_S:-120}" 2>/dev/null)" || drain=120
+    [[ "$drain" =~ ^[0-9]+$ ]] || drain=120
+    echo $((drain + 1 + ${STOP_MARGIN_S:-15}))
 }
 
 declare -A exit_codes=()
@@ -223,10 +165,7 @@ main() {
         use_baked_model
         exec "$PY" -m worker_app_fastwan doctor "$@"
     fi
-    validate_env
-    if ((problems > 0)); then
-        exit 2
-    fi
+    validate_env || exit 2
     use_baked_model
     if [[ "${WORKER_MODE:-queue}" == buffer ]]; then
         exec "$PY" -m worker_app_fastwan buffer

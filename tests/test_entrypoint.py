@@ -52,6 +52,7 @@ def _env(fake: Path, *, salad_on_path: bool = True, **extra: str) -> dict[str, s
     env.update(
         PATH=f"{fake / 'bin'}:{path}" if salad_on_path else path,
         FAKE_DIR=str(fake),
+        FAKE_REAL_PYTHON=sys.executable,
         PYTHON=str(fake / "fake_python.sh"),
         DRAIN_TIMEOUT_S="1",
         STOP_MARGIN_S="2",

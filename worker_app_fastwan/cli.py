@@ -31,6 +31,10 @@ INTERACTIVE = ("generate", "download-model")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-settings":  # before load_settings: it reports every problem, not the first
+        from worker_app_fastwan.check_settings import check_settings
+
+        return int(check_settings(args.mode))
     try:
         settings = load_settings()
         if args.command == "buffer" or (args.command == "run" and settings.WORKER_MODE == "buffer"):

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Claims, heartbeats every HEARTBEAT_INTERVAL_S (default 5 s), reports statuses; SIGTERM drains.",
         f"ORCHESTRATOR_BASE_URL=http://localhost:8080 INTERNAL_API_KEY=… {PROG} buffer",
     )
+    check = _add(
+        sub,
+        "check-settings",
+        "check every setting and exit: one line per problem on stderr, exit 2 if any",
+        "What the container's entrypoint runs first. Values of secrets are never shown.",
+        f"WORKER_MODE=buffer {PROG} check-settings",
+    )
+    check.add_argument("--mode", choices=("queue", "buffer"), help="the mode to check for (default: WORKER_MODE)")
     dl = _add(
         sub,
         "download-model",

@@ -27,7 +27,7 @@ from worker_app_fastwan.errors import JobFailure, hide_local_paths
 from worker_app_fastwan.gpu_child.handle import ChildState
 from worker_app_fastwan.metrics import Metrics
 from worker_app_fastwan.runner import Busy, JobRunner, NotReady
-from worker_app_fastwan.schema import ErrorCode, JobError, JobId, JobInput, JobResult
+from worker_app_fastwan.schema import ID_RULE, ErrorCode, JobError, JobId, JobInput, JobResult
 from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,7 @@ async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, di
     try:
         return _job_id_adapter.validate_python(job_id), body
     except ValidationError:
-        raise JobFailure(
-            ErrorCode.invalid_input, "job_id: must be 1-128 characters of [A-Za-z0-9._:-], and not . or .."
-        ) from None
+        raise JobFailure(ErrorCode.invalid_input, f"job_id: must be {ID_RULE}") from None
 
 
 def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:

@@ -28,6 +28,7 @@ ID_PATTERN = (
     r"|\.[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,126}"  # one dot, then not a dot
     r"|\.\.[A-Za-z0-9._:-]{1,126})$"  # two dots, then anything
 )
+ID_RULE = "1-128 characters of [A-Za-z0-9._:-], and not . or .."  # ID_PATTERN in words, for messages
 JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 

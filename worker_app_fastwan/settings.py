@@ -7,16 +7,18 @@ names the variable; secrets are `SecretStr`, so they never show in reprs or logs
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker_app_fastwan.schema import ID_PATTERN
+from worker_app_fastwan.schema import ID_PATTERN, ID_RULE
 
 B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
+HIDDEN_VALUES = ("B2_APP_KEY", "INTERNAL_API_KEY", "ORCHESTRATOR_BASE_URL")
 # The name the model hub's FastWan collection lists (DMD with full attention); the other published name,
 # FastVideo/FastWan2.2-TI2V-5B-Diffusers, is the first upload of the same model and works as well.
 DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"
@@ -46,7 +48,7 @@ class Settings(BaseSettings):
     B2_URL_TTL_S: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
     LOCAL_OUTPUT_DIR: Path = Path("outputs")
 
-    BUFFER_WORKER_ID: str | None = Field(default=None, pattern=ID_PATTERN)
+    BUFFER_WORKER_ID: str | None = None
     GPU_CLASS: str | None = None
     STATE_DIR: Path = Field(default_factory=lambda: Path.home() / ".local" / "state" / "fastwan-worker")
 
@@ -88,23 +90,46 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["auto", "json", "text"] = "auto"
 
+    @field_validator("BUFFER_WORKER_ID")
+    @classmethod
+    def _an_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(ID_PATTERN, value):
+            raise ValueError(f"must be {ID_RULE}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        problems = self._conflicts()
+        if problems:  # every one, a line each, so that one check names them all
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _conflicts(self) -> list[str]:
+        """Settings that are fine one by one but not together; each line starts with the variable's name."""
+        problems = []
         b2_set = [name for name in B2_VARS if getattr(self, name)]
         if b2_set and len(b2_set) < len(B2_VARS):
-            missing = [name for name in B2_VARS if name not in b2_set]
-            raise ValueError(
-                f"{missing[0]}: is required because {', '.join(b2_set)} is set (B2 needs all of {', '.join(B2_VARS)})"
-            )
-        if self.STORAGE_BACKEND == "b2" and not b2_set:
-            raise ValueError(f"B2_KEY_ID: STORAGE_BACKEND=b2 needs {', '.join(B2_VARS)}")
-        if self.ORCHESTRATOR_BASE_URL and not self.INTERNAL_API_KEY:
-            raise ValueError("INTERNAL_API_KEY: is required when ORCHESTRATOR_BASE_URL is set")
+            problems += [
+                f"{name}: is required because {' '.join(b2_set)} is set (B2 needs all of {' '.join(B2_VARS)})"
+                for name in B2_VARS
+                if name not in b2_set
+            ]
+        elif self.STORAGE_BACKEND == "b2" and not b2_set:
+            problems += [f"{name}: is required because STORAGE_BACKEND=b2" for name in B2_VARS]
         if self.ORCHESTRATOR_BASE_URL and not self.ORCHESTRATOR_BASE_URL.startswith(("http://", "https://")):
-            raise ValueError("ORCHESTRATOR_BASE_URL: must start with http:// or https://")
+            problems.append("ORCHESTRATOR_BASE_URL: must start with http:// or https://")
+        if self.ORCHESTRATOR_BASE_URL and not self.INTERNAL_API_KEY:
+            problems.append("INTERNAL_API_KEY: is required when ORCHESTRATOR_BASE_URL is set")
         if self.MODEL_PATH is not None and not self.MODEL_PATH.is_dir():
-            raise ValueError(f"MODEL_PATH: {self.MODEL_PATH} is not a folder")
-        return self
+            problems.append(f"MODEL_PATH: {self.MODEL_PATH} is not a folder")
+        return problems
+
+    def mode_problems(self, mode: str) -> list[str]:
+        """What `mode` needs beyond the settings' own rules: buffer mode claims from an orchestrator."""
+        if mode != "buffer":
+            return []
+        needed = {"ORCHESTRATOR_BASE_URL": self.ORCHESTRATOR_BASE_URL, "INTERNAL_API_KEY": self.INTERNAL_API_KEY}
+        return [f"{name}: is required in buffer mode" for name, value in needed.items() if not value]
 
     @property
     def storage(self) -> Literal["b2", "local"]:
@@ -122,8 +147,9 @@ class Settings(BaseSettings):
 
     def require_orchestrator(self) -> None:
         """Buffer mode cannot run without an orchestrator to claim from."""
-        if not self.ORCHESTRATOR_BASE_URL:
-            raise SettingsError("ORCHESTRATOR_BASE_URL: is required in buffer mode")
+        problems = self.mode_problems("buffer")
+        if problems:
+            raise SettingsError(problems[0])
 
     def summary(self) -> dict[str, object]:
         """What start-up logs: every setting, secrets masked (and a URL's user:password)."""
@@ -153,11 +179,32 @@ def load_settings(env_file: str | None = ".env", **overrides: object) -> Setting
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        err = exc.errors()[0]
+        raise SettingsError(f"invalid setting {describe_problems(exc)[0]}") from None
+
+
+def settings_problems(mode: str | None = None, env_file: str | None = ".env") -> list[str]:
+    """Every problem with the settings for `mode` (default: WORKER_MODE), one line each naming its variable.
+
+    The one check of the environment: `check-settings` (the container's entrypoint) and every command use it.
+    """
+    try:
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        return describe_problems(exc)
+    return settings.mode_problems(mode or settings.WORKER_MODE)
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """One line per problem, each starting with the variable's name; values of secrets (and of the orchestrator
+    URL, which may carry a password) are never shown."""
+    lines: list[str] = []
+    for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if not loc:  # the model validator puts the variable name first
-            raise SettingsError(f"invalid setting {msg}") from None
+        if not loc:  # the model validator: its own lines, each naming its variable first
+            lines += msg.splitlines()
+            continue
         got = err.get("input")
-        shown = "" if loc in ("B2_APP_KEY", "INTERNAL_API_KEY") or isinstance(got, dict) else f" (got {got!r})"
-        raise SettingsError(f"invalid setting {loc}: {msg}{shown}") from None
+        hidden = loc in HIDDEN_VALUES or isinstance(got, dict)
+        lines.append(f"{loc}: {msg}" + ("" if hidden else f" (got {got!r})"))
+    return lines
