@@ -43,7 +43,7 @@ def create_app(settings: StubSettings) -> FastAPI:
         webhook_wakeup.bind(loop)
         dispatch_wakeup.bind(loop)
         loops: list[Coroutine[Any, Any, None]] = [
-            run_lease_sweeper(store, settings.LEASE_CHECK_S),
+            run_lease_sweeper(store.expire_leases, settings.LEASE_CHECK_S),
             WebhookSender(store, settings, webhook_wakeup).run(),
         ]
         if settings.DISPATCH_TO:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from worker_app_fastwan.schema import ErrorCode, JobError
-
-if TYPE_CHECKING:
-    from orchestrator_stub.db import Store
 
 log = logging.getLogger("orchestrator_stub.leases")
 
@@ -60,11 +58,11 @@ def cancelled_error(message: str = "cancelled by request") -> dict[str, Any]:
     return JobError(code=ErrorCode.cancelled, message=message, retryable=False).model_dump(mode="json")
 
 
-async def run_lease_sweeper(store: Store, interval_s: float) -> None:
-    """Expire leases every `interval_s` until cancelled."""
+async def run_lease_sweeper(expire_leases: Callable[[], object], interval_s: float) -> None:
+    """Call `expire_leases` (`Store.expire_leases`, blocking) every `interval_s` until cancelled."""
     while True:
         try:
-            await asyncio.to_thread(store.expire_leases)
+            await asyncio.to_thread(expire_leases)
         except Exception:  # a hiccup (disk full, locked file) must not stop future sweeps
             log.exception("lease sweep failed")
         await asyncio.sleep(interval_s)

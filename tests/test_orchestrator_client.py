@@ -1,4 +1,4 @@
-"""OrchestratorClient and ProgressReporter against a real loopback orchestrator."""
+"""OrchestratorClient and ProgressThrottle against a real loopback orchestrator."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from worker_app_fastwan.orchestrator_client import (
     HeartbeatFailed,
     OrchestratorClient,
     OrchestratorRejected,
-    ProgressReporter,
     RetryableStatus,
     is_retryable,
 )
+from worker_app_fastwan.progress_reports import ProgressThrottle
 from worker_app_fastwan.protocol import ClaimRequest, HeartbeatRequest, ProgressUpdate, StatusUpdate
 from worker_app_fastwan.schema import JobError, Stage
 from worker_app_fastwan.settings import load_settings
@@ -245,7 +245,7 @@ def test_retry_classification() -> None:
     assert not is_retryable(OrchestratorRejected("status", 400)) and not is_retryable(ValueError())
 
 
-# --- ProgressReporter ---
+# --- ProgressThrottle ---
 
 
 def sent_progress(app: FastAPI, job_id: str) -> list[dict[str, Any]]:
@@ -261,10 +261,10 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def with_reporter(base: str | None, body: Callable[[ProgressReporter], Awaitable[None]], interval: float = 0.3) -> None:
+def with_reporter(base: str | None, body: Callable[[ProgressThrottle], Awaitable[None]], interval: float = 0.3) -> None:
     async def main() -> None:
         client = OrchestratorClient(base, KEY, **FAST, quick_timeout_s=0.5) if base else None
-        reporter = ProgressReporter(client, "w1", min_interval_s=interval)
+        reporter = ProgressThrottle(client, "w1", min_interval_s=interval)
         await body(reporter)
         await reporter.aclose()
         if client:
@@ -276,7 +276,7 @@ def with_reporter(base: str | None, body: Callable[[ProgressReporter], Awaitable
 def test_reporter_throttles_within_a_stage_and_flushes_the_last_value(server) -> None:
     base, app = server
 
-    async def body(reporter: ProgressReporter) -> None:
+    async def body(reporter: ProgressThrottle) -> None:
         for i in range(20):
             reporter.report("p1", Stage.denoising, 0.2 + i * 0.01, step=i, total_steps=20)
             await asyncio.sleep(0)
@@ -294,7 +294,7 @@ def test_reporter_sends_every_stage_change_even_while_a_send_is_in_flight(server
     app.state.delay_s = 0.1
     stages = list(Stage)
 
-    async def body(reporter: ProgressReporter) -> None:
+    async def body(reporter: ProgressThrottle) -> None:
         for i, stage in enumerate(stages):
             reporter.report("p2", stage, i / 10)
             reporter.report("p2", stage, i / 10 + 0.01)  # same stage: replaces the one above if not yet sent
@@ -310,7 +310,7 @@ def test_reporter_sends_every_stage_change_even_while_a_send_is_in_flight(server
 def test_reporter_progress_never_goes_down_and_aclose_flushes(server) -> None:
     base, app = server
 
-    async def body(reporter: ProgressReporter) -> None:
+    async def body(reporter: ProgressThrottle) -> None:
         reporter.report("p3", Stage.denoising, 0.6)
         reporter.report("p3", Stage.decoding, 0.3)
         await until(lambda: len(sent_progress(app, "p3")) == 2)
@@ -327,7 +327,7 @@ def test_reporter_progress_never_goes_down_and_aclose_flushes(server) -> None:
 def test_reporter_never_raises_when_the_server_is_down() -> None:
     errors: list[object] = []
 
-    async def body(reporter: ProgressReporter) -> None:
+    async def body(reporter: ProgressThrottle) -> None:
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
         for i, stage in enumerate(Stage):
             reporter.report("p4", stage, i / 10)
@@ -338,7 +338,7 @@ def test_reporter_never_raises_when_the_server_is_down() -> None:
 
 
 def test_reporter_without_client_does_nothing() -> None:
-    async def body(reporter: ProgressReporter) -> None:
+    async def body(reporter: ProgressThrottle) -> None:
         reporter.report("p5", Stage.queued, 0.0)
 
     with_reporter(None, body)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.schema import ErrorCode, JobInput, parse_job_input
+from worker_app_fastwan.job_input import parse_job_input
+from worker_app_fastwan.schema import ErrorCode, JobInput
 from worker_app_fastwan.settings import SettingsError, load_settings
 
 BAD_FIELDS = [

@@ -27,9 +27,9 @@ from worker_app_fastwan.orchestrator_client import (
     HeartbeatFailed,
     OrchestratorClient,
     OrchestratorRejected,
-    ProgressReporter,
 )
 from worker_app_fastwan.outbox import Outbox, flush, send_final
+from worker_app_fastwan.progress_reports import ProgressThrottle
 from worker_app_fastwan.protocol import ClaimedJob, ClaimRequest, HeartbeatRequest, StatusUpdate, WorkerState
 from worker_app_fastwan.runner import JobRunner
 from worker_app_fastwan.schema import ErrorCode
@@ -56,7 +56,7 @@ class BufferWorker:
         # Burst runs (tests, the demo, batches), like arq's burst mode: stop after N jobs, or once idle.
         self.max_jobs = settings.BUFFER_MAX_JOBS if max_jobs is None else max_jobs
         self.exit_when_idle = settings.BUFFER_EXIT_WHEN_IDLE if exit_when_idle is None else exit_when_idle
-        self.reporter = ProgressReporter(client, worker_id, min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
+        self.reporter = ProgressThrottle(client, worker_id, min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
         self.held = HeldJobs()
         runner.listeners += [self.reporter.report_progress, self.held.on_progress]
         self.heartbeat = Heartbeat(settings.HEARTBEAT_INTERVAL_S, self._beat)

@@ -116,7 +116,7 @@ async def generate_once(
     settings: Settings, args: argparse.Namespace, *, display: bool, human: bool, json_out: bool
 ) -> int:
     from worker_app_fastwan.errors import JobFailure
-    from worker_app_fastwan.schema import parse_job_input
+    from worker_app_fastwan.job_input import parse_job_input
 
     try:
         job, image_file = _job_fields(args)

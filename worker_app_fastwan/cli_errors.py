@@ -33,8 +33,7 @@ class CommandError(Exception):
 
 def classify(exc: BaseException) -> CommandError:
     """The exit code and line for an exception a command let through."""
-    from worker_app_fastwan.errors import JobFailure
-    from worker_app_fastwan.model_fetch import ModelUnavailable
+    from worker_app_fastwan.errors import JobFailure, ModelUnavailable
     from worker_app_fastwan.schema import ErrorCode
     from worker_app_fastwan.settings import SettingsError
 

@@ -1,4 +1,4 @@
-"""The one exception type a job fails with, carrying a protocol error code."""
+"""The exceptions the worker reports: `JobFailure` (a job's, with a protocol error code) and `ModelUnavailable`."""
 
 from __future__ import annotations
 
@@ -40,3 +40,11 @@ class JobFailure(Exception):
 
     def to_error(self) -> JobError:
         return JobError(code=self.code, message=self.message, retryable=self.retryable)
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be had here (no weights, or no device to run them on); str() is one line naming the
+    model and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

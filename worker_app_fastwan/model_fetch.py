@@ -22,6 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
+from worker_app_fastwan.errors import ModelUnavailable
 from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.settings import Settings, SettingsError, load_settings
 
@@ -35,13 +36,6 @@ MAX_REASON_CHARS = 240
 DOWNLOAD_HINT = (
     "set MODEL_PATH to a local copy or run `python -m worker_app_fastwan download-model` on a machine with network"
 )
-
-
-class ModelUnavailable(RuntimeError):
-    """The model cannot be had here; str() is one line naming the model and what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
 
 
 def _one_line(text: str, limit: int | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The worker's calls to the orchestrator (docs/protocol.md) and best-effort progress.
+"""The worker's calls to the orchestrator (docs/protocol.md); `progress_reports.py` throttles progress.
 
 Which failures are retried, and how, is decided in one place (`RetryPolicy`, `is_retryable`): network
 errors and 408/429/5xx are retried with jittered exponential backoff; any other 4xx is final. Claim and
@@ -8,11 +8,8 @@ The API key lives only in the httpx client's default headers: never in logs, mes
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import quote
 
@@ -36,11 +33,9 @@ from worker_app_fastwan.protocol import (
     ProgressUpdate,
     StatusUpdate,
 )
-from worker_app_fastwan.schema import Stage
 from worker_app_fastwan.settings import mask_userinfo
 
 if TYPE_CHECKING:
-    from worker_app_fastwan.job_progress import JobProgress
     from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -232,108 +227,3 @@ def _parse(model: type[_Body], response: httpx.Response, call: str) -> _Body:
     except ValidationError as exc:
         detail = f"unexpected body ({exc.error_count()} errors)"
         raise OrchestratorRejected(call, response.status_code, detail) from None
-
-
-MAX_QUEUED_PER_JOB = 8  # one per stage at most; bounds a caller that flips between stages
-
-
-@dataclass
-class _JobProgress:
-    best: float = 0.0
-    sent_stage: Stage | None = None
-    sent_at: float = float("-inf")
-    queue: list[ProgressUpdate] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-class ProgressReporter:
-    """Throttled, fire-and-forget progress: every stage change is sent, otherwise at most one update
-    per `min_interval_s` per job, and the latest throttled value follows once the interval is over.
-
-    `report` never blocks and does no I/O itself (a failed send is only logged at debug); call it from
-    the event-loop thread. The progress sent for a job never goes down.
-    """
-
-    def __init__(self, client: OrchestratorClient | None, worker_id: str, min_interval_s: float = 1.0) -> None:
-        self._client = client
-        self._worker_id = worker_id
-        self._min_interval_s = min_interval_s
-        self._jobs: dict[str, _JobProgress] = {}
-        self._closing = False
-
-    def report_progress(self, p: JobProgress) -> None:
-        """A `JobRunner` listener: forward the runner's view of the running job."""
-        self.report(p.job_id, p.stage, p.progress, step=p.step, total_steps=p.total_steps)
-
-    def report(
-        self,
-        job_id: str,
-        stage: Stage | str,
-        progress: float,
-        step: int | None = None,
-        total_steps: int | None = None,
-        message: str = "",
-    ) -> None:
-        if self._client is None or self._closing:
-            return
-        st = self._state(job_id)
-        st.best = max(st.best, min(max(progress, 0.0), 1.0))
-        update = ProgressUpdate(
-            worker_id=self._worker_id,
-            stage=Stage(stage),
-            progress=st.best,
-            step=step,
-            total_steps=total_steps,
-            message=message,
-        )
-        if st.queue and st.queue[-1].stage in (update.stage, st.sent_stage):
-            # Newest value of a stage wins; a throttled value of the stage already reported is
-            # superseded by the next stage (whose progress is at least as high).
-            st.queue[-1] = update
-        else:
-            st.queue = [*st.queue, update][-MAX_QUEUED_PER_JOB:]
-        if update.stage != st.sent_stage:
-            st.wake.set()  # a stage change skips the throttle wait
-        if st.task is None:
-            st.task = asyncio.get_running_loop().create_task(self._pump(job_id, st))
-
-    async def aclose(self, timeout_s: float = 2.0) -> None:
-        """Send what is queued without further throttling, waiting at most `timeout_s`."""
-        self._closing = True
-        for st in self._jobs.values():
-            st.wake.set()
-        tasks = [st.task for st in self._jobs.values() if st.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-
-    def _state(self, job_id: str) -> _JobProgress:
-        if job_id not in self._jobs:
-            # One job runs at a time: forget finished jobs so a long-lived worker does not accumulate them.
-            self._jobs = {k: v for k, v in self._jobs.items() if v.task is not None}
-            self._jobs[job_id] = _JobProgress()
-        return self._jobs[job_id]
-
-    def _delay(self, st: _JobProgress) -> float:
-        if self._closing or st.queue[0].stage != st.sent_stage:
-            return 0.0
-        return st.sent_at + self._min_interval_s - time.monotonic()
-
-    async def _pump(self, job_id: str, st: _JobProgress) -> None:
-        assert self._client is not None
-        try:
-            while st.queue:
-                delay = self._delay(st)
-                if delay > 0:
-                    st.wake.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(st.wake.wait(), delay)
-                    continue
-                update, st.queue = st.queue[0], st.queue[1:]
-                st.sent_stage, st.sent_at = update.stage, time.monotonic()
-                await self._client.post_progress(job_id, update)
-        finally:
-            st.task = None

@@ -229,14 +229,15 @@ class DrainingServer(uvicorn.Server):
 
 def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
     from worker_app_fastwan.gpu_child.handle import GpuChild
-    from worker_app_fastwan.orchestrator_client import OrchestratorClient, ProgressReporter
+    from worker_app_fastwan.orchestrator_client import OrchestratorClient
+    from worker_app_fastwan.progress_reports import ProgressThrottle
     from worker_app_fastwan.storage import make_storage
 
     metrics = Metrics()
     reporter = None
     client = OrchestratorClient.from_settings(settings)
     if client is not None:
-        reporter = ProgressReporter(
+        reporter = ProgressThrottle(
             client,
             worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
             min_interval_s=settings.PROGRESS_MIN_INTERVAL_S,

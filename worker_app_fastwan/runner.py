@@ -20,6 +20,7 @@ from worker_app_fastwan.capacity import capabilities, check_capacity
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.gpu_child.handle import CANCEL_GRACE_S, ChildJobFailure, ChildState, GpuChild
 from worker_app_fastwan.gpu_child.messages import DeviceInfo, Done, Progress, RunJob
+from worker_app_fastwan.job_input import parse_job_input
 from worker_app_fastwan.job_progress import JobProgress, ProgressListener
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.metrics import Metrics
@@ -31,7 +32,6 @@ from worker_app_fastwan.schema import (
     JobResult,
     Stage,
     Timings,
-    parse_job_input,
 )
 from worker_app_fastwan.settings import Settings
 

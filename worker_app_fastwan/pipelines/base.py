@@ -110,8 +110,8 @@ class Backend(abc.ABC):
     def device_info(self) -> DeviceInfo:
         """Device name and memory, for /health and heartbeats."""
 
-    def free_memory(self) -> None:
+    def free_memory(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to free
         """Release cached allocations after a failure (an OOM) so the next job can run."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         """Release processes or memory the backend holds."""
