@@ -34,7 +34,10 @@ soak: setup
 	nice $(PY) bench/soak.py
 
 lint: setup
-	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run tests/fixtures/*.sh
 	$(VENV)/bin/hadolint Dockerfile.fastwan
 
 clean:

@@ -8,7 +8,7 @@ variable. The API key is a `SecretStr`, so it never shows in reprs or logs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -104,10 +104,10 @@ class StubSettings(BaseSettings):
         }
 
 
-def load_settings(env_file: str | None = ".env", **overrides: object) -> StubSettings:
+def load_settings(env_file: str | None = ".env", **overrides: Any) -> StubSettings:
     """Read the settings once; a bad one becomes a `StubSettingsError` naming the variable."""
     try:
-        return StubSettings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return StubSettings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])

@@ -190,10 +190,10 @@ def report(views: dict[str, dict[str, Any]]) -> None:
 
 
 def count_frames(path: Path) -> int:
-    import imageio.v2 as imageio
+    import imageio_ffmpeg
 
-    with imageio.get_reader(str(path), format="ffmpeg") as reader:
-        return sum(1 for _ in reader)
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))  # ffmpeg decodes the whole stream to count
+    return int(frames)
 
 
 def stop_all(procs: list[Proc]) -> None:

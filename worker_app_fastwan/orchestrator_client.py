@@ -162,7 +162,7 @@ class OrchestratorClient:
 
     async def claim(self, req: ClaimRequest, *, deadline_s: float | None = None) -> ClaimedJob | None:
         """The next job, or None when nothing is queued (204)."""
-        response = await self.retry.retrying("claim", deadline_s)(
+        response: httpx.Response = await self.retry.retrying("claim", deadline_s)(
             self._post, "claim", "/internal/buffer/jobs/claim", req
         )
         if response.status_code == 204:
@@ -187,7 +187,7 @@ class OrchestratorClient:
         """
         path = f"/internal/buffer/jobs/{_segment(job_id)}/status"
         retrying = self.retry.retrying("status", deadline_s)
-        response = await retrying(self._post, "status", path, update, also_ok=(409,))
+        response: httpx.Response = await retrying(self._post, "status", path, update, also_ok=(409,))
         return "gone" if response.status_code == 409 else "ok"
 
     async def post_progress(self, job_id: str, update: ProgressUpdate) -> None:

@@ -123,7 +123,9 @@ async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, di
 
 def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:
     router = APIRouter()
-    error_responses = {code: {"model": ErrorBody} for code in (400, 413, 422, 429, 500, 503)}
+    error_responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody} for code in (400, 413, 422, 429, 500, 503)
+    }
 
     @router.get("/", summary="List the endpoints")
     async def index() -> dict[str, Any]:

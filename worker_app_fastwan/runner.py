@@ -13,6 +13,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,12 @@ class JobRunner:
         *,
         child: GpuChild,
         metrics: Metrics | None = None,
-        listeners: list[ProgressListener] | None = None,
+        listeners: Sequence[ProgressListener] = (),
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics or Metrics()
-        self.listeners = list(listeners or [])
+        self.listeners = list(listeners)
         self.child = child
         self._idle = asyncio.Event()
         self._idle.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -174,10 +174,10 @@ def mask_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | None = ".env", **overrides: Any) -> Settings:
     """Read the settings once; a bad one becomes a `SettingsError` naming the variable."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         raise SettingsError(f"invalid setting {describe_problems(exc)[0]}") from None
 
@@ -188,7 +188,7 @@ def settings_problems(mode: str | None = None, env_file: str | None = ".env") ->
     The one check of the environment: `check-settings` (the container's entrypoint) and every command use it.
     """
     try:
-        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file)
     except ValidationError as exc:
         return describe_problems(exc)
     return settings.mode_problems(mode or settings.WORKER_MODE)

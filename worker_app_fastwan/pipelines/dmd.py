@@ -40,12 +40,12 @@ class DMDScheduler(FlowMatchLCMScheduler):
 
     generator: torch.Generator | None = None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, **kwargs) -> None:  # type: ignore[override]
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, **kwargs) -> None:
         if sigmas is None and kwargs.get("timesteps") is None:
             sigmas = dmd_sigmas(num_inference_steps or len(DMD_TIMESTEPS))
         super().set_timesteps(num_inference_steps=None, device=device, sigmas=sigmas, **kwargs)
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True) -> Any:  # type: ignore[override]
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True) -> Any:
         if self.step_index is None:
             self._init_step_index(timestep)
         if self.sigmas[self.step_index + 1] == 0:

@@ -101,7 +101,7 @@ class FastVideoBackend(Backend):
                 f"(got {job.num_inference_steps}); ask for {MAX_STEPS} or use PIPELINE_BACKEND=diffusers",
             )
         progress(Stage.denoising.value, 0, MAX_STEPS)
-        result = self.generator.generate_video(  # type: ignore[union-attr]
+        result = self.generator.generate_video(
             job.prompt,
             height=job.height,
             width=job.width,
@@ -127,4 +127,4 @@ def _frames_of(result: object) -> list:
     """FastVideo has returned frames as a dict entry or as the list itself, depending on version."""
     if isinstance(result, dict):
         return list(result["frames"])
-    return list(result)  # type: ignore[arg-type]
+    return list(result)
