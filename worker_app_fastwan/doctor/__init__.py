@@ -67,16 +67,17 @@ def run_doctor(
 
 async def _load_and_generate(settings: Settings, facts: CudaFacts, generate: bool) -> list[Check]:
     """Start the worker's own GPU process (load + warm-up), then optionally one short job, to a temp folder."""
-    from worker_app_fastwan.runner import JobRunner, RunnerState
+    from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
+    from worker_app_fastwan.runner import JobRunner
     from worker_app_fastwan.storage import LocalStorage
 
     if settings.PIPELINE_BACKEND != "tiny" and not facts.available:
         return [fail("load", "skipped: no CUDA device (see the cuda line)")]
     quiet = settings.model_copy(update={"LOG_LEVEL": "WARNING"})
     with tempfile.TemporaryDirectory(prefix="fastwan-doctor-") as tmp:
-        runner = JobRunner(quiet, LocalStorage(Path(tmp) / "videos"))
+        runner = JobRunner(quiet, LocalStorage(Path(tmp) / "videos"), child=GpuChild(quiet))
         try:
-            return await _run(runner, RunnerState, generate)
+            return await _run(runner, ChildState, generate)
         finally:
             await runner.close()
 

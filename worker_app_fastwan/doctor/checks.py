@@ -207,7 +207,7 @@ def _local_storage_check(folder: Path) -> Check:
 
 def _b2_check(settings: Settings, api: Any) -> Check:
     """Authorise, then write and delete a small object under B2_PREFIX: what an upload needs."""
-    from b2sdk.v2 import B2Api, InMemoryAccountInfo, InMemoryCache  # type: ignore[import-untyped]
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo, InMemoryCache
 
     from worker_app_fastwan.storage import B2Storage, StorageError
 
