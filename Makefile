@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) -m worker_app_fastwan.demo
+	$(PY) scripts/demo.py
 
 # The web page with a stub and a tiny-model worker; prints the URL, runs until Ctrl-C.
 studio: setup

@@ -1,4 +1,4 @@
-"""`make demo` (`python -m worker_app_fastwan.demo`): the whole buffer-mode path on this machine, no GPU.
+"""`make demo` (`python scripts/demo.py`): the whole buffer-mode path on this machine, no GPU.
 
 Starts the orchestrator stub (SQLite in .demo/, a random INTERNAL_API_KEY, a free loopback port), a
 buffer-mode worker with the tiny model and local storage, and a loopback server for the input image;
