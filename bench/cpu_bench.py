@@ -9,7 +9,9 @@ On a shared CPU machine only ratios mean much; absolute GPU times come from benc
 3. MP4 encoding of 121 frames at 704x1280 (smooth moving content plus noise): the project's encoder vs
    `imageio.mimsave` defaults (what FastVideo does) and diffusers' `export_to_video`; plus how long the
    encoder adds after the last frame when frames arrive at a GPU's decoding pace;
-4. start-up to ready, and idle RSS (parent and GPU child).
+4. start-up to ready, and idle RSS (parent and GPU child);
+5. pipelining and slots (bench_pipeline.py): GPU idle time between jobs and jobs per minute, pipelined vs
+   one-at-a-time, with every upload delayed 1 s and every final-status answer 0.5 s; two CPU slots vs one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from helpers_http import free_port  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 HEAVY = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
+PIPELINE_JOB = {"width": 256, "height": 256, "num_frames": 17, "num_inference_steps": 2}  # about 2 s on 2 cores
 
 
 # ---------------------------------------------------------------- 3. encoding
@@ -152,17 +155,24 @@ def _health_during_job(httpx, base: str, calls: int = 100) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=30, help="jobs for the overhead comparison")
+    parser.add_argument("--pipeline-jobs", type=int, default=10, help="jobs per arm of the pipelining comparison")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only", choices=("buffer", "queue", "encoding", "pipelining"), help="run one section (default: all)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fastwan-bench-"))
     report: dict = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "python": sys.version.split()[0]}
-    for name, section in (
-        ("buffer mode", lambda: buffer_bench(tmp, args.jobs)),
-        ("queue mode", lambda: queue_bench(tmp)),
-        ("encoding", lambda: encode_bench(tmp)),
-    ):
-        print(f"… {name}", flush=True)
-        report.update(section())
+    sections = {
+        "buffer": lambda: buffer_bench(tmp, args.jobs),
+        "queue": lambda: queue_bench(tmp),
+        "encoding": lambda: encode_bench(tmp),
+        "pipelining": lambda: pipeline_bench(tmp, args.pipeline_jobs),
+    }
+    for name, section in sections.items():
+        if args.only in (None, name):
+            print(f"… {name}", flush=True)
+            report.update(section())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     width = max(map(len, report))
@@ -175,6 +185,12 @@ def buffer_bench(tmp: Path, jobs: int) -> dict:
     from bench_buffer import overhead_and_heartbeats
 
     return overhead_and_heartbeats(tmp, jobs, HEAVY, SMALL)
+
+
+def pipeline_bench(tmp: Path, jobs: int) -> dict:
+    from bench_pipeline import pipelining_bench
+
+    return pipelining_bench(tmp, jobs, PIPELINE_JOB)
 
 
 if __name__ == "__main__":

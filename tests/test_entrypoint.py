@@ -324,13 +324,16 @@ def test_compose_services_use_real_settings():
 def test_compose_wiring():
     compose = _compose()
     services = compose["services"]
-    for name in ("worker", "queue-worker"):
+    # A buffer worker takes every GPU of the box (one slot each); a queue worker, one GPU (issue 13).
+    for name, count in (("worker", "all"), ("queue-worker", 1)):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], name
+        assert devices == [{"driver": "nvidia", "count": count, "capabilities": ["gpu"]}], name
         assert "models:/models/hf" in services[name]["volumes"]
         assert services[name]["environment"]["STORAGE_BACKEND"].endswith(":-local}")
     worker, queue = services["worker"]["environment"], services["queue-worker"]["environment"]
     assert worker["WORKER_MODE"] == "buffer" and worker["ORCHESTRATOR_BASE_URL"] == "http://stub:8080"
+    assert worker["GPU_DEVICES"] == "${GPU_DEVICES:-auto}" and "GPU_DEVICES" not in queue
+    assert services["worker"]["ports"] == [f"127.0.0.1:{worker['METRICS_PORT']}:{worker['METRICS_PORT']}"]
     assert queue["WORKER_MODE"] == "queue" and queue["PORT"] == "8000"
     stub = services["stub"]
     assert stub["entrypoint"] == ["python", "-m", "orchestrator_stub"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from buffer_fakes import FakeSpawn, buffer_settings
 
-from worker_app_fastwan.gpu_child.handle import MAX_RESTARTS, ChildJobFailure, ChildState, GpuChild
+from worker_app_fastwan.gpu_child.handle import MAX_FAILURES, ChildJobFailure, ChildState, GpuChild
 from worker_app_fastwan.gpu_child.messages import Progress, RunJob
 from worker_app_fastwan.schema import ErrorCode
 
@@ -81,17 +81,20 @@ async def test_an_exit_between_jobs_restarts_the_process_and_wait_ready_wakes(tm
     assert child.failures == 0, "a completed job resets the count of failures in a row"
 
 
-async def test_more_than_max_restarts_failures_in_a_row_make_it_unhealthy(tmp_path: Path) -> None:
+async def test_max_failures_in_a_row_make_it_unhealthy(tmp_path: Path) -> None:
+    """Issue 13: a GPU process that crashes three times in a row takes its slot out."""
+    assert MAX_FAILURES == 3
     spawn = FakeSpawn()
     child = await started(tmp_path, spawn)
-    for n in range(MAX_RESTARTS + 1):
+    for n in range(MAX_FAILURES):
         spawn.last.kill()
         spawned = n + 2
         await until(lambda: len(spawn.processes) == spawned or child.state is ChildState.unhealthy)  # noqa: B023 - awaited at once
-        assert await asyncio.wait_for(child.wait_ready(), 2) is (n < MAX_RESTARTS)
+        assert await asyncio.wait_for(child.wait_ready(), 2) is (n < MAX_FAILURES - 1)
 
+    assert len(spawn.processes) == MAX_FAILURES, "two restarts, then no more"
     assert child.state is ChildState.unhealthy
-    assert child.unhealthy_reason is not None and f"failed {MAX_RESTARTS + 1} times" in child.unhealthy_reason
+    assert child.unhealthy_reason is not None and f"failed {MAX_FAILURES} times" in child.unhealthy_reason
     assert await child.wait_ready() is False
 
 

@@ -20,6 +20,8 @@ from typing import Literal, TextIO
 LogFormat = Literal["auto", "json", "text"]
 
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+# The buffer worker's slot (one per GPU): set around a slot's tasks, so every line of theirs names it.
+_slot: contextvars.ContextVar[int | None] = contextvars.ContextVar("slot", default=None)
 
 # uvicorn adds `color_message`, its message again with ANSI colours: never a field of ours.
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
@@ -37,6 +39,9 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     job_id = getattr(record, "job_id", None) or _job_id.get()
     if job_id:
         fields["job_id"] = job_id
+    slot = _slot.get()
+    if slot is not None:
+        fields["slot"] = slot
     fields.update({k: v for k, v in vars(record).items() if k not in _RESERVED and k != "job_id"})
     return fields
 
@@ -165,6 +170,20 @@ def adopt_library_loggers() -> None:
         lib.enable_propagation()
     for name in ("transformers", "diffusers"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def current_slot() -> int | None:
+    return _slot.get()
+
+
+@contextlib.contextmanager
+def slot_context(slot: int | None) -> Iterator[None]:
+    """Every log line inside (and of every task created inside) carries `slot`."""
+    token = _slot.set(slot)
+    try:
+        yield
+    finally:
+        _slot.reset(token)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,12 @@ class Metrics:
         self.gpu_memory_total = Gauge(
             "fastwan_gpu_memory_total_bytes", "GPU memory on the card", registry=self.registry
         )
+        self.gpu_idle_seconds = Histogram(
+            "fastwan_gpu_idle_between_jobs_seconds",
+            "Time the GPU process waited between handing back one job and receiving the next (idle queues included)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
         self.busy = Gauge("fastwan_busy", "1 while a job runs", registry=self.registry)
 
     def render(self) -> bytes:

@@ -9,6 +9,7 @@ The API key lives only in the httpx client's default headers: never in logs, mes
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import quote
@@ -84,13 +85,22 @@ class RetryPolicy:
     initial_s: float = 1.0
     max_s: float = 60.0
 
-    def retrying(self, call: str, deadline_s: float | None = None) -> AsyncRetrying:
-        """Retry until success, a final answer, or `deadline_s` (None: no limit; cancel the task to stop)."""
+    def retrying(
+        self, call: str, deadline_s: float | None = None, on_retry: Callable[[], None] | None = None
+    ) -> AsyncRetrying:
+        """Retry until success, a final answer, or `deadline_s` (None: no limit; cancel the task to stop).
+        `on_retry` is called before each wait (a caller that pauses while a call is failing)."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            _log_retry(call, state)
+            if on_retry is not None:
+                on_retry()
+
         return AsyncRetrying(
             retry=retry_if_exception(is_retryable),
             wait=wait_random_exponential(multiplier=self.initial_s, max=self.max_s),
             stop=stop_never if deadline_s is None else stop_after_delay(deadline_s),
-            before_sleep=lambda state: _log_retry(call, state),
+            before_sleep=before_sleep,
             reraise=True,
         )
 
@@ -179,14 +189,19 @@ class OrchestratorClient:
             raise HeartbeatFailed(f"heartbeat: {describe(exc)}") from None
 
     async def post_status(
-        self, job_id: str, update: StatusUpdate, *, deadline_s: float | None = None
+        self,
+        job_id: str,
+        update: StatusUpdate,
+        *,
+        deadline_s: float | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> Literal["ok", "gone"]:
         """ "ok" once accepted, "gone" on 409 (the job is no longer ours); retried until one of those.
 
         Raises `OrchestratorRejected` on another 4xx, or the last retryable error once `deadline_s` passes.
         """
         path = f"/internal/buffer/jobs/{_segment(job_id)}/status"
-        retrying = self.retry.retrying("status", deadline_s)
+        retrying = self.retry.retrying("status", deadline_s, on_retry)
         response: httpx.Response = await retrying(self._post, "status", path, update, also_ok=(409,))
         return "gone" if response.status_code == 409 else "ok"
 

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -126,8 +127,15 @@ def _age_key(path: Path) -> tuple[int, str]:
     return 0, path.name
 
 
-async def send_final(outbox: Outbox, client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:
+async def send_final(
+    outbox: Outbox,
+    client: OrchestratorClient,
+    job_id: str,
+    update: StatusUpdate,
+    on_retry: Callable[[], None] | None = None,
+) -> Delivery:
     """Store the final status, then deliver it (retried until 200/409; cancel the task to stop early).
+    `on_retry` is called each time a delivery attempt failed and another one is due.
 
     When the outbox cannot store it (a full disk, an id it refuses), the status is delivered directly: it
     is then lost if this process dies before the orchestrator answers, which beats losing it for sure."""
@@ -137,7 +145,7 @@ async def send_final(outbox: Outbox, client: OrchestratorClient, job_id: str, up
         with job_context(job_id):
             log.error("outbox not writable; delivering the final status directly", extra={"error": str(exc)[:300]})
             return await _deliver_directly(client, job_id, update)
-    return await deliver(outbox, client, job_id, update)
+    return await deliver(outbox, client, job_id, update, on_retry)
 
 
 async def _deliver_directly(client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:
@@ -150,12 +158,18 @@ async def _deliver_directly(client: OrchestratorClient, job_id: str, update: Sta
     return outcome
 
 
-async def deliver(outbox: Outbox, client: OrchestratorClient, job_id: str, update: StatusUpdate) -> Delivery:
+async def deliver(
+    outbox: Outbox,
+    client: OrchestratorClient,
+    job_id: str,
+    update: StatusUpdate,
+    on_retry: Callable[[], None] | None = None,
+) -> Delivery:
     """Post a stored status; the file goes once it got 200 or 409. Another 4xx keeps it ("kept") for the
     next start: retrying cannot help now, but a fixed setting (INTERNAL_API_KEY) or orchestrator may."""
     with job_context(job_id):
         try:
-            outcome = await client.post_status(job_id, update)
+            outcome = await client.post_status(job_id, update, on_retry=on_retry)
         except OrchestratorRejected as exc:
             log.error(
                 "final status refused; kept in the outbox for the next start",

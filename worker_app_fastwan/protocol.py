@@ -62,6 +62,16 @@ class GpuInfo(_Body):
     memory_total_mb: Count = 0
 
 
+class SlotInfo(_Body):
+    """Which slot of a multi-GPU worker beats, and its own state (an extra field: receivers may ignore it).
+    `out`: its GPU process failed for good; it takes no jobs while the other slots go on."""
+
+    index: int = Field(default=0, ge=0, le=1024)
+    device: str = Field(default="default", max_length=100)
+    state: Literal["starting", "idle", "busy", "draining", "out"] = "idle"
+    reason: str | None = Field(default=None, max_length=1000)
+
+
 class HeartbeatRequest(_Body):
     gpu_class: str = "unknown"
     state: WorkerState
@@ -71,6 +81,7 @@ class HeartbeatRequest(_Body):
     gpu: GpuInfo = GpuInfo()
     # v1.1: every job this worker holds (generating, uploading or reporting); each one's lease is renewed.
     job_ids: list[JobId] = Field(default_factory=list, max_length=MAX_HELD_JOBS)
+    slot: SlotInfo | None = None
 
 
 class HeartbeatResponse(_Body):

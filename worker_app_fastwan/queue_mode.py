@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -229,8 +231,22 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def one_slot(settings: Settings) -> dict[str, str]:
+    """Queue mode runs one job at a time on one device (a Salad node has one GPU): the first of GPU_DEVICES."""
+    from worker_app_fastwan.devices import plan_slots
+
+    plan = plan_slots(settings.GPU_DEVICES, dict(os.environ))
+    if len(plan) > 1:
+        log.warning(
+            "queue mode runs one slot; using the first of the devices visible (buffer mode runs one per device)",
+            extra={"devices": [d.label for d in plan], "using": plan[0].label},
+        )
+    return plan[0].child_env()
+
+
 def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
     from worker_app_fastwan.gpu_child.handle import GpuChild
+    from worker_app_fastwan.gpu_child.process import ChildProcess
     from worker_app_fastwan.orchestrator_client import OrchestratorClient
     from worker_app_fastwan.progress_reports import ProgressThrottle
     from worker_app_fastwan.storage import make_storage
@@ -244,7 +260,12 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
             worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
             min_interval_s=settings.PROGRESS_MIN_INTERVAL_S,
         )
-    runner = JobRunner(settings, make_storage(settings), child=GpuChild(settings), metrics=metrics)
+    runner = JobRunner(
+        settings,
+        make_storage(settings),
+        metrics=metrics,
+        child=GpuChild(settings, spawn=functools.partial(ChildProcess, env=one_slot(settings))),
+    )
     worker = QueueWorker(settings, runner, reporter)
     if reporter is not None:
         runner.listeners.append(reporter.report_progress)

@@ -1,4 +1,6 @@
-"""The one job path both modes call: validate → download image → GPU child → upload → result.
+"""The one job path both modes call: validate → download image → GPU child → upload → result (`run`), or in
+two halves, `generate` (the GPU's part) and `finish` (the upload), so a buffer slot can start the next job
+between them.
 
 Runs in the parent's event loop. The GPU child does generation and encoding; uploads run in a thread.
 Every failure ends as a `JobFailure` with a protocol error code; the runner stays usable after any of them.
@@ -7,13 +9,15 @@ Every failure ends as a `JobFailure` with a protocol error code; the runner stay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,21 @@ class NotReady(Exception):
     """The model is still loading, or the GPU process cannot be started."""
 
 
+@dataclass
+class Generated:
+    """A job whose MP4 is written (`done.out_path`, in `work`) and not uploaded yet."""
+
+    job_id: str
+    job: JobInput
+    mode: str
+    work: Path
+    done: Done
+    download_s: float
+    queued_s: float
+    started: float  # time.monotonic() when the job started
+    progress: JobProgress
+
+
 class JobRunner:
     """Runs jobs one at a time in `child`, the GPU process's supervised handle, which is passed in (cog's
     `PredictionRunner(worker=…)`): `GpuChild(settings)`, or in tests a `GpuChild` over a fake process."""
@@ -70,6 +89,7 @@ class JobRunner:
         self.current: JobProgress | None = None
         self.gpu_memory_used_mb = 0  # the latest the GPU process reported (with its progress)
         self._lock = asyncio.Lock()
+        self._gpu_free_at: float | None = None  # time.monotonic() when the GPU process last handed a job back
 
     # ------------------------------------------------------------ state
 
@@ -154,7 +174,42 @@ class JobRunner:
     async def run(
         self, job_id: str, raw_input: Any, *, queued_s: float = 0.0, image_file: Path | None = None
     ) -> JobResult:
-        """Run one job to a result, or raise JobFailure. Raises Busy / NotReady without starting it."""
+        """Run one job to a result, or raise JobFailure. Raises Busy / NotReady without starting it. The runner
+        is busy until the upload is done (queue mode's /health); `generate` + `finish` free it earlier."""
+        async with self._holding(job_id):
+            generated = await self._generate_observed(job_id, raw_input, queued_s, image_file)
+            return await self.finish(generated)
+
+    async def generate(
+        self, job_id: str, raw_input: Any, *, queued_s: float = 0.0, image_file: Path | None = None
+    ) -> Generated:
+        """The GPU's part of a job: validate, download the image, generate and encode the MP4. The runner is
+        free again when it returns, so the next job may start while `finish` uploads this one (buffer mode's
+        pipelining). Raises JobFailure, or Busy / NotReady without starting the job."""
+        async with self._holding(job_id):
+            return await self._generate_observed(job_id, raw_input, queued_s, image_file)
+
+    async def finish(self, generated: Generated) -> JobResult:
+        """The rest: hash and upload the MP4 (in a thread), then the result. Raises JobFailure."""
+        with job_context(generated.job_id):
+            try:
+                result = await self._upload(generated)
+            except JobFailure as exc:
+                self._count_failure(exc)
+                raise
+            finally:
+                await asyncio.to_thread(shutil.rmtree, generated.work, True)
+            self.metrics.jobs.labels("completed", "").inc()
+            self.metrics.job_seconds.observe(time.monotonic() - generated.started)
+            log.info(
+                "job completed",
+                extra={"video_url": result.video_url.split("?")[0], "timings": result.timings.model_dump()},
+            )
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, job_id: str) -> AsyncIterator[None]:
+        """The runner for one job: Busy if another holds it, NotReady while the GPU process is not ready."""
         if self._lock.locked():
             raise Busy(f"job {self.current.job_id if self.current else '?'} is running")
         async with self._lock:
@@ -164,58 +219,57 @@ class JobRunner:
             self._idle.clear()
             try:
                 with job_context(job_id):
-                    return await self._run_observed(job_id, raw_input, queued_s, image_file)
+                    yield
             finally:
                 self.current = None
                 self.metrics.busy.set(0)
                 self._idle.set()
 
-    async def _run_observed(self, job_id: str, raw_input: Any, queued_s: float, image_file: Path | None) -> JobResult:
-        start = time.monotonic()
-        self.metrics.queue_wait_seconds.observe(queued_s)
-        try:
-            result = await self._run(job_id, raw_input, queued_s, image_file)
-        except JobFailure as exc:
-            self.metrics.jobs.labels("failed", exc.code.value).inc()
-            log.warning("job failed", extra={"code": exc.code.value, "error": exc.message, "retryable": exc.retryable})
-            raise
-        self.metrics.jobs.labels("completed", "").inc()
-        self.metrics.job_seconds.observe(time.monotonic() - start)
-        log.info(
-            "job completed", extra={"video_url": result.video_url.split("?")[0], "timings": result.timings.model_dump()}
-        )
-        return result
+    def _count_failure(self, exc: JobFailure) -> None:
+        self.metrics.jobs.labels("failed", exc.code.value).inc()
+        log.warning("job failed", extra={"code": exc.code.value, "error": exc.message, "retryable": exc.retryable})
 
-    async def _run(self, job_id: str, raw_input: Any, queued_s: float, image_file: Path | None) -> JobResult:
+    async def _generate_observed(
+        self, job_id: str, raw_input: Any, queued_s: float, image_file: Path | None
+    ) -> Generated:
         """`image_file`: a local image (the one-shot CLI) instead of downloading `image_url`."""
         start = time.monotonic()
-        self.current = JobProgress(job_id)
-        job = parse_job_input(raw_input)
-        mode = "i2v" if job.image_url or image_file else "t2v"
-        check_capacity(self.settings, self.child.device, job, mode)
-        seed = job.seed if job.seed is not None else secrets.randbelow(MAX_SEED)
+        self.metrics.queue_wait_seconds.observe(queued_s)
+        self.current = progress = JobProgress(job_id)
         work = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._work_root()))
         try:
+            job = parse_job_input(raw_input)
+            mode = "i2v" if job.image_url or image_file else "t2v"
+            check_capacity(self.settings, self.child.device, job, mode)
+            seed = job.seed if job.seed is not None else secrets.randbelow(MAX_SEED)
             image_path, download_s = (str(image_file), 0.0) if image_file else await self._download(job, work)
             done = await self._generate(job_id, job, seed, work, image_path)
-            video = Path(done.out_path)
-            self._set_stage(Stage.uploading)
-            upload_start = time.monotonic()
-            digest, stored = await asyncio.to_thread(self._hash_and_upload, video, job_id)
-            upload_s = time.monotonic() - upload_start
-        finally:
+        except BaseException as exc:
             await asyncio.to_thread(shutil.rmtree, work, True)
-        self._observe_stages(done.stage_s, download_s, upload_s)
+            if isinstance(exc, JobFailure):
+                self._count_failure(exc)
+            raise
+        log.info("video generated", extra={"inference_s": round(done.inference_s, 3)})
+        return Generated(job_id, job, mode, work, done, download_s, queued_s, start, progress)
+
+    async def _upload(self, generated: Generated) -> JobResult:
+        self._set_stage(Stage.uploading, progress=generated.progress)
+        upload_start = time.monotonic()
+        video = Path(generated.done.out_path)
+        digest, stored = await asyncio.to_thread(self._hash_and_upload, video, generated.job_id)
+        upload_s = time.monotonic() - upload_start
+        done, job = generated.done, generated.job
+        self._observe_stages(done.stage_s, generated.download_s, upload_s)
         timings = Timings(
-            queue_s=round(queued_s, 3),
-            download_s=round(download_s, 3),
+            queue_s=round(generated.queued_s, 3),
+            download_s=round(generated.download_s, 3),
             inference_s=round(done.inference_s, 3),
             encode_s=round(done.encode_tail_s, 3),
             upload_s=round(upload_s, 3),
-            total_s=round(queued_s + time.monotonic() - start, 3),
+            total_s=round(generated.queued_s + time.monotonic() - generated.started, 3),
         )
         return JobResult(
-            job_id=job_id,
+            job_id=generated.job_id,
             video_url=stored.url,
             storage_key=stored.key,
             width=job.width,
@@ -223,7 +277,7 @@ class JobRunner:
             num_frames=done.frames,
             fps=job.fps,
             seed=done.seed,
-            mode=mode,
+            mode=generated.mode,
             bytes=stored.bytes,
             sha256=digest,
             timings=timings,
@@ -254,10 +308,20 @@ class JobRunner:
     async def _generate(self, job_id: str, job: JobInput, seed: int, work: Path, image_path: str | None) -> Done:
         out_path = str(work / f"{job_id}.mp4")
         request = RunJob(job_id=job_id, input=job.model_dump(), seed=seed, out_path=out_path, image_path=image_path)
+        self._observe_gpu_idle()
         try:
             return await self.child.run(request, self._on_child_progress)
         except ChildJobFailure as exc:  # the child's own restart is its business; the job just failed
             raise JobFailure(exc.code, exc.message, exc.retryable) from None
+        finally:
+            self._gpu_free_at = time.monotonic()
+
+    def _observe_gpu_idle(self) -> None:
+        """How long the GPU process waited since it handed back its previous job (None for its first)."""
+        idle_s = None if self._gpu_free_at is None else time.monotonic() - self._gpu_free_at
+        if idle_s is not None:
+            self.metrics.gpu_idle_seconds.observe(idle_s)
+        log.info("generation started", extra={"gpu_idle_ms": None if idle_s is None else round(idle_s * 1000, 1)})
 
     def _hash_and_upload(self, video: Path, job_id: str):
         digest = hashlib.sha256()
@@ -274,8 +338,11 @@ class JobRunner:
             self._record_gpu(msg.memory_used_mb, None)
         self._set_stage(msg.stage, msg.step, msg.total_steps)
 
-    def _set_stage(self, stage: Stage, step: int | None = None, total: int | None = None) -> None:
-        current = self.current
+    def _set_stage(
+        self, stage: Stage, step: int | None = None, total: int | None = None, *, progress: JobProgress | None = None
+    ) -> None:
+        """Advance the job generating now, or `progress`'s job (one uploading beside it)."""
+        current = progress or self.current
         if current is None:
             return
         current.advance(stage, step, total)

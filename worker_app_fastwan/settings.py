@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker_app_fastwan.devices import parse_gpu_devices
 from worker_app_fastwan.schema import ID_PATTERN, ID_RULE
 
 B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     # BUFFER_MAX_JOBS jobs are done (0: no limit), or at the first empty claim when BUFFER_EXIT_WHEN_IDLE.
     BUFFER_MAX_JOBS: int = Field(default=0, ge=0)
     BUFFER_EXIT_WHEN_IDLE: bool = False
+    # Buffer mode: one slot (GPU process, claim loop, heartbeat) per device; see devices.py.
+    GPU_DEVICES: str = "auto"
+    # Buffer mode: claim and start the next job while the last one uploads and reports (two jobs held at most).
+    BUFFER_PIPELINING: bool = True
+    # Buffer mode: Prometheus metrics of every slot on HOST:METRICS_PORT (0: off). Queue mode has /metrics.
+    METRICS_PORT: int = Field(default=0, ge=0, le=65535)
 
     ALLOW_PRIVATE_IMAGE_URLS: bool = False
     MAX_IMAGE_BYTES: int = Field(default=20 * 1024 * 1024, gt=0)
@@ -96,6 +103,12 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(ID_PATTERN, value):
             raise ValueError(f"must be {ID_RULE}")
         return value
+
+    @field_validator("GPU_DEVICES")
+    @classmethod
+    def _devices(cls, value: str) -> str:
+        parse_gpu_devices(value)
+        return value.strip()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -5,7 +5,7 @@ States, and the only changes `_to()` allows:
     starting ──Ready──▶ ready ──run()──▶ busy ──Done, or a job's Failed──▶ ready
         ▲                 │                │
         └── restart ◀─────┴─ exit ─────────┴─ fatal failure, exit, or a job that would not stop
-    any of them ──▶ unhealthy (the model cannot load; more than MAX_RESTARTS failures in a row)
+    any of them ──▶ unhealthy (the model cannot load; MAX_FAILURES failures in a row)
     any of them ──▶ stopped (stop())
 
 Callers await `wait_ready()`; nothing polls. The process itself (spawn, pipe, exit) is `process.ChildProcess`,
@@ -38,7 +38,7 @@ from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_RESTARTS = 3  # consecutive failures tolerated; a completed job resets the count
+MAX_FAILURES = 3  # in a row (a completed job resets the count): the third is final, the GPU is given up
 CANCEL_GRACE_S = 15.0  # how long a cancelled job may take to reach its next safe point
 STOP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 5.0
@@ -125,7 +125,12 @@ class GpuChild:
             self.device, self.load_s = msg.device, msg.load_s
             self._to(ChildState.ready)
             self._watching = asyncio.get_running_loop().create_task(self._watch(proc), name="gpu-child-watch")
-            extra = {"backend": msg.device.backend, "device": msg.device.device, "load_s": round(msg.load_s, 2)}
+            extra = {
+                "backend": msg.device.backend,
+                "device": msg.device.device,
+                "load_s": round(msg.load_s, 2),
+                "gpu_pid": proc.pid,
+            }
             log.info("model ready", extra=extra)
             return
         exited = msg.exitcode if isinstance(msg, ChildExited) else None
@@ -174,7 +179,7 @@ class GpuChild:
 
     def _restart(self, why: str) -> None:
         self.failures += 1
-        if self.failures > MAX_RESTARTS:
+        if self.failures >= MAX_FAILURES:
             self._give_up(f"the GPU process failed {self.failures} times; last: {why}")
             return
         log.warning("restarting the GPU process", extra={"why": why, "restart": self.failures})

@@ -12,6 +12,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import threading
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -24,8 +25,9 @@ from worker_app_fastwan.settings import Settings
 class ChildProcess:
     """Spawned by `start()` (call it on the event loop); `events` and `exited` belong to that loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.env = dict(env or {})  # on top of the allow-list: its slot's CUDA_VISIBLE_DEVICES
         self._ctx = mp.get_context("spawn")
         # The first semaphore starts multiprocessing's resource tracker, a process of its own: no secrets there either.
         with only_environment(minimal_env(os.environ)):
@@ -44,7 +46,8 @@ class ChildProcess:
         self._proc = self._ctx.Process(
             target=child_main, args=(child_conn, self._cancel, child_settings(self.settings)), name="gpu-child"
         )
-        with only_environment(minimal_env(os.environ)):  # no B2 keys, no INTERNAL_API_KEY in the child
+        # No B2 keys, no INTERNAL_API_KEY in the child; only its own device, when its slot has one.
+        with only_environment({**minimal_env(os.environ), **self.env}):
             self._proc.start()
         child_conn.close()
         self._conn = parent_conn
