@@ -107,7 +107,8 @@ def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
         statuses = [s.body for s in shared.proxy.requests(f"/internal/buffer/jobs/{job_id}/status")]
         assert [(b["status"], b["attempt"]) for b in statuses] == [("running", 1), ("completed", 1)]  # v1.1
         busy_beats = [b.body for b in shared.proxy.requests("/heartbeat") if b.body["job_id"] == job_id]
-        assert busy_beats and all(b["job_ids"] == [job_id] for b in busy_beats)  # v1.1: every job held
+        # v1.1: every job held; pipelined, the job generating and the one before it, still uploading or reporting
+        assert busy_beats and all(job_id in b["job_ids"] and len(b["job_ids"]) <= 2 for b in busy_beats)
     assert [p.body["stage"] for p in shared.proxy.requests(f"/jobs/{i2v}/progress")].count("downloading") == 1
     assert worker.events("job claimed", job_id=i2v, attempt=1)
     assert worker.events("final status delivered", job_id=t2v, outcome="ok")
