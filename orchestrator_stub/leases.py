@@ -1,7 +1,7 @@
 """Retry policy: what happens to a claimed job whose lease ran out or whose worker reported a retryable
 failure, and the sweeper that expires leases.
 
-The SQL lives in `db.py`; this module decides (requeue, time out, or finish a requested cancel) and
+The SQL lives in the `db` package; this module decides (requeue, time out, or finish a requested cancel) and
 runs the periodic check. Claims, heartbeats and status calls also expire leases first, so a lease is
 lost exactly when it runs out, whatever the sweeper's timing.
 """

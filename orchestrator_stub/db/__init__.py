@@ -1,0 +1,36 @@
+"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts. All SQL lives in this package.
+
+One connection, guarded by a lock, in WAL mode with `synchronous=FULL`: a committed change survives a
+crash of the process or the machine. Every public method is one transaction (`BEGIN IMMEDIATE`, so
+even a second process on the same file cannot interleave), which makes a claim atomic: two workers
+never get the same job. Times are Unix seconds (wall clock, so leases survive a restart).
+
+`Store` is put together from one mixin per responsibility so that each module stays one job:
+`schema` (tables, file, connection), `base` (transactions and the shared transitions), `jobs` (the
+public API's side), `claims` (the worker's side: claims, leases, statuses), `records` (workers,
+webhook and dispatch attempts). Callers import everything from here.
+"""
+
+from __future__ import annotations
+
+from orchestrator_stub.db.claims import Claimed, ClaimsMixin, LeaseState, StatusOutcome
+from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin
+from orchestrator_stub.db.records import RecordsMixin
+from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES
+
+__all__ = [
+    "DISPATCHER_ID",
+    "FINAL",
+    "HELD",
+    "STATUSES",
+    "CancelOutcome",
+    "Claimed",
+    "IdempotencyConflict",
+    "LeaseState",
+    "StatusOutcome",
+    "Store",
+]
+
+
+class Store(JobsMixin, ClaimsMixin, RecordsMixin):
+    """The job store; thread-safe, each public method one transaction."""
