@@ -1,4 +1,4 @@
-"""offload.py: the profile `auto` picks per card, explicit profiles, and the per-job memory check."""
+"""offload.py and memory_budget.py: the profile `auto` picks per card, explicit profiles, the per-job check."""
 
 from __future__ import annotations
 
@@ -8,18 +8,8 @@ from pathlib import Path
 import pytest
 
 from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.offload import (
-    DEFAULT_JOB,
-    OffloadPlan,
-    check_job_fits,
-    choose_profile,
-    describe,
-    estimate,
-    host_ram_gib,
-    max_frames,
-    plan_for,
-    tokens_for,
-)
+from worker_app_fastwan.memory_budget import OffloadPlan, estimate, host_ram_gib, plan_for, tokens_for
+from worker_app_fastwan.offload import DEFAULT_JOB, check_job_fits, choose_profile, describe, max_frames
 from worker_app_fastwan.schema import ErrorCode
 
 DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from worker_app_fastwan.doctor.gpu import CudaFacts, driver_needed
 from worker_app_fastwan.doctor.report import Check, fail, ok, skip, warn
-from worker_app_fastwan.offload import DEFAULT_JOB, FASTVIDEO, choose_profile, host_ram_gib, max_frames
+from worker_app_fastwan.memory_budget import FASTVIDEO, host_ram_gib
+from worker_app_fastwan.offload import DEFAULT_JOB, choose_profile, max_frames
 from worker_app_fastwan.settings import Settings
 
 GB = 1e9

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from worker_app_fastwan.gpu_child.messages import DeviceInfo
-from worker_app_fastwan.offload import OffloadPlan
+from worker_app_fastwan.memory_budget import OffloadPlan
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
 from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
@@ -127,7 +127,8 @@ class DiffusersBackend(Backend):
         return str(self.precision.vae_decoder).removeprefix("torch.")
 
     def load(self) -> None:
-        from worker_app_fastwan.offload import choose_profile, describe, plan_for
+        from worker_app_fastwan.memory_budget import plan_for
+        from worker_app_fastwan.offload import choose_profile, describe
 
         parts = load_parts(self.source, self.precision)
         vram = self.vram_total_gb()
