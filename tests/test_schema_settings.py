@@ -101,11 +101,12 @@ def test_orchestrator_url_userinfo_is_masked_in_the_summary_and_the_client() -> 
     from worker_app_fastwan.orchestrator_client import OrchestratorClient
     from worker_app_fastwan.settings import load_settings, mask_userinfo
 
-    url = "https://ops:hunter2@orch.example:8443/base?x=1"
+    url = "https://ops:hunter2@orch.example:8443/base?token=s3cret"
     settings = load_settings(None, ORCHESTRATOR_BASE_URL=url, INTERNAL_API_KEY="k")
-    assert settings.summary()["ORCHESTRATOR_BASE_URL"] == "https://***@orch.example:8443/base?x=1"
+    assert settings.summary()["ORCHESTRATOR_BASE_URL"] == "https://***@orch.example:8443/base?***"
     client = OrchestratorClient.from_settings(settings)
     assert client is not None and "hunter2" not in repr(client) and "ops" not in client.shown_url
+    assert "s3cret" not in repr(client) and "s3cret" not in client.shown_url
     assert mask_userinfo("http://orch:8080") == "http://orch:8080"
 
 

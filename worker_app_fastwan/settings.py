@@ -177,14 +177,17 @@ class Settings(BaseSettings):
 
 
 def mask_userinfo(url: str) -> str:
-    """`url` with any `user:password@` replaced by `***@`, for logs and reprs."""
+    """`url` for logs and reprs: any `user:password@` becomes `***@` and a query `?***` (a token may ride in
+    either)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1])
+    if parts.query:
+        parts = parts._replace(query="***")
+    return urlunsplit(parts)
 
 
 def load_settings(env_file: str | None = ".env", **overrides: Any) -> Settings:
