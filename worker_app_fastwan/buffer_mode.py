@@ -1,12 +1,12 @@
 """Buffer mode (Vast.ai / local): one slot's loop (docs/protocol.md: "Buffer mode", "Leases", "Shutdown").
 
-Claim a job, report `running`, `JobRunner.generate` it (the GPU's part), then in the background upload it
-and deliver its final status through the on-disk outbox. With BUFFER_PIPELINING (the default) the next claim
-follows as soon as the MP4 is written, so the GPU waits for neither the upload nor the report; the heartbeat
-(`heartbeat.py`) names every held job in `job_ids`, which renews both leases. Backpressure: a slot holds at
-most two jobs, one generating and one finished; it claims only while at most one finished job is pending and
-no final status is failing to go out (orchestrator down: claiming pauses until the backlog is delivered;
-nothing in the outbox is dropped).
+Claim a job and hand it to `JobLifecycle` (`job_lifecycle.py`): it generates the job (the GPU's part), then
+uploads it and delivers its final status in the background. With BUFFER_PIPELINING (the default) the next
+claim follows as soon as the MP4 is written, so the GPU waits for neither the upload nor the report; the
+heartbeat (`heartbeat.py`) names every held job in `job_ids`, which renews both leases. Backpressure: a slot
+holds at most two jobs, one generating and one finished; it claims only while at most one finished job is
+pending and no final status is failing to go out (orchestrator down: claiming pauses until the backlog is
+delivered; nothing in the outbox is dropped).
 
 A slot whose GPU process fails for good (`JobRunner` unhealthy) goes `out`: it claims nothing more and says
 so in its heartbeats, logs and metrics; alone, it ends the worker (exit 1); in a box of slots
@@ -26,31 +26,26 @@ from collections.abc import Awaitable
 
 from worker_app_fastwan.claims import claim_next
 from worker_app_fastwan.devices import SlotDevice
-from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.exit_codes import ExitCode
 from worker_app_fastwan.gpu_child.handle import ChildState
-from worker_app_fastwan.heartbeat import Heartbeat
-from worker_app_fastwan.held import HeldJob, HeldJobs
+from worker_app_fastwan.heartbeat import Heartbeat, heartbeat_body
+from worker_app_fastwan.held import HeldJobs
 from worker_app_fastwan.identity import gpu_class
+from worker_app_fastwan.job_lifecycle import JobLifecycle
 from worker_app_fastwan.logs import current_slot, job_context, slot_context
 from worker_app_fastwan.metrics import Metrics
 from worker_app_fastwan.orchestrator_client import (
     HeartbeatFailed,
     OrchestratorClient,
-    OrchestratorRejected,
 )
-from worker_app_fastwan.outbox import Outbox, flush, send_final
+from worker_app_fastwan.outbox import Outbox, flush
 from worker_app_fastwan.progress_reports import ProgressThrottle
 from worker_app_fastwan.protocol import (
     ClaimedJob,
     ClaimRequest,
-    HeartbeatRequest,
-    SlotInfo,
-    StatusUpdate,
     WorkerState,
 )
-from worker_app_fastwan.runner import Generated, JobRunner
-from worker_app_fastwan.schema import ErrorCode
+from worker_app_fastwan.runner import JobRunner
 from worker_app_fastwan.settings import Settings
 from worker_app_fastwan.stopping import Stopping
 
@@ -83,16 +78,14 @@ class BufferWorker:
         self.held = HeldJobs()
         runner.listeners += [self.reporter.report_progress, self.held.on_progress]
         self.heartbeat = Heartbeat(settings.HEARTBEAT_INTERVAL_S, self._beat)
-        self.jobs_claimed = self.jobs_done = 0
+        self.jobs_claimed = 0
         self.accepting = False  # model warm and the outbox flushed: claims may start
         self.out_reason: str | None = None  # why the slot went out (its GPU process failed for good)
         self.went_out = asyncio.Event()
         self.stopping = Stopping()
-        self.drain_deadline = asyncio.Event()  # DRAIN_TIMEOUT_S after stop(): an upload still going is abandoned
         self.flushing: asyncio.Future[int] | None = None  # a box's one delivery of the outbox left from before
         self._alone = True  # the whole worker: going out ends it
-        self._finishing: set[asyncio.Task[None]] = set()
-        self._changed = asyncio.Event()  # a held job was reported, or its report started failing
+        self.jobs = JobLifecycle(runner, client, outbox, worker_id, self.held, self._deliver)
         self._log_slot: int | None = None
         self._work: asyncio.Task[int] | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -106,6 +99,10 @@ class BufferWorker:
     @property
     def metrics(self) -> Metrics:
         return self.runner.metrics
+
+    @property
+    def jobs_done(self) -> int:
+        return self.jobs.done
 
     @property
     def jobs_held(self) -> int:
@@ -152,7 +149,7 @@ class BufferWorker:
         self.stopping.set()  # no more claims; the beats sent while the GPU process stops say `draining`
         if self._drain is not None:
             self._drain.cancel()
-        for task in self._finishing:  # only left when the work was cut short
+        for task in self.jobs.finishing:  # only left when the work was cut short
             task.cancel()
         await self.runner.close()
         await self.reporter.aclose()
@@ -174,7 +171,7 @@ class BufferWorker:
             caps = self.runner.capabilities()
             log.info("claiming jobs", extra={"gpu_class": self.gpu_class, "modes": caps.modes})
         code = await self._claim_loop()
-        await asyncio.gather(*self._finishing)  # each is bounded in a drain (drain_deadline, _deliver)
+        await asyncio.gather(*self.jobs.finishing)  # each is bounded in a drain (drain_deadline, _deliver)
         return code
 
     def _mark_out(self, reason: str) -> None:
@@ -186,7 +183,7 @@ class BufferWorker:
 
     async def _stay_out(self) -> int:
         """An out slot finishes what it holds, then beats `out` until the box stops it."""
-        await asyncio.gather(*self._finishing)
+        await asyncio.gather(*self.jobs.finishing)
         await self.stopping.wait()
         return ExitCode.FAILED
 
@@ -202,14 +199,14 @@ class BufferWorker:
                 self._work.cancel()
             return
         self.stopping.set()
-        self._changed.set()
+        self.jobs.changed.set()
         log.info("draining", extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S, "job_ids": self.held.ids()})
         self.heartbeat.beat_now()  # the orchestrator hears of the drain now, not at the next tick
         self._drain = asyncio.get_running_loop().create_task(self._drain_runner())
 
     async def _drain_runner(self) -> None:
         # The loop itself stops claiming and bounds the deliveries (`_deliver`); uploads end at the deadline.
-        asyncio.get_running_loop().call_later(self.settings.DRAIN_TIMEOUT_S, self.drain_deadline.set)
+        asyncio.get_running_loop().call_later(self.settings.DRAIN_TIMEOUT_S, self.jobs.drain_deadline.set)
         if not await self.runner.drain(self.settings.DRAIN_TIMEOUT_S):
             log.error("the job did not stop; exiting without it (its lease runs out)")
             if self._work is not None:
@@ -236,11 +233,11 @@ class BufferWorker:
             if ready is False:
                 self._mark_out(self.runner.unhealthy_reason or "the GPU process failed")
                 return await self._stay_out()
-            if not await self._room_to_claim():
+            if not await self.jobs.room(1 if self.settings.BUFFER_PIPELINING else 0, self.stopping):
                 continue
             # A claim cut short (a signal, a report that started failing) may already have been granted:
             # that job's lease runs out and the orchestrator hands it out again.
-            job = await self.stopping.unless(self._claim_unless_stalled())
+            job = await self.stopping.unless(self.jobs.unless_stalled(self._claim()))
             if job is not None:
                 await self._start(job)
             elif self.held.stalled():
@@ -252,36 +249,6 @@ class BufferWorker:
                 await self.stopping.unless(asyncio.sleep(self.settings.CLAIM_POLL_S))
         return ExitCode.OK
 
-    async def _room_to_claim(self) -> bool:
-        """Wait until this slot may take one more job; False if it is stopping meanwhile."""
-        limit = 1 if self.settings.BUFFER_PIPELINING else 0
-        paused = False
-        while not self.stopping.is_set():
-            if len(self._finishing) <= limit and not self.held.stalled():
-                if paused:
-                    log.info("claiming resumed")
-                return True
-            if self.held.stalled() and not paused:
-                paused = True
-                log.warning("claiming paused: a final status is not going out", extra={"job_ids": self.held.ids()})
-            self._changed.clear()
-            await self.stopping.unless(self._changed.wait())
-        return False
-
-    async def _claim_unless_stalled(self) -> ClaimedJob | None:
-        """The next job (None: nothing queued), or None at once if a final status starts failing meanwhile."""
-        claim = asyncio.ensure_future(self._claim())
-        try:
-            while not claim.done() and not self.held.stalled():
-                self._changed.clear()
-                changed = asyncio.ensure_future(self._changed.wait())
-                await asyncio.wait({claim, changed}, return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
-        finally:
-            if not claim.done():
-                claim.cancel()
-        return claim.result() if claim.done() and not claim.cancelled() else None
-
     async def _claim(self) -> ClaimedJob | None:
         caps, poll_s, max_s = self.runner.capabilities(), self.settings.CLAIM_POLL_S, self.settings.RETRY_MAX_S
         request = ClaimRequest(worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=caps)
@@ -292,124 +259,26 @@ class BufferWorker:
     async def _start(self, claimed: ClaimedJob) -> None:
         held = self.held.add(claimed)
         self.jobs_claimed += 1
-        with job_context(held.job_id):
+        with job_context(held.job_id):  # its finishing task, started inside, keeps the job's log context
             log.info("job claimed", extra={"attempt": claimed.attempt, "lease_seconds": claimed.lease_seconds})
             if claimed.lease_seconds <= self.settings.HEARTBEAT_INTERVAL_S:
                 log.warning("lease shorter than the heartbeat interval; the job may be handed out again")
-            held.running = asyncio.create_task(self._report_running(held))
-            outcome = await self._generate(held)
-            held.generated = True
-            task = asyncio.create_task(self._finish(held, outcome), name=f"finish-{held.job_id}")
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def _generate(self, held: HeldJob) -> Generated | StatusUpdate:
-        """The GPU's part: the video, or the job's failed status."""
-        if held.cancel_requested or held.dropped:
-            return self._failed(held, JobFailure(ErrorCode.cancelled, "cancelled before it started"))
-        try:
-            return await self.runner.generate(held.job_id, held.claimed.input, queued_s=0.0)
-        except JobFailure as exc:
-            return self._failed(held, exc)
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job is reported, and retried
-            return self._failed(held, self._unexpected(exc))
-
-    async def _finish(self, held: HeldJob, outcome: Generated | StatusUpdate) -> None:
-        """Upload (a generated video) and deliver the final status; the job is held until then."""
-        try:
-            update = await self._upload(held, outcome) if isinstance(outcome, Generated) else outcome
-            if held.running is not None:
-                held.running.cancel()
-            if held.dropped:
-                log.warning("job dropped: the orchestrator says it is no longer ours")
-            else:
-                on_retry = lambda: self._stalled(held)  # noqa: E731
-                await self._deliver(send_final(self.outbox, self.client, held.job_id, update, on_retry))
-        finally:
-            self.held.remove(held.job_id)
-            self.jobs_done += 1
-            self._changed.set()
-
-    def _stalled(self, held: HeldJob) -> None:
-        """A final status's delivery failed and is retried: no claims until it went out."""
-        held.mark_stalled()
-        self._changed.set()
-
-    async def _upload(self, held: HeldJob, generated: Generated) -> StatusUpdate:
-        """Upload beside the next job; a cancel or the drain deadline abandons it."""
-        held.upload = upload = asyncio.ensure_future(self.runner.finish(generated))
-        deadline = asyncio.ensure_future(self.drain_deadline.wait())
-        await asyncio.wait({upload, deadline}, return_when=asyncio.FIRST_COMPLETED)
-        deadline.cancel()
-        if not upload.done():
-            upload.cancel()
-            return self._failed(held, JobFailure(ErrorCode.timeout, "the upload was stopped by the drain deadline"))
-        if upload.cancelled():
-            return self._failed(held, JobFailure(ErrorCode.cancelled, "cancelled while uploading"))
-        try:
-            result = upload.result()
-        except JobFailure as exc:
-            return self._failed(held, exc)
-        except Exception as exc:  # noqa: BLE001 - as in _generate
-            return self._failed(held, self._unexpected(exc))
-        return StatusUpdate(worker_id=self.worker_id, status="completed", result=result, attempt=held.attempt)
-
-    def _unexpected(self, exc: Exception) -> JobFailure:
-        log.error("job failed unexpectedly", exc_info=exc)
-        return JobFailure(ErrorCode.internal, f"the worker failed to run the job: {type(exc).__name__}")
-
-    def _failed(self, held: HeldJob, failure: JobFailure) -> StatusUpdate:
-        return StatusUpdate(worker_id=self.worker_id, status="failed", error=failure.to_error(), attempt=held.attempt)
-
-    async def _report_running(self, held: HeldJob) -> None:
-        # Not outboxed, and in the background: the job need not wait for a slow orchestrator.
-        running = StatusUpdate(worker_id=self.worker_id, status="running", attempt=held.attempt)
-        try:
-            outcome = await self.client.post_status(held.job_id, running)
-        except (OrchestratorRejected, ValueError) as exc:
-            log.warning("running status refused", extra={"error": str(exc)})
-            return
-        if outcome == "gone":
-            held.dropped = True
-            self._cancel(held)
-
-    def _cancel(self, held: HeldJob) -> None:
-        """Stop the job where it is: at the GPU process's next safe point, or its upload now."""
-        self.runner.cancel(held.job_id)
-        if held.upload is not None:
-            held.upload.cancel()
+            await self.jobs.run(held)
 
     # ------------------------------------------------------------ what a heartbeat says
 
     async def _beat(self) -> None:
         try:
-            answer = await self.client.heartbeat(self.worker_id, self._heartbeat_body())
+            gpu, out = self.runner.gpu_info(), self.out_reason
+            body = heartbeat_body(self.held, self._state(), self.gpu_class, gpu=gpu, slot=self.slot, out_reason=out)
+            answer = await self.client.heartbeat(self.worker_id, body)
         except HeartbeatFailed as exc:
             log.warning("heartbeat failed", extra={"error": str(exc)})
             return
         for job_id in answer.cancel_job_ids:  # cancel requested, or the lease is lost
             held = self.held.request_cancel(job_id)
             if held is not None:
-                self._cancel(held)
-
-    def _heartbeat_body(self) -> HeartbeatRequest:
-        shown = self.held.generating() or self.held.first()  # `job_id` is the one generating
-        state = self._state()
-        return HeartbeatRequest(
-            gpu_class=self.gpu_class,
-            state=state,
-            job_id=shown.job_id if shown else None,
-            job_ids=self.held.ids(),  # v1.1: every job held, generating, uploading or reporting
-            stage=shown.stage if shown else None,
-            progress=shown.progress if shown else 0.0,
-            gpu=self.runner.gpu_info(),
-            slot=SlotInfo(
-                index=self.index,
-                device=self.slot.label,
-                state="out" if self.out_reason else state,
-                reason=self.out_reason,
-            ),
-        )
+                self.jobs.cancel(held)
 
     def _state(self) -> WorkerState:
         if self.stopping.is_set() or self.out_reason:

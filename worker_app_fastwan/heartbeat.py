@@ -4,6 +4,7 @@
 slow answer or a busy moment never pushes the following beats later, and slots missed while the process
 was held up are skipped, not fired in a burst. `Heartbeat` sends one beat per tick without waiting for its
 answer; a beat still unanswered when the next one is due is replaced by it (its answer would be stale).
+`heartbeat_body()` is what a slot's beat says, built from its held jobs and state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+from worker_app_fastwan.devices import SlotDevice
+from worker_app_fastwan.held import HeldJobs
+from worker_app_fastwan.protocol import GpuInfo, HeartbeatRequest, SlotInfo, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +73,21 @@ class Heartbeat:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in (self._ticking, self._current) if t is not None), return_exceptions=True)
+
+
+def heartbeat_body(
+    held: HeldJobs, state: WorkerState, gpu_class: str, *, gpu: GpuInfo, slot: SlotDevice, out_reason: str | None
+) -> HeartbeatRequest:
+    """One beat of a slot: its state (`out` with its reason once its GPU process failed for good), every job
+    it holds in `job_ids` (which renews each lease), and the one generating as `job_id`, with its progress."""
+    shown = held.generating() or held.first()
+    return HeartbeatRequest(
+        gpu_class=gpu_class,
+        state=state,
+        job_id=shown.job_id if shown else None,
+        job_ids=held.ids(),  # v1.1: every job held, generating, uploading or reporting
+        stage=shown.stage if shown else None,
+        progress=shown.progress if shown else 0.0,
+        gpu=gpu,
+        slot=SlotInfo(index=slot.index, device=slot.label, state="out" if out_reason else state, reason=out_reason),
+    )

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,10 @@ from worker_app_fastwan.capacity import capabilities, check_capacity
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.gpu_child.handle import CANCEL_GRACE_S, ChildJobFailure, ChildState, GpuChild
 from worker_app_fastwan.gpu_child.messages import DeviceInfo, Done, Progress, RunJob
+from worker_app_fastwan.job_image import fetch_image
 from worker_app_fastwan.job_input import parse_job_input
 from worker_app_fastwan.job_progress import JobProgress, ProgressListener
+from worker_app_fastwan.job_result import Generated, build_result, hash_and_upload, observe_stages
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.metrics import Metrics
 from worker_app_fastwan.protocol import Capabilities, GpuInfo
@@ -36,7 +36,6 @@ from worker_app_fastwan.schema import (
     JobInput,
     JobResult,
     Stage,
-    Timings,
 )
 from worker_app_fastwan.settings import Settings
 
@@ -49,21 +48,6 @@ class Busy(Exception):
 
 class NotReady(Exception):
     """The model is still loading, or the GPU process cannot be started."""
-
-
-@dataclass
-class Generated:
-    """A job whose MP4 is written (`done.out_path`, in `work`) and not uploaded yet."""
-
-    job_id: str
-    job: JobInput
-    mode: str
-    work: Path
-    done: Done
-    download_s: float
-    queued_s: float
-    started: float  # time.monotonic() when the job started
-    progress: JobProgress
 
 
 class JobRunner:
@@ -256,54 +240,18 @@ class JobRunner:
         self._set_stage(Stage.uploading, progress=generated.progress)
         upload_start = time.monotonic()
         video = Path(generated.done.out_path)
-        digest, stored = await asyncio.to_thread(self._hash_and_upload, video, generated.job_id)
+        digest, stored = await asyncio.to_thread(hash_and_upload, self.storage, video, generated.job_id)
         upload_s = time.monotonic() - upload_start
-        done, job = generated.done, generated.job
-        self._observe_stages(done.stage_s, generated.download_s, upload_s)
-        timings = Timings(
-            queue_s=round(generated.queued_s, 3),
-            download_s=round(generated.download_s, 3),
-            inference_s=round(done.inference_s, 3),
-            encode_s=round(done.encode_tail_s, 3),
-            upload_s=round(upload_s, 3),
-            total_s=round(generated.queued_s + time.monotonic() - generated.started, 3),
-        )
-        return JobResult(
-            job_id=generated.job_id,
-            video_url=stored.url,
-            storage_key=stored.key,
-            width=job.width,
-            height=job.height,
-            num_frames=done.frames,
-            fps=job.fps,
-            seed=done.seed,
-            mode=generated.mode,
-            bytes=stored.bytes,
-            sha256=digest,
-            timings=timings,
-        )
+        observe_stages(self.metrics, generated, upload_s)
+        return build_result(generated, digest, stored, upload_s)
+
+    async def _download(self, job: JobInput, work: Path) -> tuple[str | None, float]:
+        return await fetch_image(self.settings, job.image_url, work, lambda: self._set_stage(Stage.downloading))
 
     def _work_root(self) -> Path:
         root = self.settings.STATE_DIR / "work"
         root.mkdir(parents=True, exist_ok=True)
         return root
-
-    async def _download(self, job: JobInput, work: Path) -> tuple[str | None, float]:
-        if job.image_url is None:
-            return None, 0.0
-        from worker_app_fastwan.image_input import download_image
-
-        self._set_stage(Stage.downloading)
-        start = time.monotonic()
-        path = await download_image(
-            job.image_url,
-            work,
-            allow_private=self.settings.ALLOW_PRIVATE_IMAGE_URLS,
-            trusted_origin=self.settings.ORCHESTRATOR_BASE_URL,  # it serves the images uploaded to it
-            max_bytes=self.settings.MAX_IMAGE_BYTES,
-            timeout_s=self.settings.IMAGE_TIMEOUT_S,
-        )
-        return str(path), time.monotonic() - start
 
     async def _generate(self, job_id: str, job: JobInput, seed: int, work: Path, image_path: str | None) -> Done:
         out_path = str(work / f"{job_id}.mp4")
@@ -322,14 +270,6 @@ class JobRunner:
         if idle_s is not None:
             self.metrics.gpu_idle_seconds.observe(idle_s)
         log.info("generation started", extra={"gpu_idle_ms": None if idle_s is None else round(idle_s * 1000, 1)})
-
-    def _hash_and_upload(self, video: Path, job_id: str):
-        digest = hashlib.sha256()
-        with video.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        sha256 = digest.hexdigest()
-        return sha256, self.storage.upload(video, job_id, sha256)
 
     # ------------------------------------------------------------ progress
 
@@ -354,8 +294,3 @@ class JobRunner:
         self.metrics.gpu_memory_used.set(used_mb * 2**20)
         if total_mb is not None:
             self.metrics.gpu_memory_total.set(total_mb * 2**20)
-
-    def _observe_stages(self, stage_s: dict[str, float], download_s: float, upload_s: float) -> None:
-        for stage, seconds in {**stage_s, Stage.downloading.value: download_s, Stage.uploading.value: upload_s}.items():
-            if seconds:
-                self.metrics.stage_seconds.labels(stage).observe(seconds)
