@@ -36,7 +36,7 @@ from helpers_http import free_port  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 HEAVY = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
-PIPELINE_JOB = {"width": 256, "height": 256, "num_frames": 17, "num_inference_steps": 2}  # about 2 s on 2 cores
+PIPELINE_JOB = {"width": 384, "height": 384, "num_frames": 33, "num_inference_steps": 3}  # about 2 s on 2 idle cores
 
 
 # ---------------------------------------------------------------- 3. encoding
