@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from worker_app_fastwan.durable import write_durably
 from worker_app_fastwan.image_input import MAX_IMAGE_PIXELS
 from worker_app_fastwan.schema import ErrorCode
 
@@ -96,7 +95,8 @@ def store_image(data: bytes, upload_dir: Path) -> dict[str, Any]:
     name = f"{hashlib.sha256(data).hexdigest()}.{EXTENSIONS[fmt]}"
     path = upload_dir / name
     if not path.exists():  # the same image again is the same file
-        write_durably(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, data, tmp_prefix=".upload.")
     return {"name": name, "bytes": len(data), "format": fmt.lower(), "width": width, "height": height}
 
 
@@ -115,23 +115,3 @@ def identify(data: bytes) -> tuple[str, int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRefused(422, f"image: not a PNG, JPEG or WebP image ({type(exc).__name__})") from None
     return fmt, width, height
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write next to the target, fsync, rename over it, fsync the folder: complete or absent after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

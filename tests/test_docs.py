@@ -87,3 +87,16 @@ def test_every_stub_setting_is_in_the_stub_readme():
     missing = [name for name in StubSettings.model_fields if f"`{name}`" not in readme]
     assert not missing, f"document these settings in orchestrator_stub/README.md: {missing}"
     assert "X-Stub-Signature" in readme and "HMAC-SHA256" in readme, "receivers must learn how to check webhooks"
+
+
+def test_architecture_names_every_module():
+    """docs/architecture.md is the map of the code: a module it does not name is a module nobody can find."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for package in ("worker_app_fastwan", "orchestrator_stub"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT / package).as_posix()
+            if path.name not in ("__main__.py",) and not (path.name == "__init__.py" and path.parent.name == package):
+                if f"`{rel}`" not in doc:
+                    missing.append(f"{package}/{rel}")
+    assert not missing, f"name these modules in docs/architecture.md: {missing}"

@@ -8,8 +8,8 @@ import re
 import secrets
 import socket
 
+from worker_app_fastwan.durable import write_durably
 from worker_app_fastwan.gpu_child.messages import DeviceInfo
-from worker_app_fastwan.outbox import write_atomic
 from worker_app_fastwan.schema import ID_PATTERN
 from worker_app_fastwan.settings import Settings
 
@@ -45,5 +45,5 @@ def resolve_worker_id(settings: Settings) -> str:
     host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.")[:64] or "host"
     worker_id = f"fastwan-{host}-{secrets.token_hex(4)}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, f"{worker_id}\n".encode())
+    write_durably(path, f"{worker_id}\n".encode())
     return worker_id

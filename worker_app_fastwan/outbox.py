@@ -16,8 +16,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
+from worker_app_fastwan.durable import replace_durably
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.orchestrator_client import OrchestratorRejected
 from worker_app_fastwan.protocol import StatusUpdate
@@ -66,7 +65,11 @@ class Outbox:
 
     def put(self, job_id: str, update: StatusUpdate) -> Path:
         dest = self.path(job_id)
-        write_atomic(dest, update.model_dump_json().encode("utf-8"))
+        data = update.model_dump_json().encode("utf-8")
+        # An exact mtime: the outbox delivers oldest first.
+        replace_durably(
+            dest, lambda fh: fh.write(data), tmp_prefix=f".{dest.stem}.", tmp_suffix=TMP_SUFFIX, exact_mtime=True
+        )
         return dest
 
     def remove(self, job_id: str) -> None:
@@ -96,29 +99,6 @@ class Outbox:
                 os.replace(path, aside)
             log.error("unreadable outbox entry set aside", extra={"path": str(aside), "error": str(exc)[:300]})
             return None
-
-
-def write_atomic(dest: Path, data: bytes) -> None:
-    """After a crash `dest` holds either its old content or all of `data`, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            # The file system's own mtime ticks every few ms; a full-precision one keeps flush order exact.
-            now = time.time_ns()
-            os.utime(fh.fileno(), ns=(now, now))
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself must survive a power cut, not only the bytes.
-    folder = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _age_key(path: Path) -> tuple[int, str]:

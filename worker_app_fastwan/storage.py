@@ -10,10 +10,8 @@ fsync waits for the disk); the caller runs it in a thread.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from urllib.parse import quote
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from worker_app_fastwan.durable import fsync_dir, replace_durably
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.schema import ID_PATTERN, ErrorCode
 
@@ -77,29 +76,13 @@ class LocalStorage:
         dest = self.out_dir / key
         new_dirs = [d for d in (dest.parent.parent, dest.parent) if not d.exists()]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # A reader never sees a half-written video: copy next to the target, fsync, then rename over it.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        # The rename, and any folder made for it, last only once their folders are on disk too.
-        for folder in [dest.parent, *(d.parent for d in new_dirs)]:
-            _fsync_dir(folder)
+        # A reader never sees a half-written video; the rename, and any folder made for it, last only once
+        # their folders are on disk too.
+        with open(local_path, "rb") as src:
+            replace_durably(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+        for folder in (d.parent for d in new_dirs):
+            fsync_dir(folder)
         return StoredObject(key=key, url=dest.resolve().as_uri(), bytes=dest.stat().st_size)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_transient(exc: BaseException) -> bool:
