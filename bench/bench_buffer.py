@@ -13,6 +13,7 @@ times, noise and all.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import time
@@ -30,7 +31,7 @@ class RunnerAlone:
     """The job runner in this process (its GPU child loaded once): the floor the worker is measured against."""
 
     def __init__(self, tmp: Path) -> None:
-        from helpers_loop import LoopThread
+        from anyio.from_thread import start_blocking_portal
 
         from worker_app_fastwan.gpu_child.handle import GpuChild
         from worker_app_fastwan.runner import JobRunner
@@ -40,19 +41,23 @@ class RunnerAlone:
         settings = load_settings(
             None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state", LOCAL_OUTPUT_DIR=tmp / "alone-videos"
         )
-        self.loop = LoopThread()
+        # An event loop on a thread of its own, so this synchronous bench can call the async runner.
+        self._stack = contextlib.ExitStack()
+        self.portal = self._stack.enter_context(start_blocking_portal("asyncio"))
         self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
-        self.loop.run(self.runner.start())
+        self.portal.call(self.runner.start)
 
     def seconds(self, job_id: str, job: dict) -> tuple[float, float]:
         """Wall seconds of the call, and the runner's own `timings.total_s` inside it."""
         start = time.perf_counter()
-        result = self.loop.run(self.runner.run(job_id, job))
+        result = self.portal.call(self.runner.run, job_id, job)
         return time.perf_counter() - start, result.timings.total_s
 
     def close(self) -> None:
-        self.loop.run(self.runner.close())
-        self.loop.close()
+        try:
+            self.portal.call(self.runner.close)
+        finally:
+            self._stack.close()
 
 
 def _claim_to_status(proxy: RecordingProxy, job_id: str) -> float:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers_loop import LoopThread
 from helpers_video import read_video
 
 from worker_app_fastwan.errors import JobFailure
@@ -22,38 +25,39 @@ SMALL = {"width": 256, "height": 256, "num_frames": 9}
 SLOW = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
 
 
-@pytest.fixture(scope="module")
-def loop():
-    lt = LoopThread()
-    yield lt
-    lt.close()
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def runner(loop, tmp_path_factory):
+def anyio_backend() -> str:
+    return "asyncio"  # module scope: one event loop for the runner below and every test here
+
+
+@pytest.fixture(scope="module")
+async def runner(tmp_path_factory):
     root = tmp_path_factory.mktemp("runner")
     settings = load_settings(
         None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state", LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600
     )
     runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
-    loop.run(runner.start())
+    await runner.start()
     assert runner.state is ChildState.ready
     yield runner
-    loop.run(runner.close())
+    await runner.close()
 
 
-def _wait_ready(runner: JobRunner, timeout_s: float = 60) -> None:
+async def until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while runner.state is not ChildState.ready:
-        assert time.monotonic() < deadline, f"runner stuck in {runner.state}"
-        time.sleep(0.1)
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.01)
 
 
-def test_t2v_job_result_matches_the_stored_video(loop, runner):
+async def test_t2v_job_result_matches_the_stored_video(runner):
     seen = []
     runner.listeners.append(lambda p: seen.append((p.stage.value, p.progress)))
     try:
-        result = loop.run(runner.run("t2v-1", {"prompt": "a lighthouse at dusk", **SMALL, "seed": 4}))
+        result = await runner.run("t2v-1", {"prompt": "a lighthouse at dusk", **SMALL, "seed": 4})
     finally:
         runner.listeners.clear()
     path = Path(result.video_url.removeprefix("file://"))
@@ -75,52 +79,47 @@ def test_t2v_job_result_matches_the_stored_video(loop, runner):
     assert progress == sorted(progress) and progress[-1] >= 0.95
 
 
-def test_seed_is_picked_and_reported_when_absent(loop, runner):
-    a = loop.run(runner.run("seedless-1", {"prompt": "waves", **SMALL}))
-    b = loop.run(runner.run("seedless-2", {"prompt": "waves", **SMALL}))
+async def test_seed_is_picked_and_reported_when_absent(runner):
+    a = await runner.run("seedless-1", {"prompt": "waves", **SMALL})
+    b = await runner.run("seedless-2", {"prompt": "waves", **SMALL})
     assert 0 <= a.seed < 2**63 and a.seed != b.seed
 
 
-def test_invalid_input_names_the_field_and_never_reaches_the_gpu(loop, runner):
+async def test_invalid_input_names_the_field_and_never_reaches_the_gpu(runner):
     start = time.monotonic()
     with pytest.raises(JobFailure) as err:
-        loop.run(runner.run("bad-1", {"prompt": "x", "num_frames": 10}))
+        await runner.run("bad-1", {"prompt": "x", "num_frames": 10})
     assert err.value.code is ErrorCode.invalid_input and "num_frames" in err.value.message
     assert not err.value.retryable
     assert time.monotonic() - start < 0.5
 
 
-def test_out_of_memory_is_reported_and_the_worker_stays_usable(loop, runner):
+async def test_out_of_memory_is_reported_and_the_worker_stays_usable(runner):
     with pytest.raises(JobFailure) as err:
-        loop.run(runner.run("oom-1", {"prompt": "a cat [tiny:oom]", **SMALL}))
+        await runner.run("oom-1", {"prompt": "a cat [tiny:oom]", **SMALL})
     assert err.value.code is ErrorCode.out_of_memory and err.value.retryable
-    assert loop.run(runner.run("after-oom", {"prompt": "a cat", **SMALL})).num_frames == 9
+    assert (await runner.run("after-oom", {"prompt": "a cat", **SMALL})).num_frames == 9
 
 
-def test_second_job_while_busy_is_refused(loop, runner):
-    first = loop.submit(runner.run("long-1", {"prompt": "a forest", "width": 512, "height": 512, "num_frames": 17}))
-    deadline = time.monotonic() + 30
-    while not runner.busy:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+async def test_second_job_while_busy_is_refused(runner):
+    long = {"prompt": "a forest", "width": 512, "height": 512, "num_frames": 17}
+    first = asyncio.create_task(runner.run("long-1", long))
+    await until(lambda: runner.busy, 30, "the runner busy with the first job")
     with pytest.raises(Busy):
-        loop.run(runner.run("long-2", {"prompt": "a forest", **SMALL}))
-    assert first.result(120).job_id == "long-1"
+        await runner.run("long-2", {"prompt": "a forest", **SMALL})
+    assert (await asyncio.wait_for(first, 120)).job_id == "long-1"
 
 
-def test_cancel_stops_within_one_step(loop, runner):
+async def test_cancel_stops_within_one_step(runner):
     steps = []
     runner.listeners.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
     try:
-        future = loop.submit(runner.run("cancel-1", {"prompt": "a storm", **SLOW}))
-        deadline = time.monotonic() + 60
-        while not any(s == "denoising" and step == 1 for s, step, _ in steps):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        job = asyncio.create_task(runner.run("cancel-1", {"prompt": "a storm", **SLOW}))
+        await until(lambda: any(s == "denoising" and step == 1 for s, step, _ in steps), 60, "denoising step 1")
         asked = time.monotonic()
-        assert loop.run(_call(runner.cancel, "cancel-1"))
+        assert runner.cancel("cancel-1")
         with pytest.raises(JobFailure) as err:
-            future.result(60)
+            await asyncio.wait_for(job, 60)
     finally:
         runner.listeners.clear()
     assert err.value.code is ErrorCode.cancelled and not err.value.retryable
@@ -130,44 +129,34 @@ def test_cancel_stops_within_one_step(loop, runner):
     assert runner.state is ChildState.ready
 
 
-def test_timeout_ends_a_stuck_job_and_the_worker_recovers(loop, runner):
+async def test_timeout_ends_a_stuck_job_and_the_worker_recovers(runner):
     runner.settings.JOB_TIMEOUT_S = 3.0
     try:
         with pytest.raises(JobFailure) as err:
-            loop.run(runner.run("slow-1", {"prompt": "a storm", **SLOW}))
+            await runner.run("slow-1", {"prompt": "a storm", **SLOW})
     finally:
         runner.settings.JOB_TIMEOUT_S = 600
     assert err.value.code is ErrorCode.timeout and err.value.retryable
-    _wait_ready(runner)
-    assert loop.run(runner.run("after-timeout", {"prompt": "calm", **SMALL})).num_frames == 9
+    assert await asyncio.wait_for(runner.wait_ready(), 60), runner.unhealthy_reason
+    assert (await runner.run("after-timeout", {"prompt": "calm", **SMALL})).num_frames == 9
 
 
-def test_crashed_gpu_process_is_reported_with_its_exit_code_and_restarted(loop, runner):
+async def test_crashed_gpu_process_is_reported_with_its_exit_code_and_restarted(runner):
     old_pid = runner.child.pid
     with pytest.raises(JobFailure) as err:
-        loop.run(runner.run("crash-1", {"prompt": "a cat [tiny:crash]", **SMALL}))
+        await runner.run("crash-1", {"prompt": "a cat [tiny:crash]", **SMALL})
     assert err.value.code is ErrorCode.generation_failed and "exited with code 86" in err.value.message
     assert err.value.retryable
-    _wait_ready(runner)
+    assert await asyncio.wait_for(runner.wait_ready(), 60), runner.unhealthy_reason
     assert runner.child.pid != old_pid
-    assert loop.run(runner.run("after-crash", {"prompt": "a cat", **SMALL})).num_frames == 9
+    assert (await runner.run("after-crash", {"prompt": "a cat", **SMALL})).num_frames == 9
 
 
-async def _call(fn, *args):
-    return fn(*args)
-
-
-def test_gpu_process_killed_while_idle_is_restarted_before_the_next_job(loop, runner):
-    import os
-    import signal
-
+async def test_gpu_process_killed_while_idle_is_restarted_before_the_next_job(runner):
     old_pid = runner.child.pid
     os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while runner.state is ChildState.ready:
-        assert time.monotonic() < deadline, "the runner never noticed its GPU process died"
-        time.sleep(0.02)
+    await until(lambda: runner.state is not ChildState.ready, 10, "the runner noticing its GPU process died")
     assert runner.state is ChildState.starting
-    _wait_ready(runner)
+    assert await asyncio.wait_for(runner.wait_ready(), 60), runner.unhealthy_reason
     assert runner.child.pid != old_pid
-    assert loop.run(runner.run("after-idle-kill", {"prompt": "a cat", **SMALL})).num_frames == 9
+    assert (await runner.run("after-idle-kill", {"prompt": "a cat", **SMALL})).num_frames == 9
