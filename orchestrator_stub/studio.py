@@ -142,13 +142,14 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], root: Path) -> Child
 
 def _wait_healthy(base: str, stub: Child, stop: threading.Event) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and not stop.is_set() and stub.popen.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client(timeout=1) as http:  # one client: each new one builds an SSL context (~30 ms of CPU)
+        while time.monotonic() < deadline and not stop.is_set() and stub.popen.poll() is None:
+            try:
+                if http.get(f"{base}/health").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
     return False
 
 

@@ -241,7 +241,9 @@ class RecordingProxy(ThreadedServer):
         self.target = target.rstrip("/")
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._http = httpx.Client(timeout=30)
+        # A new connection per request: a kept-alive one can be closed by the stub (uvicorn: 5 s idle) just as
+        # it is reused, and the proxy would answer 502 for a request the worker sent correctly.
+        self._http = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
         super().__init__()
 
     def requests(self, path_part: str = "") -> list[Seen]:
@@ -323,12 +325,15 @@ def wait_health(base: str, states: tuple[str, ...], timeout_s: float = WORKER_ST
 
     def probe() -> dict[str, Any] | None:
         try:
-            body = httpx.get(f"{base}/health", timeout=2).json()
+            body = http.get(f"{base}/health").json()
         except httpx.TransportError:
             return None
         return body if body["status"] in states else None
 
-    return wait_for(probe, timeout_s, interval_s=0.01, what=f"/health to say {states}")
+    # One client for the whole wait: `httpx.get` builds a new SSL context each call (~30 ms of CPU), which at
+    # this rate would take a core away from the worker being waited for.
+    with httpx.Client(timeout=2) as http:
+        return wait_for(probe, timeout_s, interval_s=0.02, what=f"/health to say {states}")
 
 
 def assert_torch_only_in_the_gpu_child(pid: int) -> None:

@@ -59,6 +59,22 @@ def test_same_seed_same_video_other_seed_other_video(tiny_backend):
     assert np.abs(first.astype(int) - other.astype(int)).mean() > 1.0
 
 
+def test_paced_steps_each_last_at_least_the_pace(tiny_backend):
+    """`[tiny:pace=S]`: what tests use for a long job without a long CPU bill; the video is still made."""
+    import time
+
+    marks: list[float] = []
+
+    def progress(stage, step, total):
+        if stage == "denoising":
+            marks.append(time.monotonic())
+
+    frames = np.concatenate(list(tiny_backend.generate(_job(prompt="a fox [tiny:pace=0.3]"), None, progress).frames))
+    gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    assert len(gaps) == 3 and all(gap >= 0.3 for gap in gaps), gaps
+    assert frames.shape == (9, 256, 256, 3)
+
+
 def test_dmd_timesteps_by_default(tiny_backend):
     assert JobInput(prompt="x").num_inference_steps == 3
     assert dmd_timesteps(3) == [1000.0, 757.0, 522.0] == [float(t) for t in DMD_TIMESTEPS]

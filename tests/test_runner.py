@@ -21,8 +21,9 @@ from worker_app_fastwan.settings import load_settings
 from worker_app_fastwan.storage import LocalStorage
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
-# ~3 s per denoising step on 2 cores: long enough to cancel or time out mid-job.
-SLOW = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
+# The tiny model's pacing (pipelines/tiny.py): each denoising step lasts a second more, as on a GPU, so a job
+# can be cancelled or time out mid-job without keeping the CPU busy.
+PACED = "[tiny:pace=1]"
 
 
 pytestmark = pytest.mark.anyio
@@ -102,8 +103,7 @@ async def test_out_of_memory_is_reported_and_the_worker_stays_usable(runner):
 
 
 async def test_second_job_while_busy_is_refused(runner):
-    long = {"prompt": "a forest", "width": 512, "height": 512, "num_frames": 17}
-    first = asyncio.create_task(runner.run("long-1", long))
+    first = asyncio.create_task(runner.run("long-1", {"prompt": f"a forest {PACED}", **SMALL}))
     await until(lambda: runner.busy, 30, "the runner busy with the first job")
     with pytest.raises(Busy):
         await runner.run("long-2", {"prompt": "a forest", **SMALL})
@@ -114,7 +114,7 @@ async def test_cancel_stops_within_one_step(runner):
     steps = []
     runner.listeners.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
     try:
-        job = asyncio.create_task(runner.run("cancel-1", {"prompt": "a storm", **SLOW}))
+        job = asyncio.create_task(runner.run("cancel-1", {"prompt": f"a storm {PACED}", **SMALL}))
         await until(lambda: any(s == "denoising" and step == 1 for s, step, _ in steps), 60, "denoising step 1")
         asked = time.monotonic()
         assert runner.cancel("cancel-1")
@@ -133,7 +133,7 @@ async def test_timeout_ends_a_stuck_job_and_the_worker_recovers(runner):
     runner.settings.JOB_TIMEOUT_S = 3.0
     try:
         with pytest.raises(JobFailure) as err:
-            await runner.run("slow-1", {"prompt": "a storm", **SLOW})
+            await runner.run("slow-1", {"prompt": "a storm [tiny:pace=3]", **SMALL})  # 9 s
     finally:
         runner.settings.JOB_TIMEOUT_S = 600
     assert err.value.code is ErrorCode.timeout and err.value.retryable

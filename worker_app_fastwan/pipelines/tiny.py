@@ -5,11 +5,15 @@ for the smallest job; what tests, CI and `make demo` run. Not a mock: only the s
 
 Test faults: a prompt containing `[tiny:oom]` raises the same `torch.OutOfMemoryError` CUDA raises, and
 `[tiny:crash]` kills the GPU process, so the worker's recovery paths can be exercised without a GPU.
+`[tiny:pace=S]` makes each denoising step last S seconds longer, as a GPU's step does: a test can act while
+a job runs (cancel, drain, timeout, a kill) without keeping the CPU busy for as long.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import torch
@@ -20,11 +24,12 @@ from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 from worker_app_fastwan.gpu_child.messages import DeviceInfo
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
-from worker_app_fastwan.schema import JobInput
+from worker_app_fastwan.schema import JobInput, Stage
 
 WEIGHTS_SEED = 0
 OOM_TOKEN, CRASH_TOKEN = "[tiny:oom]", "[tiny:crash]"
 CRASH_EXIT_CODE = 86
+PACE = re.compile(r"\[tiny:pace=(\d{1,2}(?:\.\d{1,3})?)\]")  # at most 99.999 s a step
 
 
 def _tokenizer() -> T5Tokenizer:
@@ -116,7 +121,20 @@ class TinyBackend(Backend):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated by [tiny:oom])")
         if CRASH_TOKEN in job.prompt:
             os._exit(CRASH_EXIT_CODE)
+        if pace := PACE.search(job.prompt):
+            progress = _paced(progress, float(pace.group(1)))
         return self.generator.generate(job, image, progress)
 
     def device_info(self) -> DeviceInfo:
         return DeviceInfo(backend=self.name, model="tiny-random-wan2.2-ti2v", device="cpu", name="cpu")
+
+
+def _paced(progress: ProgressCallback, step_s: float) -> ProgressCallback:
+    """Each denoising step ends `step_s` later; the progress report (and its cancel check) comes after the wait."""
+
+    def report(stage: str, step: int | None, total: int | None) -> None:
+        if stage == Stage.denoising.value and step:
+            time.sleep(step_s)
+        progress(stage, step, total)
+
+    return report
