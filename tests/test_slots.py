@@ -149,7 +149,9 @@ def test_a_slot_whose_gpu_process_dies_three_times_goes_out_and_the_other_goes_o
 
 def test_next_job_starts_while_the_last_uploads_and_both_leases_stay_renewed(box: Box) -> None:
     stub, worker, proxy = box.stub, box.worker, box.proxy
-    jobs = [stub.submit(f"pipelined {i}", seed=i, **JOB) for i in range(2)]
+    # The second job is paced (pipelines/tiny.py: a second a step, as on a GPU), so that heartbeats come while
+    # it generates and its predecessor still uploads.
+    jobs = [stub.submit(f"pipelined {i}{' [tiny:pace=1]' if i else ''}", seed=i, **JOB) for i in range(2)]
     views = [final(stub, j) for j in jobs]
 
     # Every upload took UPLOAD_DELAY_S > LEASE_S, and no job went back to the queue: the heartbeat renewed
