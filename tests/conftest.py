@@ -17,6 +17,25 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The files that run the longest (worker processes, model loads, waits on real clocks). Side by side, the
+# suite ends when its last file does: these start first, and the many short files fill the gaps after.
+LONGEST_FIRST = (
+    "test_buffer_mode.py",
+    "test_slots.py",
+    "test_cli.py",
+    "test_queue_mode.py",
+    "test_doctor.py",
+    "test_studio_browser.py",
+    "test_runner.py",
+    "test_entrypoint.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order inside a file stays
+
+
 @pytest.fixture(scope="session")
 def tiny_backend():
     """One in-process tiny backend for the tests that drive the pipeline directly."""
