@@ -33,6 +33,7 @@ SMALL = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 3}
 # The tiny model's pacing (pipelines/tiny.py): each denoising step lasts 2 s more, as on a GPU, so the test
 # can act while the job runs (cancel, drain, kill, an outage) without the CPU being busy all that time.
 PACED = "[tiny:pace=2]"
+BRIEFLY_PACED = "[tiny:pace=1]"  # where nothing has to land between two steps: the job only has to be running
 # Keeps the GPU child's CPU really busy for several seconds (mostly VAE decoding; the test worker is held to
 # one thread so that a bigger machine does not make it short): the heartbeat must not suffer from it.
 CPU_HEAVY = {"width": 640, "height": 640, "num_frames": 41, "num_inference_steps": 3}
@@ -164,7 +165,7 @@ def test_killed_worker_job_is_requeued_and_done_by_another(
     stub = stub_factory(LEASE_SECONDS=4)
     first = workers.add(WorkerProcess.buffer(tmp_path / "a", stub.url, name="a", BUFFER_WORKER_ID="worker-a"))
     first.wait_for_event("claiming jobs")
-    job_id = stub.submit(f"interrupted {PACED}", **SMALL)
+    job_id = stub.submit(f"interrupted {BRIEFLY_PACED}", **SMALL)
     wait_job(
         stub, job_id, lambda v: v["worker_id"] == "worker-a" and v["status"] == "running", 60, "worker-a running it"
     )
@@ -187,7 +188,7 @@ def test_killed_worker_job_is_requeued_and_done_by_another(
 
 def finish_in_the_dark(stub: StubProcess, worker: WorkerProcess, prompt: str) -> str:
     """Submit a job, SIGKILL the stub while the worker runs it, and wait until the result waits on disk."""
-    job_id = stub.submit(f"{prompt} {PACED}", **SMALL)
+    job_id = stub.submit(f"{prompt} {BRIEFLY_PACED}", **SMALL)
     wait_job(stub, job_id, lambda v: v["status"] == "running", 60, "running")
     stub.kill()
     worker.wait_for_event("job completed", 60, job_id=job_id)
