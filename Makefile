@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Three workers on two cores: much of the suite waits on processes and clocks (tests/conftest.py: the groups).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder tests
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -17,23 +17,36 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# The files that run the longest (worker processes, model loads, waits on real clocks). Side by side, the
-# suite ends when its last file does: these start first, and the many short files fill the gaps after.
+# `make test` hands each group to one xdist worker (`--dist loadgroup`), in the order below
+# (`--no-loadscope-reorder`). A group is a file, so a module's shared worker process starts once, and its
+# tests keep their order; the files that drive torch in this process form one group, so that only one worker
+# pays for importing torch and diffusers (those files import them inside their tests, not when collected).
+IN_PROCESS_TORCH = ("test_pipeline.py", "test_gpu_path.py", "test_gpu_bench.py")
+# The suite ends when its last group does: the longest (worker processes, model loads, real clocks) start
+# first, and the many short files fill the gaps after them.
 LONGEST_FIRST = (
     "test_buffer_mode.py",
-    "test_slots.py",
-    "test_cli.py",
     "test_queue_mode.py",
+    "test_cli.py",
     "test_doctor.py",
-    "test_studio_browser.py",
+    "test_slots.py",
     "test_runner.py",
+    "in-process torch",
+    "test_studio_browser.py",
     "test_entrypoint.py",
 )
 
 
+def _group(item: pytest.Item) -> str:
+    return "in-process torch" if item.path.name in IN_PROCESS_TORCH else item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order inside a file stays
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: a file's order stays
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from helpers_video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +25,8 @@ def load_script(name: str):
 
 def test_full_size_modules_match_the_published_checkpoint() -> None:
     """On the meta device (no memory): ≈ 5.0 B transformer parameters, and a VAE the size of Wan2.2_VAE.pth."""
+    import torch
+
     bench = load_script("gpu_bench")
     transformer, vae, text_dim = bench.build("full", torch.device("meta"), torch.bfloat16, torch.float32)
     transformer_params = sum(p.numel() for p in transformer.parameters())
@@ -42,6 +43,7 @@ def test_full_size_modules_match_the_published_checkpoint() -> None:
 
 def test_random_weights_have_the_dtypes_from_pretrained_gives(tmp_path: Path) -> None:
     """bf16 with fp32 kept where diffusers keeps it, checked against a real save + from_pretrained."""
+    import torch
     from diffusers import WanTransformer3DModel
 
     bench = load_script("gpu_bench")

@@ -7,21 +7,20 @@ device differs. Where a GPU would move weights, the test records where each comp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from helpers_video import gradient_image
 
 from worker_app_fastwan.pipelines.base import SMALL_SIZE, warmup_plan
-from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend, Precision, precision_for
-from worker_app_fastwan.pipelines.dmd import dmd_timesteps, make_scheduler
-from worker_app_fastwan.pipelines.tiny import TinyBackend, save_tiny_model
-from worker_app_fastwan.pipelines.tuning import RecompileWatch, choose_attention, compile_blocks
-from worker_app_fastwan.pipelines.wan import _to_uint8
 from worker_app_fastwan.schema import JobInput
 
-CPU = torch.device("cpu")
+if TYPE_CHECKING:
+    import torch
+
+# torch, diffusers and the modules that import them are imported inside each test, not here: every xdist
+# worker collects this file, and ~6 s of imports would be paid by each instead of by the one that runs it.
 
 
 def _job(**kw) -> JobInput:
@@ -31,6 +30,8 @@ def _job(**kw) -> JobInput:
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
+    from worker_app_fastwan.pipelines.tiny import save_tiny_model
+
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
@@ -49,6 +50,8 @@ class Residency:
             self._track(name, module)
 
     def _track(self, name: str, module: torch.nn.Module) -> None:
+        import torch
+
         original = module.to
 
         def to(*args, **kwargs):
@@ -67,7 +70,11 @@ class Residency:
 
 
 def test_low_vram_holds_one_component_per_phase_and_releases_all_after_a_job(model_folder):
-    backend = DiffusersBackend(model_folder, "tiny", offload_profile="low_vram", device=CPU)
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(model_folder, "tiny", offload_profile="low_vram", device=torch.device("cpu"))
     backend.load()
     gen = backend.generator
     assert gen.t2v._all_hooks, "model CPU offload is on under low_vram"
@@ -94,6 +101,10 @@ def test_low_vram_holds_one_component_per_phase_and_releases_all_after_a_job(mod
 
 
 def test_precision_defaults():
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import Precision, precision_for
+
     cuda = precision_for(True)
     assert cuda == Precision(torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16)
     assert precision_for(True, "float32").vae_decoder == torch.float32
@@ -104,12 +115,20 @@ def test_precision_defaults():
 @pytest.fixture(scope="module")
 def cuda_like(model_folder):
     """The production dtypes (bf16 transformer and text encoder, fp32 VAE encoder, bf16 decoder), on the CPU."""
-    backend = DiffusersBackend(model_folder, "tiny", offload_profile="none", device=CPU, precision=precision_for(True))
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend, precision_for
+
+    backend = DiffusersBackend(
+        model_folder, "tiny", offload_profile="none", device=torch.device("cpu"), precision=precision_for(True)
+    )
     backend.load()
     return backend
 
 
 def test_vae_encoder_float32_decoder_bfloat16_by_default(cuda_like):
+    import torch
+
     vae = cuda_like.generator.vae
     assert {p.dtype for p in vae.encoder.parameters()} | {p.dtype for p in vae.quant_conv.parameters()} == {
         torch.float32
@@ -123,6 +142,8 @@ def test_vae_encoder_float32_decoder_bfloat16_by_default(cuda_like):
 
 
 def test_image_is_encoded_in_float32(cuda_like):
+    import torch
+
     seen = []
     cuda_like.generator.vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
     cuda_like.generator.denoise(_job(image_url="http://example.com/x.png"), gradient_image(256, 256), lambda *_: None)
@@ -130,12 +151,18 @@ def test_image_is_encoded_in_float32(cuda_like):
 
 
 def test_bf16_transformer_leaves_float32_latents(cuda_like):
+    import torch
+
     latents = cuda_like.generator.denoise(_job(), None, lambda *_: None)
     assert latents.dtype == torch.float32
 
 
 def test_production_dtypes_make_a_video_close_to_float32(cuda_like, model_folder):
-    fp32 = DiffusersBackend(model_folder, "tiny", offload_profile="none", device=CPU)
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    fp32 = DiffusersBackend(model_folder, "tiny", offload_profile="none", device=torch.device("cpu"))
     fp32.load()
     job = _job(seed=5)
     a = np.concatenate(list(cuda_like.generate(job, None, lambda *_: None).frames)).astype(int)
@@ -145,6 +172,10 @@ def test_production_dtypes_make_a_video_close_to_float32(cuda_like, model_folder
 
 
 def test_latents_are_unnormalised_in_float32_before_the_bf16_decoder():
+    import torch
+
+    from worker_app_fastwan.pipelines.tiny import TinyBackend
+
     backend = TinyBackend()
     backend.load()
     gen = backend.generator
@@ -167,6 +198,10 @@ def test_latents_are_unnormalised_in_float32_before_the_bf16_decoder():
 
 
 def test_uint8_conversion_is_done_in_float32():
+    import torch
+
+    from worker_app_fastwan.pipelines.wan import _to_uint8
+
     values = torch.linspace(-1, 1, 3 * 1366).view(1, 3, 1, 1, 1366)
     video = values.bfloat16()
     exact = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 3, 0).numpy()
@@ -180,12 +215,18 @@ def test_uint8_conversion_is_done_in_float32():
 
 @pytest.mark.parametrize("steps", [0, 4, 8])
 def test_undistilled_step_counts_are_refused(steps):
+    from worker_app_fastwan.pipelines.dmd import dmd_timesteps
+
     with pytest.raises(ValueError, match="num_inference_steps"):
         dmd_timesteps(steps)
     assert [dmd_timesteps(n) for n in (1, 2, 3)] == [[1000.0], [1000.0, 757.0], [1000.0, 757.0, 522.0]]
 
 
 def test_last_step_returns_x0_without_drawing_noise():
+    import torch
+
+    from worker_app_fastwan.pipelines.dmd import make_scheduler
+
     scheduler = make_scheduler()
     scheduler.set_timesteps(3)
     sample = torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -207,6 +248,9 @@ def test_last_step_returns_x0_without_drawing_noise():
 def test_attention_candidate_that_fails_its_probe_falls_back_to_native():
     """`_native_cudnn` selects fine on a CPU and fails at the first forward, like an FA3 build that imports
     but rejects an argument on a GPU: it must be tried, and dropped."""
+    from worker_app_fastwan.pipelines.tiny import TinyBackend
+    from worker_app_fastwan.pipelines.tuning import choose_attention
+
     backend = TinyBackend()
     backend.load()
     transformer = backend.generator.t2v.transformer
@@ -242,6 +286,11 @@ def test_warmup_plan():
 def test_compiled_blocks_warmed_up_do_not_recompile_in_jobs(caplog):
     """Dynamo's real guards with the `eager` backend (no C++ toolchain needed): after the warm-up plan,
     jobs at a third size in both modes build no new graph; without it, the first job compiles."""
+    import torch
+
+    from worker_app_fastwan.pipelines.tiny import TinyBackend
+    from worker_app_fastwan.pipelines.tuning import RecompileWatch, compile_blocks
+
     backend = TinyBackend()
     backend.load()
     gen = backend.generator

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from helpers_video import gradient_image, read_video
 
 from worker_app_fastwan.encoder import encode_mp4
-from worker_app_fastwan.pipelines.dmd import DMD_TIMESTEPS, dmd_timesteps
 from worker_app_fastwan.schema import JobInput
 
 
@@ -43,6 +41,8 @@ def test_i2v_mp4_matches_request(tiny_backend, tmp_path):
 
 
 def test_i2v_first_latent_frame_is_the_encoded_image(tiny_backend):
+    import torch
+
     generator = tiny_backend.generator
     image = gradient_image(256, 256, seed=3)
     job = _job(image_url="http://example.com/x.png")
@@ -76,6 +76,8 @@ def test_paced_steps_each_last_at_least_the_pace(tiny_backend):
 
 
 def test_dmd_timesteps_by_default(tiny_backend):
+    from worker_app_fastwan.pipelines.dmd import DMD_TIMESTEPS, dmd_timesteps
+
     assert JobInput(prompt="x").num_inference_steps == 3
     assert dmd_timesteps(3) == [1000.0, 757.0, 522.0] == [float(t) for t in DMD_TIMESTEPS]
     tiny_backend.generator.denoise(_job(), None, lambda *_: None)
@@ -95,6 +97,8 @@ def test_progress_reports_every_step_in_order(tiny_backend):
 @pytest.mark.parametrize("mode", ["t2v", "i2v"])
 def test_project_loop_matches_plain_pipeline_call(tiny_backend, mode):
     """The project's faster loop (scalar t2v timestep, seeded re-noise) samples what diffusers' pipeline does."""
+    import torch
+
     gen = tiny_backend.generator
     image = gradient_image(256, 256, seed=5) if mode == "i2v" else None
     job = _job(seed=21, image_url="http://example.com/x.png" if image else None)
@@ -121,6 +125,8 @@ def test_project_loop_matches_plain_pipeline_call(tiny_backend, mode):
 
 
 def test_streamed_decode_equals_whole_decode(tiny_backend):
+    import torch
+
     gen = tiny_backend.generator
     latents = gen.denoise(_job(num_frames=13), None, lambda *_: None)
     chunks = list(gen.decode_stream(latents))
@@ -150,6 +156,8 @@ def test_diffusers_backend_loads_a_saved_model_folder(tiny_backend, tmp_path):
 
 def test_streamed_text_encoder_gives_the_same_embeddings(tmp_path):
     """`balanced` streams UMT5 block by block through the GPU; the hook must not change what it computes."""
+    import torch
+
     from worker_app_fastwan.pipelines.diffusers_backend import stream_text_encoder
     from worker_app_fastwan.pipelines.tiny import TinyBackend
 
