@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # Three workers on two cores: much of the suite waits on processes and clocks (tests/conftest.py: the groups).
 test: setup
-	$(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n 3 tests
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -17,10 +18,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# `make test` hands each group to one xdist worker (`--dist loadgroup`), in the order below
-# (`--no-loadscope-reorder`). A group is a file, so a module's shared worker process starts once, and its
-# tests keep their order; the files that drive torch in this process form one group, so that only one worker
-# pays for importing torch and diffusers (those files import them inside their tests, not when collected).
+# `make test` runs the suite on three xdist workers, each group of tests whole on one worker, the groups in
+# the order below. A group is a file, so a module's shared worker process starts once and its tests keep
+# their order; the files that drive torch in this process make one group, so that only one worker pays for
+# importing torch and diffusers (those files import them inside their tests, not when they are collected).
 IN_PROCESS_TORCH = ("test_pipeline.py", "test_gpu_path.py", "test_gpu_bench.py")
 # The suite ends when its last group does: the longest (worker processes, model loads, real clocks) start
 # first, and the many short files fill the gaps after them.
@@ -37,16 +38,27 @@ LONGEST_FIRST = (
 )
 
 
-def _group(item: pytest.Item) -> str:
-    return "in-process torch" if item.path.name in IN_PROCESS_TORCH else item.path.name
+def _group(path: str) -> str:
+    name = path.split("::", 1)[0].rsplit("/", 1)[-1]
+    return "in-process torch" if name in IN_PROCESS_TORCH else name
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: a file's order stays
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # stable: a file's order stays
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        """xdist's own per-scope scheduler (a scope: all of it on one worker), with our groups as scopes."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection order, longest first; xdist's is by test count
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -84,8 +84,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
 def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
     stub, worker = shared.stub, shared.worker
     with FileServer({"/cat.png": (png_bytes(gradient_image(320, 240)), "image/png")}) as images:
-        t2v = stub.submit("a red fox in snow", seed=11, **SMALL)
-        i2v = stub.submit("the picture comes alive", image_url=f"{images.url}/cat.png", seed=12, **SMALL)
+        # Paced a little, so that heartbeats (every 0.5 s here) come while each job is held, however fast the CPU.
+        t2v = stub.submit("a red fox in snow [tiny:pace=0.5]", seed=11, **SMALL)
+        i2v = stub.submit(
+            "the picture comes alive [tiny:pace=0.5]", image_url=f"{images.url}/cat.png", seed=12, **SMALL
+        )
         views = {job_id: wait_final(stub, job_id, 60) for job_id in (t2v, i2v)}
 
     stage_order = ["queued", "downloading", "encoding_prompt", "denoising", "decoding", "encoding_video", "uploading"]
