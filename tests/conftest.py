@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# `make test` runs the suite on three xdist workers, each group of tests whole on one worker, the groups in
+# `make test` runs the suite on two xdist workers, each group of tests whole on one worker, the groups in
 # the order below. A group is a file, so a module's shared worker process starts once and its tests keep
 # their order; the files that drive torch in this process make one group, so that only one worker pays for
 # importing torch and diffusers (those files import them inside their tests, not when they are collected).
@@ -48,6 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # stable: a file's order stays
 
 
+@pytest.hookimpl(optionalhook=True)  # a plain `pytest` without xdist runs the same suite, one test after another
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
