@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Two xdist workers, one per core (tests/conftest.py: the groups and their order). Measured side by side on
-# 2 cores: -n 2 207 s, -n 3 242 s (more processes than cores cost more CPU than the overlap of waits saves).
+# Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time measured on
+# 2 cores, fresh clones and repeats: -n 3 242-265 s, -n 2 207-320 s (more variable), serial about 500 s.
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 3 tests
 
 demo: setup
 	$(PY) scripts/demo.py

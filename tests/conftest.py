@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# `make test` runs the suite on two xdist workers, each group of tests whole on one worker, the groups in
+# `make test` runs the suite on three xdist workers, each group of tests whole on one worker, the groups in
 # the order below. A group is a file, so a module's shared worker process starts once and its tests keep
 # their order; the files that drive torch in this process make one group, so that only one worker pays for
 # importing torch and diffusers (those files import them inside their tests, not when they are collected).
