@@ -153,6 +153,8 @@ def test_next_job_starts_while_the_last_uploads_and_both_leases_stay_renewed(box
     # it generates and its predecessor still uploads.
     jobs = [stub.submit(f"pipelined {i}{' [tiny:pace=1]' if i else ''}", seed=i, **JOB) for i in range(2)]
     views = [final(stub, j) for j in jobs]
+    # The proxy records a request once its answer is back: a moment after the stub shows the job final.
+    wait_for(lambda: all(proxy.finals(j) for j in jobs), 10, what="the proxy to record both final statuses")
 
     # Every upload took UPLOAD_DELAY_S > LEASE_S, and no job went back to the queue: the heartbeat renewed
     # the lease of the uploading job as well as the generating one.
