@@ -7,6 +7,7 @@ plugin, so tests take its fixtures as arguments without importing them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -56,6 +57,18 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+async def until(
+    check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"
+) -> Any:
+    """`wait_for` for async tests: poll `check` without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+    return value
 
 
 def job_result(job_id: str) -> dict[str, Any]:

@@ -4,11 +4,11 @@ that speaks the real messages. The real process is exercised in test_runner.py."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from buffer_fakes import FakeSpawn, buffer_settings
+from stub_fixtures import until
 
 from worker_app_fastwan.gpu_child.handle import MAX_FAILURES, ChildJobFailure, ChildState, GpuChild
 from worker_app_fastwan.gpu_child.messages import Progress, RunJob
@@ -28,12 +28,6 @@ def run_job(tmp_path: Path, job_id: str = "j-1") -> RunJob:
 
 def ignore(_: Progress) -> None:
     pass
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 2.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not check():
-            await asyncio.sleep(0.001)
 
 
 async def started(tmp_path: Path, spawn: FakeSpawn, **settings: object) -> GpuChild:
@@ -73,7 +67,7 @@ async def test_an_exit_between_jobs_restarts_the_process_and_wait_ready_wakes(tm
     spawn = FakeSpawn()
     child = await started(tmp_path, spawn)
     spawn.last.kill()  # from outside: the handle did not ask for it
-    await until(lambda: len(spawn.processes) == 2)
+    await until(lambda: len(spawn.processes) == 2, timeout_s=2.0, interval_s=0.001)
 
     assert await asyncio.wait_for(child.wait_ready(), 2) is True
     assert child.failures == 1
@@ -89,7 +83,11 @@ async def test_max_failures_in_a_row_make_it_unhealthy(tmp_path: Path) -> None:
     for n in range(MAX_FAILURES):
         spawn.last.kill()
         spawned = n + 2
-        await until(lambda: len(spawn.processes) == spawned or child.state is ChildState.unhealthy)  # noqa: B023 - awaited at once
+        await until(
+            lambda: len(spawn.processes) == spawned or child.state is ChildState.unhealthy,  # noqa: B023 - awaited at once
+            timeout_s=2.0,
+            interval_s=0.001,
+        )
         assert await asyncio.wait_for(child.wait_ready(), 2) is (n < MAX_FAILURES - 1)
 
     assert len(spawn.processes) == MAX_FAILURES, "two restarts, then no more"

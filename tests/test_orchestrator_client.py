@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from helpers_http import free_port, serve
+from stub_fixtures import until
 
 from worker_app_fastwan.orchestrator_client import (
     API_KEY_HEADER,
@@ -252,13 +253,6 @@ def sent_progress(app: FastAPI, job_id: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(body) for _, _, body in hits(app, f"/jobs/{job_id}/progress")]
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def with_reporter(base: str | None, body: Callable[[ProgressThrottle], Awaitable[None]], interval: float = 0.3) -> None:

@@ -7,11 +7,11 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers_video import read_video
+from stub_fixtures import until
 
 from worker_app_fastwan.errors import JobFailure
 from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
@@ -45,13 +45,6 @@ async def runner(tmp_path_factory):
     assert runner.state is ChildState.ready
     yield runner
     await runner.close()
-
-
-async def until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_t2v_job_result_matches_the_stored_video(runner):
@@ -104,7 +97,7 @@ async def test_out_of_memory_is_reported_and_the_worker_stays_usable(runner):
 
 async def test_second_job_while_busy_is_refused(runner):
     first = asyncio.create_task(runner.run("long-1", {"prompt": f"a forest {PACED}", **SMALL}))
-    await until(lambda: runner.busy, 30, "the runner busy with the first job")
+    await until(lambda: runner.busy, 30, what="the runner busy with the first job")
     with pytest.raises(Busy):
         await runner.run("long-2", {"prompt": "a forest", **SMALL})
     assert (await asyncio.wait_for(first, 120)).job_id == "long-1"
@@ -115,7 +108,7 @@ async def test_cancel_stops_within_one_step(runner):
     runner.listeners.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
     try:
         job = asyncio.create_task(runner.run("cancel-1", {"prompt": f"a storm {PACED}", **SMALL}))
-        await until(lambda: any(s == "denoising" and step == 1 for s, step, _ in steps), 60, "denoising step 1")
+        await until(lambda: any(s == "denoising" and step == 1 for s, step, _ in steps), 60, what="denoising step 1")
         asked = time.monotonic()
         assert runner.cancel("cancel-1")
         with pytest.raises(JobFailure) as err:
@@ -155,7 +148,7 @@ async def test_crashed_gpu_process_is_reported_with_its_exit_code_and_restarted(
 async def test_gpu_process_killed_while_idle_is_restarted_before_the_next_job(runner):
     old_pid = runner.child.pid
     os.kill(old_pid, signal.SIGKILL)
-    await until(lambda: runner.state is not ChildState.ready, 10, "the runner noticing its GPU process died")
+    await until(lambda: runner.state is not ChildState.ready, 10, what="the runner noticing its GPU process died")
     assert runner.state is ChildState.starting
     assert await asyncio.wait_for(runner.wait_ready(), 60), runner.unhealthy_reason
     assert runner.child.pid != old_pid

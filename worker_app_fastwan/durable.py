@@ -52,6 +52,10 @@ def replace_durably(
     fsync_dir(dest.parent)
 
 
-def write_durably(dest: Path, data: bytes, *, tmp_prefix: str = ".", tmp_suffix: str = ".part") -> None:
+def write_durably(
+    dest: Path, data: bytes, *, tmp_prefix: str = ".", tmp_suffix: str = ".part", exact_mtime: bool = False
+) -> None:
     """`data` as the whole of `dest`, durably; the folder must exist."""
-    replace_durably(dest, lambda fh: fh.write(data), tmp_prefix=tmp_prefix, tmp_suffix=tmp_suffix)
+    replace_durably(
+        dest, lambda fh: fh.write(data), tmp_prefix=tmp_prefix, tmp_suffix=tmp_suffix, exact_mtime=exact_mtime
+    )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
-from worker_app_fastwan.durable import replace_durably
+from worker_app_fastwan.durable import write_durably
 from worker_app_fastwan.logs import job_context
 from worker_app_fastwan.orchestrator_client import OrchestratorRejected
 from worker_app_fastwan.protocol import StatusUpdate
@@ -65,11 +65,9 @@ class Outbox:
 
     def put(self, job_id: str, update: StatusUpdate) -> Path:
         dest = self.path(job_id)
-        data = update.model_dump_json().encode("utf-8")
         # An exact mtime: the outbox delivers oldest first.
-        replace_durably(
-            dest, lambda fh: fh.write(data), tmp_prefix=f".{dest.stem}.", tmp_suffix=TMP_SUFFIX, exact_mtime=True
-        )
+        data = update.model_dump_json().encode("utf-8")
+        write_durably(dest, data, tmp_prefix=f".{dest.stem}.", tmp_suffix=TMP_SUFFIX, exact_mtime=True)
         return dest
 
     def remove(self, job_id: str) -> None:
