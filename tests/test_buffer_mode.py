@@ -166,24 +166,27 @@ def test_killed_worker_job_is_requeued_and_done_by_another(
     tmp_path: Path, stub_factory: Callable[..., StubProcess], workers: WorkerSet
 ) -> None:
     stub = stub_factory(LEASE_SECONDS=4)
-    first = workers.add(WorkerProcess.buffer(tmp_path / "a", stub.url, name="a", BUFFER_WORKER_ID="worker-a"))
-    first.wait_for_event("claiming jobs")
+    # Two workers load side by side; whichever claims the job is killed while it runs it.
+    pair = {
+        f"worker-{n}": workers.add(WorkerProcess.buffer(tmp_path / n, stub.url, name=n, BUFFER_WORKER_ID=f"worker-{n}"))
+        for n in "ab"
+    }
+    for worker in pair.values():
+        worker.wait_for_event("claiming jobs")
     job_id = stub.submit(f"interrupted {BRIEFLY_PACED}", **SMALL)
-    wait_job(
-        stub, job_id, lambda v: v["worker_id"] == "worker-a" and v["status"] == "running", 60, "worker-a running it"
-    )
-    # Started now, so its model loads while the lease runs out.
-    second = workers.add(WorkerProcess.buffer(tmp_path / "b", stub.url, name="b", BUFFER_WORKER_ID="worker-b"))
-    first.kill()
+    running = wait_job(stub, job_id, lambda v: v["status"] == "running", 60, "a worker running it")
+    killed_id = running["worker_id"]
+    (other_id,) = set(pair) - {killed_id}
+    pair[killed_id].kill()
 
     view = wait_final(stub, job_id, 120)
 
-    assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 2, "worker-b"), view
-    assert second.events("job claimed", job_id=job_id, attempt=2)
+    assert (view["status"], view["attempts"], view["worker_id"]) == ("completed", 2, other_id), view
+    assert pair[other_id].events("job claimed", job_id=job_id, attempt=2)
     assert [
         line
         for line in stub.log_text().splitlines()
-        if '"event": "lease expired"' in line and '"worker_id": "worker-a"' in line
+        if '"event": "lease expired"' in line and f'"worker_id": "{killed_id}"' in line
     ]
     frames, _ = read_video(video_path(view["result"]))
     assert frames.shape[0] == SMALL["num_frames"]
@@ -205,7 +208,8 @@ def test_results_survive_stub_outages_and_a_worker_restart(
 ) -> None:
     stub = stub_factory(LEASE_SECONDS=60)
     # No BUFFER_WORKER_ID: the id kept in STATE_DIR/worker_id is what lets the next start deliver a result.
-    first = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, name="first"))
+    # A short flush at stop: step 2 stops it while the stub is down, and waits that long for nothing.
+    first = workers.add(WorkerProcess.buffer(tmp_path / "w", stub.url, name="first", OUTBOX_FLUSH_TIMEOUT_S="1"))
     first.wait_for_event("claiming jobs")
     worker_id = (first.state_dir / "worker_id").read_text().strip()
 
@@ -225,7 +229,8 @@ def test_results_survive_stub_outages_and_a_worker_restart(
     assert (first.outbox / f"{job_id}.json").exists()
     stub.start()
     assert stub.job(job_id)["status"] == "running", "nothing was delivered while the worker was down"
-    second = workers.add(WorkerProcess(first.folder, {**first.env, "BUFFER_EXIT_WHEN_IDLE": "true"}, name="second"))
+    env = {**first.env, "BUFFER_EXIT_WHEN_IDLE": "true", "OUTBOX_FLUSH_TIMEOUT_S": "30"}
+    second = workers.add(WorkerProcess(first.folder, env, name="second"))
     assert second.wait(120) == 0
     view = stub.job(job_id)
     assert (view["status"], view["worker_id"], view["attempts"]) == ("completed", worker_id, 1), view
@@ -240,9 +245,10 @@ def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(
     job_id = stub.submit("nobody may take this", **SMALL)
     bad_key = "not-the-key-0123"
     with_userinfo = stub.url.replace("http://", "http://deploy:url-pa55word@")  # httpx sends it as basic auth
+    poll_s = 0.05
     worker = workers.add(
         WorkerProcess.buffer(
-            tmp_path / "w", with_userinfo, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S="0.2", RETRY_MAX_S="10"
+            tmp_path / "w", with_userinfo, INTERNAL_API_KEY=bad_key, CLAIM_POLL_S=str(poll_s), RETRY_MAX_S="10"
         )
     )
     wait_for(lambda: len(worker.events("claim refused")) >= 4, 60, interval_s=0.1, what="four refused claims")
@@ -250,7 +256,9 @@ def test_wrong_api_key_claims_get_401_change_nothing_and_back_off(
     refusals = worker.events("claim refused")
     assert "HTTP 401" in refusals[0]["event"] and "INTERNAL_API_KEY" in refusals[0]["event"]
     delays = [r["retry_in_s"] for r in refusals[:4]]
-    assert all(0.4 * 2**n <= d <= 0.4 * 2**n + 0.2 for n, d in enumerate(delays)), "back-off, not a hot loop"
+    # claims.refusal_backoff: 2·CLAIM_POLL_S·2^n plus up to CLAIM_POLL_S of jitter (rounded to 0.01 s in the log)
+    low = [2 * poll_s * 2**n for n in range(4)]
+    assert all(lo - 0.01 <= d <= lo + poll_s + 0.01 for lo, d in zip(low, delays, strict=True)), delays
     view = stub.job(job_id)
     assert (view["status"], view["attempts"], view["worker_id"]) == ("queued", 0, None)
     assert stub.get("/v1/queue").json()["workers"] == [], "heartbeats were refused too"

@@ -22,6 +22,7 @@ from worker_app_fastwan.doctor.checks import cuda_checks, orchestrator_check, st
 from worker_app_fastwan.doctor.gpu import CudaFacts, driver_needed
 from worker_app_fastwan.doctor.report import Status
 from worker_app_fastwan.exit_codes import ExitCode
+from worker_app_fastwan.model_fetch import REQUIRED_SUBFOLDERS
 from worker_app_fastwan.settings import load_settings
 
 B2_SECRET = "K005-doctor-secret-app-key-93ab"
@@ -68,6 +69,7 @@ def test_buffer_box_with_the_stub_passes_everything_with_load_and_generate(tmp_p
     for name in ("settings", "state dir", "cuda", "host ram", "nvenc", "model", "storage", "orchestrator", "load"):
         assert name in found, (name, done.stdout)
     assert found["cuda"].startswith("–") and "not needed with PIPELINE_BACKEND=tiny" in found["cuda"]
+    assert "not probed" in found["cuda"], "no process importing torch to probe what tiny never uses"
     assert found["orchestrator"].startswith("✓") and "INTERNAL_API_KEY accepted" in found["orchestrator"]
     assert found["storage"].startswith("✓ storage: local")
     assert found["load"].startswith("✓") and "loaded and warmed up" in found["load"]
@@ -108,9 +110,11 @@ def test_queue_box_without_orchestrator_passes(tmp_path):
 
 
 def test_production_backend_on_a_cpu_box_fails_and_says_why(tmp_path):
-    from worker_app_fastwan.pipelines.tiny import save_tiny_model
-
-    model = save_tiny_model(tmp_path / "model")
+    # The layout doctor checks, without weights: nothing reads them, the load stops at the missing CUDA first.
+    model = tmp_path / "model"
+    for sub in REQUIRED_SUBFOLDERS:
+        (model / sub).mkdir(parents=True)
+    (model / "model_index.json").write_text('{"_class_name": "WanPipeline"}\n')
     done = doctor(tmp_path, "--load", PIPELINE_BACKEND="diffusers", MODEL_PATH=str(model))
     assert done.returncode == ExitCode.FAILED
     found = lines(done)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers_fuzz import fuzz, no_server_error
 from stub_fixtures import StubProcess
 
 STUB_ROUTES = {
@@ -35,6 +34,9 @@ def fuzz_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]
 
 
 def test_no_stub_route_answers_a_server_error(fuzz_stub: StubProcess) -> None:
+    # Imported here: Hypothesis and schemathesis take seconds to import, paid only by the worker running this.
+    from helpers_fuzz import fuzz, no_server_error
+
     outcome = fuzz(f"{fuzz_stub.url}/openapi.json", no_server_error)
     assert STUB_ROUTES <= outcome["seen"], f"not in the OpenAPI document: {STUB_ROUTES - outcome['seen']}"
     assert not outcome["problems"], "\n".join(outcome["problems"][:10])

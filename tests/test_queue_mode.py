@@ -258,28 +258,6 @@ def test_index_and_openapi_document_the_endpoints(worker):
     assert {"200", "422", "429", "503"} <= set(generate["responses"])
 
 
-def test_sigterm_finishes_the_job_in_flight_then_exits_0(tmp_path, recorder):
-    port = free_port()
-    proc = start_worker(tmp_path, port, recorder.url, DRAIN_TIMEOUT_S="60")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_status(base, "ready")
-        results: dict = {}
-        thread = threading.Thread(target=lambda: results.update(r=post(base, {"prompt": f"drain {PACED}", **SMALL})))
-        thread.start()
-        wait_status(base, "busy", timeout_s=30)
-        proc.signal(signal.SIGTERM)
-        draining = wait_status(base, "draining", timeout_s=5)
-        refused = post(base, {"prompt": "too late", **SMALL})
-        thread.join(120)
-        assert proc.wait(60) == 0
-    finally:
-        proc.kill()
-    assert draining["status"] == "draining"
-    assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
-    assert results["r"].status_code == 200 and results["r"].json()["num_frames"] == SMALL["num_frames"]
-
-
 def test_queue_mode_uploads_to_b2(tmp_path):
     """The same app in-process (the simulator lives in this process's memory), GPU child and all."""
     import hashlib
@@ -395,3 +373,20 @@ def test_fuzzed_generate_never_answers_a_server_error(worker):
     codes = outcome["codes"][("POST", "/generate")]
     assert codes[422] > 0, codes
     assert wait_status(worker["base"], "ready", timeout_s=30)["status"] == "ready", "the worker still serves"
+
+
+def test_sigterm_finishes_the_job_in_flight_then_exits_0(worker):
+    """The last test of the module: it ends the shared worker (DRAIN_TIMEOUT_S at its default)."""
+    base, proc = worker["base"], worker["proc"]
+    results: dict = {}
+    thread = threading.Thread(target=lambda: results.update(r=post(base, {"prompt": f"drain {PACED}", **SMALL})))
+    thread.start()
+    wait_status(base, "busy", timeout_s=30)
+    proc.signal(signal.SIGTERM)
+    draining = wait_status(base, "draining", timeout_s=5)
+    refused = post(base, {"prompt": "too late", **SMALL})
+    thread.join(120)
+    assert proc.wait(60) == 0
+    assert draining["status"] == "draining"
+    assert refused.status_code == 503 and refused.json()["error"]["retryable"] is True
+    assert results["r"].status_code == 200 and results["r"].json()["num_frames"] == SMALL["num_frames"]

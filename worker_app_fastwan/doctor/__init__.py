@@ -53,7 +53,8 @@ def run_doctor(
             print(check.line(secrets), file=stream, flush=True)
 
     emit(checks.settings_check(settings), checks.state_dir_check(settings))
-    facts = probe_in_child()
+    # The tiny backend runs on the CPU: probing CUDA (a process that imports torch) would tell nothing it needs.
+    facts = CudaFacts() if settings.PIPELINE_BACKEND == "tiny" else probe_in_child()
     emit(*checks.cuda_checks(settings, facts))
     emit(checks.host_ram_check(settings, facts), checks.nvenc_check(settings), checks.model_check(settings))
     emit(checks.storage_check(settings, b2_api), checks.orchestrator_check(settings))

@@ -61,14 +61,13 @@ def state_dir_check(settings: Settings) -> Check:
 
 def cuda_checks(settings: Settings, facts: CudaFacts) -> list[Check]:
     """Driver and CUDA, then one line per GPU: memory, the profile it gets, the largest default-size job."""
+    if settings.PIPELINE_BACKEND == "tiny":
+        return [skip("cuda", "not needed with PIPELINE_BACKEND=tiny (it runs on the CPU), so not probed")]
     if facts.error:
         return [fail("cuda", facts.error)]
-    needed = settings.PIPELINE_BACKEND != "tiny"
     build = f"torch {facts.torch_version}" + (f" (CUDA {facts.cuda_version})" if facts.cuda_version else "")
     driver = f"driver {facts.driver}" if facts.driver else "no nvidia-smi (no NVIDIA driver on this box)"
     if not facts.available:
-        if not needed:
-            return [skip("cuda", f"not needed with PIPELINE_BACKEND=tiny; no CUDA here: {facts.why_not}; {driver}")]
         return [fail("cuda", f"{settings.PIPELINE_BACKEND} needs a CUDA GPU: {facts.why_not}; {build}; {driver}")]
     checks = [_driver_check(facts, build)]
     for gpu in facts.gpus:
