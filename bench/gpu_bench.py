@@ -195,7 +195,7 @@ def run_project(gen, job, embeds, out: Path, clock: Clock) -> None:
                 writer.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["full", "tiny"], default="full")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--videos", type=Path, default=None, help="keep plain.mp4 and project.mp4 here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_latest.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = bench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

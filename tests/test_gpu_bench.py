@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from helpers_video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "gpu_bench.py"
 
 
 def load_script(name: str):
@@ -60,32 +57,11 @@ def test_random_weights_have_the_dtypes_from_pretrained_gives(tmp_path: Path) ->
 
 
 def test_tiny_scale_runs_both_paths_on_cpu(tmp_path: Path) -> None:
+    """The script's main() with its command line, in this process: torch is imported here already."""
     out, videos = tmp_path / "gpu.json", tmp_path / "videos"
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--scale",
-            "tiny",
-            "--device",
-            "cpu",
-            "--width",
-            "256",
-            "--height",
-            "256",
-            "--frames",
-            "9",
-            "--warmup",
-            "0",
-            "--videos",
-            str(videos),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=300,
+    size = ["--width", "256", "--height", "256", "--frames", "9"]
+    load_script("gpu_bench").main(
+        ["--scale", "tiny", "--device", "cpu", *size, "--warmup", "0", "--videos", str(videos), "--out", str(out)]
     )
     report = json.loads(out.read_text())
     for key in ("plain_denoise", "plain_total", "project_denoise", "project_decode_and_encode", "project_total"):
