@@ -254,7 +254,7 @@ class RecordingProxy(ThreadedServer):
         keep = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
         try:
             response = self._http.request(method, self.target + path, headers=keep, content=raw)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: closed at teardown with a request in flight
             return 502, b"", "application/json"
         return response.status_code, response.content, response.headers.get("content-type", "application/json")
 

@@ -117,7 +117,8 @@ def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
     assert worker.events("final status delivered", job_id=t2v, outcome="ok")
     me = wait_for(lambda: (w := queue_worker(stub, "shared-worker"))["state"] == "idle" and w, 5, what="idle")
     assert (me["gpu_class"], me["gpu"]["name"], me["job_id"]) == ("cpu", "cpu", None)
-    assert shared.proxy.requests("/heartbeat")[-1].body["job_ids"] == []
+    # The proxy records a heartbeat once the stub has answered it: a moment after the stub shows the worker idle.
+    wait_for(lambda: shared.proxy.requests("/heartbeat")[-1].body["job_ids"] == [], 5, what="an idle heartbeat")
     assert not list(worker.outbox.iterdir()), "delivered statuses leave the outbox"
     assert_torch_only_in_the_gpu_child(worker.pid)
 
