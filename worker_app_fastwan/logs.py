@@ -160,7 +160,7 @@ def setup_logging(level: str = "INFO", process: str = "worker", fmt: LogFormat |
 def adopt_library_loggers() -> None:
     """transformers and diffusers print through handlers of their own; route them through ours instead.
 
-    Imports both libraries' logging modules, so only the GPU child calls this (before it loads a model).
+    Imports both libraries, so only the GPU child calls this (`pipelines.make_backend`, before their import).
     """
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

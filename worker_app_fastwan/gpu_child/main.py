@@ -39,10 +39,9 @@ FATAL_GPU_ERRORS = (
 
 
 def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
-    from worker_app_fastwan.logs import adopt_library_loggers, setup_logging
+    from worker_app_fastwan.logs import setup_logging
 
     setup_logging(settings.LOG_LEVEL, process="gpu-child", fmt=settings.LOG_FORMAT)
-    adopt_library_loggers()
     _die_with_parent()
     # The parent decides when the child stops (Shutdown, or a kill after a timeout); a Ctrl-C or a
     # SIGTERM sent to the whole process group must not cut a job short behind the parent's back.

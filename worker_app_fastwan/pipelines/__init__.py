@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from worker_app_fastwan.logs import adopt_library_loggers
 from worker_app_fastwan.pipelines.base import Backend
 from worker_app_fastwan.settings import Settings
 
 
 def make_backend(settings: Settings) -> Backend:
+    """The backend `settings` ask for, not loaded yet.
+
+    The refusals that need no model library (no CUDA device, no weights) come before transformers and
+    diffusers are imported (seconds of CPU): a box that cannot serve says so at once. Their logging is
+    adopted just before, so that nothing they print bypasses ours.
+    """
     if settings.PIPELINE_BACKEND == "tiny":
+        adopt_library_loggers()
         from worker_app_fastwan.pipelines.tiny import TinyBackend
 
         return TinyBackend()
@@ -19,8 +27,11 @@ def make_backend(settings: Settings) -> Backend:
     if settings.PIPELINE_BACKEND == "fastvideo":
         from worker_app_fastwan.pipelines.fastvideo_backend import FastVideoBackend, fastvideo_model
 
-        return FastVideoBackend(fastvideo_model(settings), name)
+        model = fastvideo_model(settings)
+        adopt_library_loggers()
+        return FastVideoBackend(model, name)
     source = resolve_model_source(settings)
+    adopt_library_loggers()
     from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
 
     return DiffusersBackend(
