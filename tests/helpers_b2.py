@@ -39,8 +39,9 @@ class FlakySimulator(RawSimulator):
         return super().start_large_file(*args, **kwargs)
 
 
-def new_api() -> tuple[B2Api, str, str]:
-    api = B2Api(InMemoryAccountInfo(), InMemoryCache(), api_config=B2HttpApiConfig(_raw_api_class=FlakySimulator))
+def new_api(max_upload_workers: int = 10) -> tuple[B2Api, str, str]:
+    config = B2HttpApiConfig(_raw_api_class=FlakySimulator)
+    api = B2Api(InMemoryAccountInfo(), InMemoryCache(), max_upload_workers=max_upload_workers, api_config=config)
     key_id, key = api.session.raw_api.create_account()
     return api, key_id, key
 
