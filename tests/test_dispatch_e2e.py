@@ -1,4 +1,8 @@
-"""The stub's Salad-style dispatcher driving a real queue-mode worker end to end (Salad's rules)."""
+"""The stub's Salad-style dispatcher driving a real queue-mode worker end to end (Salad's rules).
+
+The worker runs with image-to-video switched off (`I2V_ENABLED=false`): it refuses an image job with
+`invalid_input` before any work, which is the final 4xx the dispatcher must not retry.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ SMALL = {"width": 256, "height": 256, "num_frames": 9}
 def dispatched(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dispatch")
     port = free_port()
-    worker = WorkerProcess.queue(tmp / "worker", port, ALLOW_PRIVATE_IMAGE_URLS="false").start()
+    worker = WorkerProcess.queue(tmp / "worker", port, I2V_ENABLED="false").start()
     wait_health(f"http://127.0.0.1:{port}", ("ready",))
     stubs = Stubs(tmp / "stub")
     stub = stubs.start(
@@ -43,11 +47,12 @@ def test_a_job_is_generated_and_its_result_stored(dispatched):
 
 def test_a_422_from_the_worker_is_final_after_one_attempt(dispatched):
     stub, _ = dispatched
-    job_id = stub.submit("private image", image_url=f"http://127.0.0.1:{free_port()}/x.png", **SMALL)
+    job_id = stub.submit("the picture comes alive", image_url=f"http://127.0.0.1:{free_port()}/x.png", **SMALL)
     view = wait_final(stub, job_id)
     assert view["status"] == "failed" and view["error"]["code"] == "invalid_input"
-    assert "image_url" in view["error"]["message"]
-    assert len(view["dispatch_attempts"]) == 1
+    assert view["error"]["message"].startswith("image_url:") and "I2V_ENABLED" in view["error"]["message"]
+    assert view["error"]["retryable"] is False
+    assert [a["status_code"] for a in view["dispatch_attempts"]] == [422]
 
 
 def test_a_5xx_from_the_worker_is_retried_then_failed(dispatched):

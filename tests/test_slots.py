@@ -3,9 +3,10 @@ storage, every upload delayed UPLOAD_DELAY_S as from a rented box to B2) against
 through a recording proxy, on loopback.
 
 One worker serves every test here, in order, because each start costs seconds of model loading: both slots
-run jobs side by side; then slot 1's GPU process is killed until the slot goes out; then slot 0, alone, shows
-pipelining, the backpressure of an orchestrator outage, and the SIGTERM drain that ends the worker. Timings
-on this shared 2-core machine vary a lot, so the assertions are about order and counts, never durations.
+run jobs side by side (image-to-video is off, so they claim text-to-video jobs only); then slot 1's GPU
+process is killed until the slot goes out; then slot 0, alone, shows pipelining, the backpressure of an
+orchestrator outage, and the SIGTERM drain that ends the worker. Timings on this shared 2-core machine vary
+a lot, so the assertions are about order and counts, never durations.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
                 DRAIN_TIMEOUT_S="60",
                 OUTBOX_FLUSH_TIMEOUT_S="30",
                 OMP_NUM_THREADS="1",  # two GPU processes on two cores
+                I2V_ENABLED="false",  # image-to-video off: the box claims text-to-video jobs only
             )
         )
         try:
@@ -84,10 +86,16 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
 
 def test_two_cpu_slots_claim_and_finish_jobs_at_the_same_time(box: Box) -> None:
     stub, worker, proxy = box.stub, box.worker, box.proxy
+    image_job = stub.submit("the picture comes alive", image_url="http://127.0.0.1:9/cat.png", **JOB)
     jobs = [stub.submit(f"two slots {i}", seed=i, **JOB) for i in range(3)]
     views = {job_id: final(stub, job_id) for job_id in jobs}
 
     assert all(v["status"] == "completed" and v["attempts"] == 1 for v in views.values()), views
+    # I2V_ENABLED=false: every claim asks for text-to-video only, so the image job, older, waits for another box.
+    claims = [seen.body for seen in proxy.claims()]
+    assert claims and all(c["capabilities"]["modes"] == ["t2v"] for c in claims), claims
+    assert (stub.job(image_job)["status"], stub.job(image_job)["attempts"]) == ("queued", 0)
+    assert stub.post(f"/v1/jobs/{image_job}/cancel", key=None).status_code == 200
     assert {v["worker_id"] for v in views.values()} == {"box-0", "box-1"}, "each slot reports as <id>-<n>"
     # Generation intervals (GPU process busy) of the two slots overlap: they really ran side by side.
     spans = {}
