@@ -223,3 +223,28 @@ def test_with_json_logs_the_download_progress_is_logged_not_drawn(monkeypatch, c
     assert seen[0] == (1000, 4000, 25.0) and seen[-1] == (4000, 4000, 100.0)
     assert {r.bar for r in caplog.records if r.getMessage() == "downloading the model"} == {"Downloading bytes"}
     assert capsys.readouterr().err == ""  # no bar, not even a newline
+
+
+def test_missing_weights_are_refused_before_the_model_libraries_are_imported(tmp_path: Path) -> None:
+    """The GPU child's `make_backend` says "no weights" without paying seconds for transformers and diffusers."""
+    code = (
+        "import sys\n"
+        "from worker_app_fastwan.model_fetch import ModelUnavailable\n"
+        "from worker_app_fastwan.pipelines import make_backend\n"
+        "from worker_app_fastwan.settings import load_settings\n"
+        "backend = {'PIPELINE_BACKEND': 'diffusers', 'ALLOW_CPU_INFERENCE': True}\n"
+        "settings = load_settings(None, STATE_DIR=sys.argv[1], **backend)\n"
+        "try:\n"
+        "    make_backend(settings)\n"
+        "except ModelUnavailable as exc:\n"
+        "    print('refused:', exc)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "state")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused, imported = done.stdout.splitlines()[-2:]
+    assert refused.startswith(f"refused: model {DEFAULT_MODEL_ID} is") and "not in the cache" in refused, refused
+    assert imported == "[]", "refused before torch, transformers or diffusers were imported"
