@@ -167,3 +167,24 @@ def test_streamed_text_encoder_gives_the_same_embeddings(tmp_path):
     stream_text_encoder(backend.generator.t2v.text_encoder, torch.device("cpu"))
     assert hasattr(backend.generator.t2v.text_encoder.encoder.block[0], "_diffusers_hook")
     torch.testing.assert_close(backend.generator._encode_prompt("a red fox in snow"), before, rtol=0, atol=0)
+
+
+def test_the_child_loads_without_the_collector_then_freezes_what_it_loaded(tmp_path):
+    """gpu_child.main: the model's objects leave every later collection, and the collector is back on."""
+    import gc
+    from multiprocessing import Pipe
+
+    from worker_app_fastwan.gpu_child import main
+    from worker_app_fastwan.gpu_child.messages import Ready
+    from worker_app_fastwan.settings import load_settings
+
+    parent, child = Pipe()
+    frozen_before = gc.get_freeze_count()
+    try:
+        backend, _ = main._load_frozen(child, load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp_path))
+        assert isinstance(parent.recv(), Ready)
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen_before + 10_000, "the loaded model is out of later collections"
+        assert backend.generator is not None
+    finally:
+        gc.unfreeze()  # this test process goes on with other tests
