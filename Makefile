@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time of fresh
-# clones on 2 cores: 206-255 s with -n 3, as this shared machine's own speed varied by 1.5x; -n 4 was
-# slower (253 s) and late heartbeats failed a timing test; -n 2 varied more (207-320 s).
+# Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time on 2 cores:
+# 201-218 s; up to 255 s for a slightly heavier version while this shared machine ran 1.7x slower. -n 4
+# was slower (253 s) and late heartbeats failed a timing test; -n 2 varied more (207-320 s).
 test: setup
 	$(PY) -m pytest -q -n 3 tests
 
