@@ -57,6 +57,7 @@ def _tracked_files() -> list[Path]:
 
 def test_nothing_points_outside_the_repo_for_the_contract():
     """A clone alone must be complete: the contract is docs/protocol.md, never a sibling folder's file."""
+    # The sibling folder's names, each written in two pieces so that this guard does not find itself.
     outside = ("../" + "shared", "shared/" + "notes", "orchestrator" + "-protocol.md")
     hits = []
     for path in _tracked_files():
