@@ -95,12 +95,17 @@ class Box:
 
     def _stop_if_only_out_left(self) -> bool:
         """Out slots only wait to be stopped: once no slot works any more (all out, or the others finished a
-        burst run), stop them. True if it did."""
+        burst run), drain them. True if none is left working.
+
+        Each slot's end and each slot going out asks again: a slot already stopping is left alone, since a
+        second `stop()` is the second signal's stop-now, which would cut short the outbox's delivery."""
         if self._working() or not any(s.out_reason and s.index not in self._done for s in self.slots):
             return False
-        if all(s.out_reason for s in self.slots):
+        draining = [s for s in self.slots if s.index not in self._done and not s.stopping.is_set()]
+        if draining and all(s.out_reason for s in self.slots):
             log.error("every slot is out; exiting", extra={"reasons": [s.out_reason for s in self.slots]})
-        self.stop()
+        for slot in draining:
+            slot.stop()
         return True
 
     def _serve_metrics(self) -> MetricsServer | None:
