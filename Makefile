@@ -40,7 +40,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run tests/fixtures/*.sh
+	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run tests/support/fixtures/*.sh
 	$(VENV)/bin/hadolint Dockerfile.fastwan
 
 clean:

@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from helpers_procs import RecordingProxy, WorkerProcess, wait_final
-from stub_fixtures import Stubs, wait_for
+from support.procs import RecordingProxy, WorkerProcess, wait_final
+from support.stubs import Stubs, wait_for
 
 
 def _jobs(n: int, small: dict) -> list[dict]:
@@ -33,10 +33,10 @@ class RunnerAlone:
     def __init__(self, tmp: Path) -> None:
         from anyio.from_thread import start_blocking_portal
 
+        from worker_app_fastwan.core.settings import load_settings
         from worker_app_fastwan.gpu_child.handle import GpuChild
-        from worker_app_fastwan.runner import JobRunner
-        from worker_app_fastwan.settings import load_settings
-        from worker_app_fastwan.storage import LocalStorage
+        from worker_app_fastwan.job.runner import JobRunner
+        from worker_app_fastwan.job.storage import LocalStorage
 
         settings = load_settings(
             None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp / "alone-state", LOCAL_OUTPUT_DIR=tmp / "alone-videos"

@@ -3,7 +3,7 @@
 Arms: one slot pipelined (the default), one slot one-at-a-time (BUFFER_PIPELINING=false), and two CPU slots
 (GPU_DEVICES=cpu,cpu, pipelined). Every arm gets a fresh stub, a recording proxy in front of it that holds
 each final-status answer back 0.5 s, and a worker whose every upload sleeps 1 s first (B2 from a rented
-box; tests/delayed_upload_worker.py). Both wrappers exist only here and in the tests. All jobs are queued
+box; tests/support/delayed_upload_worker.py). Both wrappers exist only here and in the tests. All jobs are queued
 before the worker claims, so the worker never waits for work.
 
 - `gpu_idle_between_jobs_ms_*`: per job after the first of a slot, the time from the GPU process handing
@@ -24,9 +24,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from helpers_procs import wait_final
-from helpers_slots import DelayedUploadWorker, StatusProxy
-from stub_fixtures import Stubs
+from support.procs import wait_final
+from support.slots import DelayedUploadWorker, StatusProxy
+from support.stubs import Stubs
 
 UPLOAD_DELAY_S = 1.0
 FINAL_ANSWER_DELAY_S = 0.5

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the tests use
 
-from helpers_http import free_port  # noqa: E402
+from support.http_servers import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 HEAVY = {"width": 768, "height": 768, "num_frames": 57, "num_inference_steps": 3}
@@ -63,7 +63,7 @@ def encode_bench(tmp: Path) -> dict:
     import imageio
     from diffusers.utils import export_to_video
 
-    from worker_app_fastwan.encoder import Mp4Writer, encode_mp4
+    from worker_app_fastwan.gpu_child.encoder import Mp4Writer, encode_mp4
 
     frames = test_frames()
     chunks = [frames[:1]] + [frames[i : i + 4] for i in range(1, len(frames), 4)]
@@ -100,7 +100,7 @@ def encode_bench(tmp: Path) -> dict:
 def queue_bench(tmp: Path) -> dict:
     import httpx
     import psutil
-    from helpers_procs import WorkerProcess, wait_health
+    from support.procs import WorkerProcess, wait_health
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -15,9 +15,9 @@ import imageio
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers_video import read_video  # noqa: E402
+from support.video import read_video  # noqa: E402
 
-from worker_app_fastwan.encoder import encode_mp4  # noqa: E402
+from worker_app_fastwan.gpu_child.encoder import encode_mp4  # noqa: E402
 
 OPTIONS = [("veryfast", 25), ("superfast", 25), ("superfast", 27), ("veryfast", 27), ("ultrafast", 25)]
 

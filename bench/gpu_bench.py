@@ -181,7 +181,7 @@ def run_plain(gen, job, embeds, out: Path, clock: Clock) -> None:
 
 
 def run_project(gen, job, embeds, out: Path, clock: Clock) -> None:
-    from worker_app_fastwan.encoder import Mp4Writer
+    from worker_app_fastwan.gpu_child.encoder import Mp4Writer
 
     gen._encode_prompt = lambda _prompt: embeds  # same embeddings as the plain call; prompt encoding timed apart
     with clock("project_total"):
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict:
+    from worker_app_fastwan.core.schema import JobInput
     from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
-    from worker_app_fastwan.schema import JobInput
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))

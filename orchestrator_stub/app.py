@@ -19,7 +19,7 @@ from orchestrator_stub.password import PasswordMiddleware
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
-from worker_app_fastwan.body_guard import BodyGuard
+from worker_app_fastwan.edge.body_guard import BodyGuard
 
 log = logging.getLogger("orchestrator_stub.app")
 

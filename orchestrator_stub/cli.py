@@ -15,7 +15,7 @@ import uvicorn
 from orchestrator_stub.app import create_app
 from orchestrator_stub.password import warn_if_open
 from orchestrator_stub.settings import StubSettingsError, load_settings
-from worker_app_fastwan.logs import setup_logging
+from worker_app_fastwan.core.logs import setup_logging
 
 log = logging.getLogger("orchestrator_stub")
 

@@ -22,9 +22,9 @@ from orchestrator_stub.db import DISPATCHER_ID, Claimed, LeaseState, Store
 from orchestrator_stub.leases import cancelled_error
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
-from worker_app_fastwan.logs import job_context
-from worker_app_fastwan.protocol import Capabilities
-from worker_app_fastwan.schema import ErrorCode, JobError
+from worker_app_fastwan.core.logs import job_context
+from worker_app_fastwan.core.protocol import Capabilities
+from worker_app_fastwan.core.schema import ErrorCode, JobError
 
 log = logging.getLogger("orchestrator_stub.dispatcher")
 

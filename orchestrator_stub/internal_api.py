@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import StatusOutcome, Store
-from worker_app_fastwan.protocol import (
+from worker_app_fastwan.core.protocol import (
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
@@ -22,7 +22,7 @@ from worker_app_fastwan.protocol import (
     ProgressUpdate,
     StatusUpdate,
 )
-from worker_app_fastwan.schema import ID_PATTERN
+from worker_app_fastwan.core.schema import ID_PATTERN
 
 log = logging.getLogger("orchestrator_stub.internal")
 

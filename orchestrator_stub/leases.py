@@ -14,7 +14,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from worker_app_fastwan.schema import ErrorCode, JobError
+from worker_app_fastwan.core.schema import ErrorCode, JobError
 
 log = logging.getLogger("orchestrator_stub.leases")
 

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from orchestrator_stub.db import Store
 from orchestrator_stub.views import iso, job_view, worker_view
-from worker_app_fastwan.schema import SIDE_MULTIPLE, JobInput
+from worker_app_fastwan.core.schema import SIDE_MULTIPLE, JobInput
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OVERLAP_S = 5.0

@@ -18,9 +18,9 @@ from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, Store
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import job_view, load_job_view, worker_view
 from orchestrator_stub.webhooks import check_notify_url
-from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.job_input import parse_job_input
-from worker_app_fastwan.schema import ID_PATTERN, ErrorCode, JobInput
+from worker_app_fastwan.core.errors import JobFailure
+from worker_app_fastwan.core.schema import ID_PATTERN, ErrorCode, JobInput
+from worker_app_fastwan.edge.job_input import parse_job_input
 
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 SUBMISSION = JobInput.model_json_schema() | {"title": "Submission"}

@@ -27,7 +27,7 @@ from typing import IO
 
 import httpx
 
-from worker_app_fastwan.exit_codes import ExitCode
+from worker_app_fastwan.core.exit_codes import ExitCode
 
 STOP_TIMEOUT_S = 90.0
 START_TIMEOUT_S = 60.0

@@ -25,9 +25,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from worker_app_fastwan.durable import write_durably
-from worker_app_fastwan.image_input import MAX_IMAGE_PIXELS
-from worker_app_fastwan.schema import ErrorCode
+from worker_app_fastwan.core.durable import write_durably
+from worker_app_fastwan.core.schema import ErrorCode
+from worker_app_fastwan.edge.image import MAX_IMAGE_PIXELS
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}

@@ -18,7 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from orchestrator_stub.db import Store
-from worker_app_fastwan.schema import ID_PATTERN
+from worker_app_fastwan.core.schema import ID_PATTERN
 
 JOB_ID = PathParam(pattern=ID_PATTERN, max_length=128)
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator_stub.db import Store
-from worker_app_fastwan.image_input import redact_url
+from worker_app_fastwan.edge.image import redact_url
 
 
 def iso(ts: float | None) -> str | None:

@@ -6,7 +6,7 @@ Delivery runs in its own task, never inside a request: a slow receiver never del
 Each delivery is at-least-once; receivers can de-duplicate on the `X-Stub-Job-Id` header.
 
 A `notify_url` comes from whoever can reach the public API, so the stub treats it as the worker treats an
-image URL (`worker_app_fastwan.outbound`, one rule): only public addresses, pinned, no redirects, unless
+image URL (`worker_app_fastwan.edge.outbound`, one rule): only public addresses, pinned, no redirects, unless
 `WEBHOOK_ALLOW_PRIVATE`. Each attempt's error stays in the stub's log and database; the public job view
 shows only whether an attempt succeeded, or the stub would be a port and DNS scanner for anyone.
 """
@@ -30,8 +30,8 @@ from orchestrator_stub.db import Store
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import load_job_view
 from orchestrator_stub.wakeup import Wakeup
-from worker_app_fastwan.addresses import forbidden_address
-from worker_app_fastwan.outbound import NonPublicAddress, UnresolvableHost, pinned_request, vet_host
+from worker_app_fastwan.edge.addresses import forbidden_address
+from worker_app_fastwan.edge.outbound import NonPublicAddress, UnresolvableHost, pinned_request, vet_host
 
 log = logging.getLogger("orchestrator_stub.webhooks")
 

@@ -1,5 +1,5 @@
-"""Shared fixtures. Test helpers live in importable modules beside this file (pyproject's `pythonpath =
-["tests"]`); the ones that define fixtures are registered here as plugins, so no test imports a fixture."""
+"""Shared fixtures. Test helpers live in the `support` package beside this file (pyproject's `pythonpath =
+["tests"]`); its modules that define fixtures are registered here as plugins, so no test imports a fixture."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["stub_fixtures", "helpers_procs"]
+pytest_plugins = ["support.stubs", "support.procs"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,25 +22,29 @@ def pytest_configure(config: pytest.Config) -> None:
 # the order below. A group is a file, so a module's shared worker process starts once and its tests keep
 # their order; the files that drive torch in this process make one group, so that only one worker pays for
 # importing torch and diffusers (those files import them inside their tests, not when they are collected).
-IN_PROCESS_TORCH = ("test_pipeline.py", "test_gpu_path.py", "test_gpu_bench.py")
+IN_PROCESS_TORCH = (
+    "unit/pipelines/test_pipeline.py",
+    "unit/pipelines/test_gpu_path.py",
+    "unit/bench/test_gpu_bench.py",
+)
 # The suite ends when its last group does: the longest (worker processes, model loads, real clocks) start
 # first, and the many short files fill the gaps after them.
 LONGEST_FIRST = (
-    "test_buffer_mode.py",
-    "test_queue_mode.py",
-    "test_cli.py",
-    "test_doctor.py",
-    "test_slots.py",
-    "test_runner.py",
+    "process/test_buffer_mode.py",
+    "process/test_queue_mode.py",
+    "process/test_cli.py",
+    "process/test_doctor.py",
+    "process/test_slots.py",
+    "process/test_runner.py",
     "in-process torch",
-    "test_studio_browser.py",
-    "test_entrypoint.py",
+    "process/test_studio_browser.py",
+    "process/test_entrypoint.py",
 )
 
 
-def _group(path: str) -> str:
-    name = path.split("::", 1)[0].rsplit("/", 1)[-1]
-    return "in-process torch" if name in IN_PROCESS_TORCH else name
+def _group(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0].removeprefix("tests/")
+    return "in-process torch" if path in IN_PROCESS_TORCH else path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker_app_fastwan.body_guard import BodyGuard, BodyRejected, check_json_body
-from worker_app_fastwan.errors import JobFailure, hide_local_paths
+from worker_app_fastwan.core.errors import JobFailure, hide_local_paths
+from worker_app_fastwan.core.metrics import Metrics
+from worker_app_fastwan.core.schema import ID_RULE, ErrorCode, JobError, JobId, JobInput, JobResult
+from worker_app_fastwan.core.settings import Settings
+from worker_app_fastwan.edge.body_guard import BodyGuard, BodyRejected, check_json_body
 from worker_app_fastwan.gpu_child.handle import ChildState
-from worker_app_fastwan.metrics import Metrics
-from worker_app_fastwan.runner import Busy, JobRunner, NotReady
-from worker_app_fastwan.schema import ID_RULE, ErrorCode, JobError, JobId, JobInput, JobResult
-from worker_app_fastwan.settings import Settings
+from worker_app_fastwan.job.runner import Busy, JobRunner, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class DrainingServer(uvicorn.Server):
 
 def one_slot(settings: Settings) -> dict[str, str]:
     """Queue mode runs one job at a time on one device (a Salad node has one GPU): the first of GPU_DEVICES."""
-    from worker_app_fastwan.devices import plan_slots
+    from worker_app_fastwan.core.devices import plan_slots
 
     plan = plan_slots(settings.GPU_DEVICES, dict(os.environ))
     if len(plan) > 1:
@@ -247,9 +247,9 @@ def one_slot(settings: Settings) -> dict[str, str]:
 def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
     from worker_app_fastwan.gpu_child.handle import GpuChild
     from worker_app_fastwan.gpu_child.process import ChildProcess
-    from worker_app_fastwan.orchestrator_client import OrchestratorClient
-    from worker_app_fastwan.progress_reports import ProgressThrottle
-    from worker_app_fastwan.storage import make_storage
+    from worker_app_fastwan.job.storage import make_storage
+    from worker_app_fastwan.orchestrator.client import OrchestratorClient
+    from worker_app_fastwan.orchestrator.progress import ProgressThrottle
 
     metrics = Metrics()
     reporter = None

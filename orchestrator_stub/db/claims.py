@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator_stub.db.base import StoreBase, log
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, dumps
 from orchestrator_stub.leases import failure_requeues
-from worker_app_fastwan.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
+from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
 
 
 class StatusOutcome(str, Enum):

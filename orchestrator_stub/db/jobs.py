@@ -9,7 +9,7 @@ from typing import Any
 from orchestrator_stub.db.base import StoreBase
 from orchestrator_stub.db.schema import FINAL, STATUSES, dumps, loads
 from orchestrator_stub.leases import cancelled_error
-from worker_app_fastwan.schema import JobInput
+from worker_app_fastwan.core.schema import JobInput
 
 
 class IdempotencyConflict(Exception):

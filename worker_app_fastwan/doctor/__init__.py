@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from worker_app_fastwan.core.exit_codes import ExitCode
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor import checks
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
-from worker_app_fastwan.exit_codes import ExitCode
-from worker_app_fastwan.settings import Settings
 
 # The short real generation of --generate: small enough for any card, every stage of a job.
 PROBE_JOB = {"prompt": "doctor: a red fox in snow", "width": 256, "height": 256, "num_frames": 9, "seed": 1}
@@ -69,8 +69,8 @@ def run_doctor(
 async def _load_and_generate(settings: Settings, facts: CudaFacts, generate: bool) -> list[Check]:
     """Start the worker's own GPU process (load + warm-up), then optionally one short job, to a temp folder."""
     from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
-    from worker_app_fastwan.runner import JobRunner
-    from worker_app_fastwan.storage import LocalStorage
+    from worker_app_fastwan.job.runner import JobRunner
+    from worker_app_fastwan.job.storage import LocalStorage
 
     if settings.PIPELINE_BACKEND != "tiny" and not facts.available:
         return [fail("load", "skipped: no CUDA device (see the cuda line)")]
@@ -93,7 +93,7 @@ async def _run(runner: Any, states: Any, generate: bool) -> list[Check]:
     loaded = ok("load", f"{where}: loaded and warmed up in {time.monotonic() - start:.1f} s")
     if not generate:
         return [loaded, skip("generate", "not run (add --generate for one short job)")]
-    from worker_app_fastwan.errors import JobFailure
+    from worker_app_fastwan.core.errors import JobFailure
 
     size = f"{PROBE_JOB['width']}×{PROBE_JOB['height']}×{PROBE_JOB['num_frames']}"
     try:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor.gpu import CudaFacts, driver_needed
 from worker_app_fastwan.doctor.report import Check, fail, ok, skip, warn
-from worker_app_fastwan.memory_budget import FASTVIDEO, host_ram_gib
-from worker_app_fastwan.offload import DEFAULT_JOB, choose_profile, max_frames
-from worker_app_fastwan.settings import Settings
+from worker_app_fastwan.model.memory_budget import FASTVIDEO, host_ram_gib
+from worker_app_fastwan.model.offload import DEFAULT_JOB, choose_profile, max_frames
 
 GB = 1e9
 # What the checkpoint weighs when the hub cannot be asked (the diffusers folder, previews excluded).
@@ -121,7 +121,7 @@ def host_ram_check(settings: Settings, facts: CudaFacts) -> Check:
 
 
 def nvenc_check(settings: Settings) -> Check:
-    from worker_app_fastwan.encoder import nvenc_works
+    from worker_app_fastwan.gpu_child.encoder import nvenc_works
 
     if nvenc_works():
         return ok("nvenc", "available: ENCODER=auto encodes on the GPU")
@@ -134,7 +134,7 @@ def model_check(settings: Settings) -> Check:
     """Where the weights would come from, and room for them."""
     from huggingface_hub import constants
 
-    from worker_app_fastwan.model_fetch import cached_snapshot, hub_offline, model_dir_problem
+    from worker_app_fastwan.model.fetch import cached_snapshot, hub_offline, model_dir_problem
 
     if settings.PIPELINE_BACKEND == "tiny":
         return skip("model", "PIPELINE_BACKEND=tiny builds its random-weight model in memory: no weights needed")
@@ -163,7 +163,7 @@ def model_check(settings: Settings) -> Check:
 
 
 def _folder_gb(path: Path) -> float:
-    from worker_app_fastwan.model_fetch import folder_size
+    from worker_app_fastwan.model.fetch import folder_size
 
     return folder_size(Path(path))[0] / GB
 
@@ -178,7 +178,7 @@ def _hub_size_gb(model_id: str) -> tuple[float, str | None]:
     """The download's size from the hub's file list, or the usual size and why it is a guess."""
     from huggingface_hub import HfApi
 
-    from worker_app_fastwan.model_fetch import IGNORE_PATTERNS
+    from worker_app_fastwan.model.fetch import IGNORE_PATTERNS
 
     try:
         info = HfApi().model_info(model_id, files_metadata=True, timeout=PROBE_TIMEOUT_S)
@@ -209,7 +209,7 @@ def _b2_check(settings: Settings, api: Any) -> Check:
     """Authorise, then write and delete a small object under B2_PREFIX: what an upload needs."""
     from b2sdk.v2 import B2Api, InMemoryAccountInfo, InMemoryCache
 
-    from worker_app_fastwan.storage import B2Storage, StorageError
+    from worker_app_fastwan.job.storage import B2Storage, StorageError
 
     api = api or B2Api(InMemoryAccountInfo(), InMemoryCache())
     bucket_name = settings.B2_BUCKET_NAME

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from worker_app_fastwan.exit_codes import ExitCode
+from worker_app_fastwan.core.exit_codes import ExitCode
 
 
 class Status(str, Enum):

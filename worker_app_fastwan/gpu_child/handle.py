@@ -20,7 +20,10 @@ import enum
 import logging
 from collections.abc import Callable
 
-from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.core.errors import JobFailure
+from worker_app_fastwan.core.logs import job_context
+from worker_app_fastwan.core.schema import ErrorCode
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.gpu_child.messages import (
     ChildExited,
     DeviceInfo,
@@ -32,9 +35,6 @@ from worker_app_fastwan.gpu_child.messages import (
     Shutdown,
 )
 from worker_app_fastwan.gpu_child.process import ChildProcess
-from worker_app_fastwan.logs import job_context
-from worker_app_fastwan.schema import ErrorCode
-from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from worker_app_fastwan.errors import JobFailure
+from worker_app_fastwan.core.errors import JobFailure
+from worker_app_fastwan.core.schema import ErrorCode, JobInput, Stage
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.gpu_child.messages import Done, Failed, Progress, Ready, RunJob, Shutdown
-from worker_app_fastwan.schema import ErrorCode, JobInput, Stage
-from worker_app_fastwan.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ FATAL_GPU_ERRORS = (
 
 
 def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
-    from worker_app_fastwan.logs import setup_logging
+    from worker_app_fastwan.core.logs import setup_logging
 
     setup_logging(settings.LOG_LEVEL, process="gpu-child", fmt=settings.LOG_FORMAT)
     _die_with_parent()
@@ -83,8 +83,8 @@ def _load_frozen(conn: Connection, settings: Settings) -> tuple[Any, str]:
 
 
 def _load(conn: Connection, settings: Settings) -> tuple[Any, str]:
-    from worker_app_fastwan.encoder import resolve_codec
-    from worker_app_fastwan.model_fetch import ModelUnavailable
+    from worker_app_fastwan.core.errors import ModelUnavailable
+    from worker_app_fastwan.gpu_child.encoder import resolve_codec
     from worker_app_fastwan.pipelines import make_backend
 
     start = time.perf_counter()
@@ -141,7 +141,7 @@ class _StageClock:
 
 
 def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, codec: str, msg: RunJob) -> None:
-    from worker_app_fastwan.encoder import Mp4Writer
+    from worker_app_fastwan.gpu_child.encoder import Mp4Writer
 
     clock = _StageClock(conn, cancel, msg.job_id, backend)
     writer = None

@@ -9,19 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker_app_fastwan.schema import ErrorCode, Stage
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    backend: str
-    model: str
-    device: str = "cpu"
-    name: str = "cpu"
-    memory_used_mb: int = 0
-    memory_total_mb: int = 0
-    supports_i2v: bool = True
-    offload_profile: str = "none"
+from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.schema import ErrorCode, Stage
 
 
 # parent -> child

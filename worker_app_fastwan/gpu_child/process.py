@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from worker_app_fastwan.child_env import child_settings, minimal_env, only_environment
+from worker_app_fastwan.core.child_env import child_settings, minimal_env, only_environment
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.gpu_child.main import child_main
 from worker_app_fastwan.gpu_child.messages import ChildEvent, ChildExited
-from worker_app_fastwan.settings import Settings
 
 
 class ChildProcess:

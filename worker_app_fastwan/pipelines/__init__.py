@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from worker_app_fastwan.logs import adopt_library_loggers
+from worker_app_fastwan.core.logs import adopt_library_loggers
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.pipelines.base import Backend
-from worker_app_fastwan.settings import Settings
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -19,8 +19,8 @@ def make_backend(settings: Settings) -> Backend:
         from worker_app_fastwan.pipelines.tiny import TinyBackend
 
         return TinyBackend()
-    from worker_app_fastwan.cuda_check import require_cuda
-    from worker_app_fastwan.model_fetch import resolve_model_source
+    from worker_app_fastwan.model.cuda_check import require_cuda
+    from worker_app_fastwan.model.fetch import resolve_model_source
 
     require_cuda(settings)  # before the weights are looked for: no 24 GB download for a CPU box
     name = str(settings.MODEL_PATH or settings.MODEL_ID)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from worker_app_fastwan.gpu_child.messages import DeviceInfo
-from worker_app_fastwan.schema import JobInput
+from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.schema import JobInput
 
 DEFAULT_SIZE = (1280, 704, 121)  # width, height, num_frames of a job that names none (schema defaults)
 SMALL_SIZE = (256, 256, 5)

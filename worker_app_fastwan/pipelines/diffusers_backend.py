@@ -15,12 +15,12 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from worker_app_fastwan.gpu_child.messages import DeviceInfo
-from worker_app_fastwan.memory_budget import OffloadPlan
+from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.schema import JobInput
+from worker_app_fastwan.model.memory_budget import OffloadPlan
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
 from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
-from worker_app_fastwan.schema import JobInput
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class DiffusersBackend(Backend):
         return str(self.precision.vae_decoder).removeprefix("torch.")
 
     def load(self) -> None:
-        from worker_app_fastwan.memory_budget import plan_for
-        from worker_app_fastwan.offload import choose_profile, describe
+        from worker_app_fastwan.model.memory_budget import plan_for
+        from worker_app_fastwan.model.offload import choose_profile, describe
 
         parts = load_parts(self.source, self.precision)
         vram = self.vram_total_gb()

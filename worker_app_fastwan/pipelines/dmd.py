@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchLCMScheduler
 from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
 
-from worker_app_fastwan.schema import MAX_STEPS, MIN_STEPS
+from worker_app_fastwan.core.schema import MAX_STEPS, MIN_STEPS
 
 DMD_TIMESTEPS = (1000, 757, 522)
 NUM_TRAIN_TIMESTEPS = 1000

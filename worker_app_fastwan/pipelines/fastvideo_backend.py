@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from worker_app_fastwan.errors import JobFailure
-from worker_app_fastwan.gpu_child.messages import DeviceInfo
-from worker_app_fastwan.model_fetch import ModelUnavailable
+from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.errors import JobFailure, ModelUnavailable
+from worker_app_fastwan.core.schema import MAX_STEPS, ErrorCode, JobInput, Stage
+from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info
-from worker_app_fastwan.schema import MAX_STEPS, ErrorCode, JobInput, Stage
-from worker_app_fastwan.settings import Settings
 
 # FastVideo's model registry (registry.py, 0.2.x): both names map to its FastWan2.2 TI2V-5B config.
 FASTVIDEO_MODEL_IDS = ("FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers", "FastVideo/FastWan2.2-TI2V-5B-Diffusers")

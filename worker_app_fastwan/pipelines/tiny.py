@@ -21,10 +21,10 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from worker_app_fastwan.gpu_child.messages import DeviceInfo
+from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.schema import JobInput, Stage
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
-from worker_app_fastwan.schema import JobInput, Stage
 
 WEIGHTS_SEED = 0
 OOM_TOKEN, CRASH_TOKEN = "[tiny:oom]", "[tiny:crash]"

@@ -7,7 +7,7 @@ VAE decoder) with a short loop of its own, because the plain `WanPipeline.__call
 - re-noises without a generator (a seed would not reproduce a video);
 - decodes the whole video before returning; here frames are yielded per latent frame, so MP4 encoding
   overlaps decoding.
-`tests/test_pipeline.py` checks that this path matches the plain pipeline call for t2v and i2v.
+`tests/unit/pipelines/test_pipeline.py` checks that this path matches the plain pipeline call for t2v and i2v.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from diffusers import WanImageToVideoPipeline, WanPipeline
 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 from PIL import Image, ImageOps
 
+from worker_app_fastwan.core.schema import JobInput, Stage
 from worker_app_fastwan.pipelines.base import Generation, ProgressCallback
 from worker_app_fastwan.pipelines.dmd import DMDScheduler, make_scheduler
-from worker_app_fastwan.schema import JobInput, Stage
 
 MAX_PROMPT_TOKENS = 512
 

@@ -1,0 +1,334 @@
+"""Fixtures for the orchestrator_stub tests: the stub as a real process on loopback, and scripted HTTP servers.
+
+The one way to start stubs is `Stubs(folder).start(*cli_args, **env)` (each with its own database, all killed
+at `close()`); the `stub_factory` fixture is its `start` for one test. conftest.py registers this module as a
+plugin, so tests take its fixtures as arguments without importing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support.http_servers import ThreadedServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-internal-key-5f1c"
+WEBHOOK_SECRET = "test-webhook-secret-9a2e"
+
+# Small delays so the whole suite stays fast; each test overrides what it exercises.
+FAST_ENV = {
+    "LEASE_SECONDS": "30",
+    "LEASE_CHECK_S": "0.1",
+    "WEBHOOK_BASE_DELAY_S": "0.05",
+    "WEBHOOK_MAX_DELAY_S": "0.2",
+    "WEBHOOK_SCAN_S": "0.5",
+    "DISPATCH_RETRY_BASE_S": "0.05",
+    "DISPATCH_RETRY_MAX_S": "0.2",
+    "DISPATCH_POLL_S": "0.2",
+    # Webhook receivers in tests listen on loopback; tests of the vetting set it back to false.
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+}
+
+
+def wait_for(
+    check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; returns it, or fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+async def until(
+    check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"
+) -> Any:
+    """`wait_for` for async tests: poll `check` without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+    return value
+
+
+def job_result(job_id: str) -> dict[str, Any]:
+    """A valid protocol result for a completed job."""
+    return {
+        "job_id": job_id,
+        "status": "completed",
+        "video_url": f"http://127.0.0.1/videos/{job_id}.mp4",
+        "storage_key": f"videos/{job_id}.mp4",
+        "width": 1280,
+        "height": 704,
+        "num_frames": 121,
+        "fps": 24,
+        "seed": 42,
+        "mode": "t2v",
+        "bytes": 1234,
+        "sha256": "0" * 64,
+        "timings": {
+            "queue_s": 0.1,
+            "download_s": 0.0,
+            "inference_s": 1.0,
+            "encode_s": 0.2,
+            "upload_s": 0.1,
+            "total_s": 1.4,
+        },
+    }
+
+
+@dataclass
+class StubProcess:
+    """`python -m orchestrator_stub` on a free loopback port, with HTTP helpers for both APIs."""
+
+    db: Path
+    log_path: Path
+    env: dict[str, str]
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> StubProcess:
+        self.http.close()  # a fresh connection pool: the old one may hold sockets of a killed process
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        env = {
+            **os.environ,
+            **FAST_ENV,
+            "INTERNAL_API_KEY": API_KEY,
+            **self.env,
+            "STUB_PORT": str(self.port),
+            "STUB_DB": str(self.db),
+            "PYTHONPATH": str(REPO),
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator_stub", "--env-file", os.devnull, *self.args],
+                env=env,
+                cwd=self.db.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, timeout_s=20, what=f"the stub on port {self.port} ({self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"the stub exited with {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            return self.http.get("/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """Send `sig` and wait for the exit; returns the exit status."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        return self.proc.returncode if self.proc else None
+
+    def restart(self) -> StubProcess:
+        """SIGKILL (no clean shutdown at all) and start again on the same database and port."""
+        self.kill()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ---- HTTP helpers ---------------------------------------------------------------------------
+
+    def post(self, path: str, body: Any = None, key: str | None = API_KEY, **kwargs: Any) -> httpx.Response:
+        headers = {"X-Internal-Api-Key": key} if key is not None else {}
+        headers.update(kwargs.pop("headers", {}))
+        return self.http.post(path, json=body, headers=headers, **kwargs)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return self.http.get(path, params=params)
+
+    def submit(self, prompt: str = "a red fox in snow", **fields: Any) -> str:
+        response = self.post("/v1/jobs", {"prompt": prompt, **fields}, key=None)
+        assert response.status_code == 201, response.text
+        return response.json()["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def claim(self, worker_id: str, **fields: Any) -> httpx.Response:
+        return self.post("/internal/buffer/jobs/claim", {"worker_id": worker_id, "gpu_class": "test-gpu", **fields})
+
+    def claim_job(self, worker_id: str) -> dict[str, Any]:
+        response = self.claim(worker_id)
+        assert response.status_code == 200, response.text
+        return response.json()["job"]
+
+    def heartbeat(self, worker_id: str, job_id: str | None = None, state: str = "busy") -> httpx.Response:
+        body = {
+            "gpu_class": "test-gpu",
+            "state": state,
+            "job_id": job_id,
+            "progress": 0.5,
+            "gpu": {"name": "Test GPU", "memory_used_mb": 1000, "memory_total_mb": 24000},
+        }
+        return self.post(f"/internal/buffer/workers/{worker_id}/heartbeat", body)
+
+    def status(self, job_id: str, worker_id: str, status: str, **fields: Any) -> httpx.Response:
+        if status == "completed":
+            fields.setdefault("result", job_result(job_id))
+        return self.post(f"/internal/buffer/jobs/{job_id}/status", {"worker_id": worker_id, "status": status, **fields})
+
+
+@dataclass
+class Stubs:
+    """Stubs started by one test or module, each with its own database in `folder`; all are killed (and their
+    logs printed, which pytest shows when the test fails) at `close()`."""
+
+    folder: Path
+    started: list[StubProcess] = field(default_factory=list)
+
+    def start(self, *args: str, **env: Any) -> StubProcess:
+        """`python -m orchestrator_stub *args` with `env`, on a free loopback port."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(self.started)
+        stub = StubProcess(
+            db=self.folder / f"stub{n}.sqlite3",
+            log_path=self.folder / f"stub{n}.log",
+            env={k: str(v) for k, v in env.items()},
+            args=list(args),
+        )
+        self.started.append(stub)
+        return stub.start()
+
+    def close(self) -> None:
+        for stub in self.started:
+            stub.kill()  # SIGKILL: fast, and the stub is built to survive it
+            stub.http.close()
+            print(f"---- {stub.log_path} ----\n{stub.log_text()[-20000:]}")
+
+
+@pytest.fixture
+def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
+    """`stub_factory(*cli_args, **env)` starts a stub with its own database; all are killed at teardown."""
+    stubs = Stubs(tmp_path)
+    yield stubs.start
+    stubs.close()
+
+
+@pytest.fixture
+def stub(stub_factory: Callable[..., StubProcess]) -> StubProcess:
+    return stub_factory()
+
+
+# ---- scripted loopback HTTP server (webhook receiver, stand-in queue-mode worker) -------------------
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: Any = None  # JSON, or a callable(Recorded) returning it
+    delay_s: float = 0.0
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+    raw: bytes = b""
+
+
+class ScriptedServer(ThreadedServer):
+    """Answers POSTs with `answers` in order (the last one repeats) and records every request."""
+
+    def __init__(self, answers: list[Answer], on_request: Callable[[Recorded], None] | None = None) -> None:
+        self.answers = list(answers)
+        self.requests: list[Recorded] = []
+        self.on_request = on_request
+        self.closing = threading.Event()
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def _next(self, recorded: Recorded) -> Answer:
+        with self._lock:
+            self.requests.append(recorded)
+            return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                recorded = Recorded(
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    json.loads(raw) if raw else None,
+                    time.monotonic(),
+                    raw,
+                )
+                answer = server._next(recorded)
+                if server.on_request:
+                    server.on_request(recorded)
+                server.closing.wait(answer.delay_s)
+                body = answer.body(recorded) if callable(answer.body) else answer.body
+                data = json.dumps(body).encode() if body is not None else b""
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (a cancelled dispatch): nothing to answer
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing.set()
+        super().__exit__(*exc)
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[Callable[..., ScriptedServer]]:
+    """`scripted_server([Answer(500), Answer(200, {...})])` starts one; all are closed at teardown."""
+    servers: list[ScriptedServer] = []
+
+    def start(answers: list[Answer], on_request: Callable[[Recorded], None] | None = None) -> ScriptedServer:
+        server = ScriptedServer(answers, on_request).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

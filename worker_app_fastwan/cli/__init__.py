@@ -1,0 +1,1 @@
+"""The command line: `python -m worker_app_fastwan ...` (main), its parser, display, errors and settings check."""

@@ -1,0 +1,97 @@
+"""Request and response bodies of the worker <-> orchestrator calls (progress, claim, heartbeat, status).
+
+Shared by the worker (sender) and orchestrator_stub (receiver). Receivers ignore unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker_app_fastwan.core.schema import JobError, JobId, JobResult, Stage, WorkerId
+
+WorkerState = Literal["starting", "idle", "busy", "draining"]
+JobStatus = Literal["running", "completed", "failed"]
+MAX_HELD_JOBS = 64  # job ids one heartbeat may name
+MAX_ATTEMPT = 1_000_000  # far above any orchestrator's attempts, and far below SQLite's integer range
+# Steps, sizes, megabytes: far above any real value, and never an OverflowError where SQLite stores them.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ProgressUpdate(_Body):
+    worker_id: str
+    stage: Stage
+    progress: float = Field(ge=0.0, le=1.0)
+    step: Count | None = None
+    total_steps: Count | None = None
+    message: str = ""
+
+
+class Capabilities(_Body):
+    modes: list[Literal["t2v", "i2v"]] = ["t2v", "i2v"]
+    max_width: Count = 1280
+    max_height: Count = 1280
+    max_frames: Count = 241
+
+
+class ClaimRequest(_Body):
+    worker_id: WorkerId
+    gpu_class: str = "unknown"
+    capabilities: Capabilities = Capabilities()
+
+
+class ClaimedJob(_Body):
+    job_id: JobId
+    input: dict[str, Any]
+    attempt: int = 1
+    lease_seconds: float = 30
+
+
+class ClaimResponse(_Body):
+    job: ClaimedJob
+
+
+class GpuInfo(_Body):
+    name: str = "unknown"
+    memory_used_mb: Count = 0
+    memory_total_mb: Count = 0
+
+
+class SlotInfo(_Body):
+    """Which slot of a multi-GPU worker beats, and its own state (an extra field: receivers may ignore it).
+    `out`: its GPU process failed for good; it takes no jobs while the other slots go on."""
+
+    index: int = Field(default=0, ge=0, le=1024)
+    device: str = Field(default="default", max_length=100)
+    state: Literal["starting", "idle", "busy", "draining", "out"] = "idle"
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class HeartbeatRequest(_Body):
+    gpu_class: str = "unknown"
+    state: WorkerState
+    job_id: JobId | None = None  # the job generating now
+    stage: Stage | None = None
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    gpu: GpuInfo = GpuInfo()
+    # v1.1: every job this worker holds (generating, uploading or reporting); each one's lease is renewed.
+    job_ids: list[JobId] = Field(default_factory=list, max_length=MAX_HELD_JOBS)
+    slot: SlotInfo | None = None
+
+
+class HeartbeatResponse(_Body):
+    cancel_job_ids: list[str] = []
+
+
+class StatusUpdate(_Body):
+    worker_id: WorkerId
+    status: JobStatus
+    result: JobResult | None = None
+    error: JobError | None = None
+    # v1.1: the claim's attempt this report is about; None (a v1 worker) is judged by the holder alone.
+    attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT)
