@@ -34,8 +34,7 @@ class RunnerAlone:
         from anyio.from_thread import start_blocking_portal
 
         from worker_app_fastwan.core.settings import load_settings
-        from worker_app_fastwan.gpu_child.handle import GpuChild
-        from worker_app_fastwan.job.runner import JobRunner
+        from worker_app_fastwan.job.runner import build_runner
         from worker_app_fastwan.job.storage import LocalStorage
 
         settings = load_settings(
@@ -44,7 +43,7 @@ class RunnerAlone:
         # An event loop on a thread of its own, so this synchronous bench can call the async runner.
         self._stack = contextlib.ExitStack()
         self.portal = self._stack.enter_context(start_blocking_portal("asyncio"))
-        self.runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
+        self.runner = build_runner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR))
         self.portal.call(self.runner.start)
 
     def seconds(self, job_id: str, job: dict) -> tuple[float, float]:

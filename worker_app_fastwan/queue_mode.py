@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -24,13 +23,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from worker_app_fastwan.core.devices import SlotDevice, plan_slots
 from worker_app_fastwan.core.errors import JobFailure, hide_local_paths
 from worker_app_fastwan.core.metrics import Metrics
 from worker_app_fastwan.core.schema import ID_RULE, ErrorCode, JobError, JobId, JobInput, JobResult
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.edge.body_guard import BodyGuard, BodyRejected, check_json_body
-from worker_app_fastwan.gpu_child.handle import ChildState
-from worker_app_fastwan.job.runner import Busy, JobRunner, NotReady
+from worker_app_fastwan.job.runner import Busy, JobRunner, NotReady, RunnerState
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,9 @@ class QueueWorker:
         body: dict[str, Any] = {"status": state.value}
         if self.draining:
             body["status"] = "draining"
-        elif state is ChildState.busy and self.runner.current is not None:
+        elif state is RunnerState.busy and self.runner.current is not None:
             body["job_id"] = self.runner.current.job_id
-        elif state is ChildState.unhealthy:
+        elif state is RunnerState.unhealthy:
             body["reason"] = hide_local_paths(self.runner.unhealthy_reason or "")
         device = self.runner.device
         if device is not None:
@@ -78,7 +77,7 @@ class QueueWorker:
                     "memory_total_mb": device.memory_total_mb,
                 },
             )
-        ok = not self.draining and state in (ChildState.ready, ChildState.busy)
+        ok = not self.draining and state in (RunnerState.ready, RunnerState.busy)
         return (200 if ok else 503), body
 
     async def drain(self) -> None:
@@ -231,22 +230,19 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def one_slot(settings: Settings) -> dict[str, str]:
+def one_slot(settings: Settings) -> SlotDevice:
     """Queue mode runs one job at a time on one device (a Salad node has one GPU): the first of GPU_DEVICES."""
-    from worker_app_fastwan.core.devices import plan_slots
-
     plan = plan_slots(settings.GPU_DEVICES, dict(os.environ))
     if len(plan) > 1:
         log.warning(
             "queue mode runs one slot; using the first of the devices visible (buffer mode runs one per device)",
             extra={"devices": [d.label for d in plan], "using": plan[0].label},
         )
-    return plan[0].child_env()
+    return plan[0]
 
 
 def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
-    from worker_app_fastwan.gpu_child.handle import GpuChild
-    from worker_app_fastwan.gpu_child.process import ChildProcess
+    from worker_app_fastwan.job.runner import build_runner
     from worker_app_fastwan.job.storage import make_storage
     from worker_app_fastwan.orchestrator.client import OrchestratorClient
     from worker_app_fastwan.orchestrator.progress import ProgressThrottle
@@ -260,16 +256,11 @@ def build_worker(settings: Settings) -> tuple[QueueWorker, Metrics]:
             worker_id=settings.BUFFER_WORKER_ID or "queue-worker",
             min_interval_s=settings.PROGRESS_MIN_INTERVAL_S,
         )
-    runner = JobRunner(
-        settings,
-        make_storage(settings),
-        metrics=metrics,
-        child=GpuChild(settings, spawn=functools.partial(ChildProcess, env=one_slot(settings))),
+    listeners = [reporter.report_progress] if reporter is not None else []
+    runner = build_runner(
+        settings, make_storage(settings), device=one_slot(settings), metrics=metrics, listeners=listeners
     )
-    worker = QueueWorker(settings, runner, reporter)
-    if reporter is not None:
-        runner.listeners.append(reporter.report_progress)
-    return worker, metrics
+    return QueueWorker(settings, runner, reporter), metrics
 
 
 def serve(settings: Settings) -> int:

@@ -267,8 +267,7 @@ def test_queue_mode_uploads_to_b2(tmp_path):
 
     from worker_app_fastwan.core.metrics import Metrics
     from worker_app_fastwan.core.settings import load_settings
-    from worker_app_fastwan.gpu_child.handle import GpuChild
-    from worker_app_fastwan.job.runner import JobRunner
+    from worker_app_fastwan.job.runner import build_runner
     from worker_app_fastwan.job.storage import B2Storage
     from worker_app_fastwan.queue_mode import QueueWorker, create_app
 
@@ -278,7 +277,7 @@ def test_queue_mode_uploads_to_b2(tmp_path):
     settings = load_settings(None, PIPELINE_BACKEND="tiny", STATE_DIR=tmp_path / "state", B2_PREFIX="prod/")
     storage = B2Storage(api, "videos-bucket", prefix=settings.B2_PREFIX)
     metrics = Metrics()
-    worker = QueueWorker(settings, JobRunner(settings, storage, child=GpuChild(settings), metrics=metrics))
+    worker = QueueWorker(settings, build_runner(settings, storage, metrics=metrics))
     app = create_app(settings, worker, metrics)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))

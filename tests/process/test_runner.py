@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,11 @@ from support.stubs import until
 from support.video import read_video
 
 from worker_app_fastwan.core.errors import JobFailure
+from worker_app_fastwan.core.job_progress import JobProgress
 from worker_app_fastwan.core.schema import ErrorCode
 from worker_app_fastwan.core.settings import load_settings
-from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
-from worker_app_fastwan.job.runner import Busy, JobRunner
+from worker_app_fastwan.gpu_child.handle import ChildState
+from worker_app_fastwan.job.runner import Busy, build_runner
 from worker_app_fastwan.job.storage import LocalStorage
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
@@ -27,6 +29,9 @@ PACED = "[tiny:pace=1]"
 
 
 pytestmark = pytest.mark.anyio
+
+
+TAPS: list[Callable[[JobProgress], object]] = []
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,8 @@ async def runner(tmp_path_factory):
     settings = load_settings(
         None, PIPELINE_BACKEND="tiny", STATE_DIR=root / "state", LOCAL_OUTPUT_DIR=root / "out", JOB_TIMEOUT_S=600
     )
-    runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=GpuChild(settings))
+    listeners = [lambda p: [tap(p) for tap in TAPS]]  # the runner's listeners are fixed: the tests tap them
+    runner = build_runner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), listeners=listeners)
     await runner.start()
     assert runner.state is ChildState.ready
     yield runner
@@ -49,11 +55,11 @@ async def runner(tmp_path_factory):
 
 async def test_t2v_job_result_matches_the_stored_video(runner):
     seen = []
-    runner.listeners.append(lambda p: seen.append((p.stage.value, p.progress)))
+    TAPS.append(lambda p: seen.append((p.stage.value, p.progress)))
     try:
         result = await runner.run("t2v-1", {"prompt": "a lighthouse at dusk", **SMALL, "seed": 4})
     finally:
-        runner.listeners.clear()
+        TAPS.clear()
     path = Path(result.video_url.removeprefix("file://"))
     data = path.read_bytes()
     assert result.storage_key == f"videos/t2v-1/{result.sha256}.mp4" and path.name == f"{result.sha256}.mp4"
@@ -105,7 +111,7 @@ async def test_second_job_while_busy_is_refused(runner):
 
 async def test_cancel_stops_within_one_step(runner):
     steps = []
-    runner.listeners.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
+    TAPS.append(lambda p: steps.append((p.stage.value, p.step, time.monotonic())))
     try:
         job = asyncio.create_task(runner.run("cancel-1", {"prompt": f"a storm {PACED}", **SMALL}))
         await until(lambda: any(s == "denoising" and step == 1 for s, step, _ in steps), 60, what="denoising step 1")
@@ -114,7 +120,7 @@ async def test_cancel_stops_within_one_step(runner):
         with pytest.raises(JobFailure) as err:
             await asyncio.wait_for(job, 60)
     finally:
-        runner.listeners.clear()
+        TAPS.clear()
     assert err.value.code is ErrorCode.cancelled and not err.value.retryable
     step_times = [t for s, step, t in steps if s == "denoising" and step]
     assert max(step for s, step, _ in steps if s == "denoising") <= 2, "stopped at the next safe point"

@@ -5,6 +5,7 @@ and `OrchestratorClient`; only the process and the network are replaced."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,11 +15,11 @@ from typing import Any
 import httpx
 
 from worker_app_fastwan.buffer.outbox import Outbox
-from worker_app_fastwan.buffer.slot import BufferWorker
+from worker_app_fastwan.buffer.slot import Slot
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.devices import DeviceInfo
 from worker_app_fastwan.core.schema import ErrorCode, Stage
 from worker_app_fastwan.core.settings import Settings, load_settings
-from worker_app_fastwan.gpu_child.handle import GpuChild
 from worker_app_fastwan.gpu_child.messages import (
     ChildExited,
     Done,
@@ -28,7 +29,7 @@ from worker_app_fastwan.gpu_child.messages import (
     RunJob,
     Shutdown,
 )
-from worker_app_fastwan.job.runner import JobRunner
+from worker_app_fastwan.job.runner import build_runner
 from worker_app_fastwan.job.storage import LocalStorage
 from worker_app_fastwan.orchestrator.client import OrchestratorClient
 
@@ -215,15 +216,17 @@ def buffer_settings(tmp: Path, **overrides: Any) -> Settings:
     return load_settings(None, **{**values, **overrides})
 
 
-def buffer_worker(
+def fake_slot(
     settings: Settings,
     orchestrator: FakeOrchestrator,
     spawn: FakeSpawn,
     *,
     outbox: Outbox | None = None,
     storage: Any = None,
-) -> BufferWorker:
-    child = GpuChild(settings, spawn=spawn)  # type: ignore[arg-type]  # FakeProcess has ChildProcess's interface
-    runner = JobRunner(settings, storage or LocalStorage(settings.LOCAL_OUTPUT_DIR), child=child)
+    clock: Clock = SYSTEM_CLOCK,
+) -> Slot:
+    """A real slot (runner, lifecycle, outbox, client) over a fake GPU process and a scripted orchestrator."""
+    storage = storage or LocalStorage(settings.LOCAL_OUTPUT_DIR)
+    make_runner = functools.partial(build_runner, settings, storage, spawn=spawn)  # FakeProcess: ChildProcess's API
     outbox = outbox if outbox is not None else Outbox(settings.STATE_DIR / "outbox")
-    return BufferWorker(settings, runner, orchestrator.client(), outbox, "w-test")
+    return Slot(settings, make_runner, orchestrator.client(), outbox, "w-test", clock=clock)

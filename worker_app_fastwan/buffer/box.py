@@ -1,6 +1,6 @@
 """`python -m worker_app_fastwan buffer`: one slot per device (GPU_DEVICES), run side by side as one box.
 
-Each slot (`BufferWorker`) has its own GPU process, which sees only its device (CUDA_VISIBLE_DEVICES), its
+Each slot (`slot.Slot`) has its own GPU process, which sees only its device (CUDA_VISIBLE_DEVICES), its
 own claim loop and its own heartbeat; with several slots, slot n reports as `<worker id>-<n>`. The box holds
 what the process needs once: the orchestrator client, the outbox (delivered once at start, while the models
 load, before any slot claims) and the storage. SIGTERM/SIGINT drain every slot (a second one stops them at
@@ -19,14 +19,12 @@ import signal
 from worker_app_fastwan.buffer.identity import resolve_worker_id
 from worker_app_fastwan.buffer.metrics import MetricsServer, serve_metrics
 from worker_app_fastwan.buffer.outbox import Outbox, flush
-from worker_app_fastwan.buffer.slot import BufferWorker
+from worker_app_fastwan.buffer.slot import Slot
 from worker_app_fastwan.core.devices import SlotDevice, plan_slots, slot_worker_id
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.logs import slot_context
 from worker_app_fastwan.core.settings import Settings, SettingsError
-from worker_app_fastwan.gpu_child.handle import GpuChild
-from worker_app_fastwan.gpu_child.process import ChildProcess
-from worker_app_fastwan.job.runner import JobRunner
+from worker_app_fastwan.job.runner import build_runner
 from worker_app_fastwan.job.storage import Storage, StorageError, make_storage
 from worker_app_fastwan.orchestrator.client import OrchestratorClient
 
@@ -36,7 +34,7 @@ log = logging.getLogger(__name__)
 class Box:
     """The slots of one worker process."""
 
-    def __init__(self, settings: Settings, client: OrchestratorClient, outbox: Outbox, slots: list[BufferWorker]):
+    def __init__(self, settings: Settings, client: OrchestratorClient, outbox: Outbox, slots: list[Slot]):
         self.settings, self.client, self.outbox, self.slots = settings, client, outbox, slots
         self._done: set[int] = set()  # slots whose run ended
 
@@ -67,30 +65,29 @@ class Box:
         alone = len(self.slots) == 1
         tasks = []
         for slot in self.slots:
-            slot.flushing = flushing
             with slot_context(None if alone else slot.index):  # every log line of a slot's tasks names it
-                tasks.append(asyncio.create_task(self._run_slot(slot, alone), name=f"slot-{slot.index}"))
+                tasks.append(asyncio.create_task(self._run_slot(slot, alone, flushing), name=f"slot-{slot.index}"))
         try:
             return list(await asyncio.gather(*tasks))
         finally:
             flushing.cancel()
 
-    async def _run_slot(self, slot: BufferWorker, alone: bool) -> int:
+    async def _run_slot(self, slot: Slot, alone: bool, flushing: asyncio.Future[int]) -> int:
         watching = asyncio.create_task(self._when_out(slot))
         try:
-            code = await slot.run_slot(alone=alone)
+            code = await slot.run_slot(alone=alone, flushing=flushing)
         finally:
             watching.cancel()
             self._done.add(slot.index)
             self._stop_if_only_out_left()
         return ExitCode.OK if slot.out_reason and not alone else code
 
-    async def _when_out(self, slot: BufferWorker) -> None:
-        await slot.went_out.wait()
+    async def _when_out(self, slot: Slot) -> None:
+        await slot.wait_out()
         if len(self.slots) > 1 and not self._stop_if_only_out_left():
             log.warning("the other slots go on", extra={"slots_left": [s.index for s in self._working()]})
 
-    def _working(self) -> list[BufferWorker]:
+    def _working(self) -> list[Slot]:
         return [s for s in self.slots if not s.out_reason and s.index not in self._done]
 
     def _stop_if_only_out_left(self) -> bool:
@@ -101,7 +98,7 @@ class Box:
         second `stop()` is the second signal's stop-now, which would cut short the outbox's delivery."""
         if self._working() or not any(s.out_reason and s.index not in self._done for s in self.slots):
             return False
-        draining = [s for s in self.slots if s.index not in self._done and not s.stopping.is_set()]
+        draining = [s for s in self.slots if s.index not in self._done and not s.is_stopping]
         if draining and all(s.out_reason for s in self.slots):
             log.error("every slot is out; exiting", extra={"reasons": [s.out_reason for s in self.slots]})
         for slot in draining:
@@ -121,14 +118,13 @@ def build_slots(
     outbox: Outbox,
     worker_id: str,
     plan: list[SlotDevice],
-) -> list[BufferWorker]:
+) -> list[Slot]:
     """One slot per device: its own GPU process (seeing only that device), runner and worker id."""
     slots = []
     for device in plan:
-        spawn = functools.partial(ChildProcess, env=device.child_env())
-        runner = JobRunner(settings, storage, child=GpuChild(settings, spawn=spawn))
+        make_runner = functools.partial(build_runner, settings, storage, device=device)
         slot_id = slot_worker_id(worker_id, device.index, len(plan))
-        slots.append(BufferWorker(settings, runner, client, outbox, slot_id, slot=device))
+        slots.append(Slot(settings, make_runner, client, outbox, slot_id, device=device))
     return slots
 
 

@@ -12,6 +12,7 @@ import logging
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.protocol import ClaimedJob, ClaimRequest
 from worker_app_fastwan.orchestrator.client import OrchestratorClient, OrchestratorRejected
 
@@ -24,10 +25,11 @@ def refusal_backoff(poll_s: float, max_s: float) -> wait_exponential_jitter:
 
 
 async def claim_next(
-    client: OrchestratorClient, request: ClaimRequest, *, poll_s: float, max_s: float
+    client: OrchestratorClient, request: ClaimRequest, *, poll_s: float, max_s: float, clock: Clock = SYSTEM_CLOCK
 ) -> ClaimedJob | None:
     """The next job, or None when nothing is queued; refusals are retried (cancel the task to stop)."""
     retrying = AsyncRetrying(
+        sleep=clock.sleep,
         retry=retry_if_exception_type(OrchestratorRejected),
         wait=refusal_backoff(poll_s, max_s),
         before_sleep=_log_refusal,

@@ -15,32 +15,33 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from worker_app_fastwan.buffer.held import HeldJobs
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.devices import SlotDevice
 from worker_app_fastwan.core.protocol import GpuInfo, HeartbeatRequest, SlotInfo, WorkerState
 
 log = logging.getLogger(__name__)
 
 
-async def ticks(interval_s: float) -> AsyncIterator[int]:
+async def ticks(interval_s: float, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[int]:
     """Yield at once, then at every later point of the grid; the value counts grid slots since the start."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = clock.now()
     slot = 0
     while True:
         yield slot
         slot += 1
-        late = loop.time() - (start + slot * interval_s)
+        late = clock.now() - (start + slot * interval_s)
         if late > 0:  # the loop itself was held up (or the process stopped): skip the missed slots
             slot += math.ceil(late / interval_s)
-        await asyncio.sleep(start + slot * interval_s - loop.time())
+        await clock.sleep(start + slot * interval_s - clock.now())
 
 
 class Heartbeat:
     """Calls `beat()` on every tick; `beat()` sends one heartbeat and handles its answer."""
 
-    def __init__(self, interval_s: float, beat: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, interval_s: float, beat: Callable[[], Awaitable[None]], clock: Clock = SYSTEM_CLOCK) -> None:
         self.interval_s = interval_s
         self._beat = beat
+        self._clock = clock
         self._current: asyncio.Task[None] | None = None
         self._ticking: asyncio.Task[None] | None = None
         self.sent = 0
@@ -50,7 +51,7 @@ class Heartbeat:
         self._ticking = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
 
     async def _run(self) -> None:
-        async for _ in ticks(self.interval_s):
+        async for _ in ticks(self.interval_s, self._clock):
             self.beat_now()
 
     def beat_now(self) -> None:

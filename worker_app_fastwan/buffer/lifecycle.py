@@ -5,17 +5,20 @@ loop (`slot.py`) may claim the next job while this one's upload and final status
 `finishing` task (pipelining). Every path ends in a final status through the on-disk outbox, unless the
 orchestrator said the job is no longer ours. A cancel (heartbeat answer, `gone`) stops the job wherever it
 is: the GPU process at its next safe point, or the upload now; the drain deadline abandons an upload.
-Kept apart from the loop so that the loop reads as claim-and-drain only, and each job's ending is one place.
+Kept apart from the loop so that the loop reads as claim-and-drain only, and each job's ending is one place:
+the slot hands jobs over (`run`, `cancel`) and asks (`room`, `unless_stalled`, `finished`, `deliver`); it
+never reaches into the tasks or events kept here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from worker_app_fastwan.buffer.held import HeldJob, HeldJobs
 from worker_app_fastwan.buffer.outbox import Outbox, send_final
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.protocol import ClaimedJob, StatusUpdate
 from worker_app_fastwan.core.schema import ErrorCode
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class JobLifecycle:
-    """The jobs of one slot from claim to final status; `finishing` holds the tasks still uploading or
-    reporting (the loop's backpressure counts them), `changed` is set whenever one ends or stalls."""
+    """The jobs of one slot from claim to final status. It counts the jobs still uploading or reporting (the
+    loop's backpressure), bounds the outbox's deliveries once the slot is stopping, and abandons uploads at the
+    drain deadline; the slot asks through its methods."""
 
     def __init__(
         self,
@@ -38,29 +42,77 @@ class JobLifecycle:
         outbox: Outbox,
         worker_id: str,
         held: HeldJobs,
-        deliver: Callable[[Awaitable[object]], Awaitable[None]],
+        stopping: Stopping,
+        *,
+        flush_grace_s: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.runner, self.client, self.outbox, self.worker_id, self.held = runner, client, outbox, worker_id, held
-        self._deliver = deliver  # the loop's bound on outbox deliveries (none, or OUTBOX_FLUSH_TIMEOUT_S in a drain)
-        self.drain_deadline = asyncio.Event()  # DRAIN_TIMEOUT_S after stop(): an upload still going is abandoned
-        self.changed = asyncio.Event()  # a held job was reported, or its report started failing
-        self.finishing: set[asyncio.Task[None]] = set()
+        self._stopping, self._flush_grace_s, self._clock = stopping, flush_grace_s, clock
+        self._drain_deadline = asyncio.Event()  # DRAIN_TIMEOUT_S after stop(): an upload still going is abandoned
+        self._deadline_timer: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a held job was reported, or its report started failing
+        self._finishing: set[asyncio.Task[None]] = set()  # jobs uploading or reporting
         self.done = 0
 
-    async def room(self, limit: int, stopping: Stopping) -> bool:
+    # ------------------------------------------------------------ what the slot asks
+
+    @property
+    def finishing(self) -> int:
+        return len(self._finishing)
+
+    async def finished(self) -> None:
+        """Wait until every job handed over has its final status out (each is bounded in a drain)."""
+        await asyncio.gather(*self._finishing)
+
+    def abandon(self) -> None:
+        """The work was cut short (a second signal, a GPU process that would not stop): stop every job now."""
+        for task in self._finishing:
+            task.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+
+    def wake(self) -> None:
+        """Something the claim loop waits on may have changed (the slot is stopping)."""
+        self._changed.set()
+
+    def start_drain_deadline(self, timeout_s: float) -> None:
+        """Uploads still going `timeout_s` from now are abandoned and reported failed/timeout."""
+        if self._deadline_timer is None:
+            self._deadline_timer = asyncio.ensure_future(self._deadline(timeout_s))
+
+    async def _deadline(self, timeout_s: float) -> None:
+        await self._clock.sleep(timeout_s)
+        self._drain_deadline.set()
+
+    async def deliver(self, aw: Awaitable[object]) -> None:
+        """Outbox deliveries go on until done, except once the slot is stopping: then OUTBOX_FLUSH_TIMEOUT_S at
+        most, and the rest stays on disk for the next start."""
+        try:
+            done = await self._stopping.unless(aw, grace_s=self._flush_grace_s)
+        except Exception:  # noqa: BLE001 - a delivery bug must not end the worker; the job's lease runs out
+            log.exception("delivering final statuses failed unexpectedly")
+            return
+        if done is None:
+            log.warning(
+                "final statuses not delivered in time; they stay in the outbox for the next start",
+                extra={"outbox": str(self.outbox.folder)},
+            )
+
+    async def room(self, limit: int) -> bool:
         """Wait until at most `limit` jobs are finishing and no final status is failing to go out (claims
         pause meanwhile: nothing piles up behind an orchestrator that is down); False if stopping first."""
         paused = False
-        while not stopping.is_set():
-            if len(self.finishing) <= limit and not self.held.stalled():
+        while not self._stopping.is_set():
+            if len(self._finishing) <= limit and not self.held.stalled():
                 if paused:
                     log.info("claiming resumed")
                 return True
             if self.held.stalled() and not paused:
                 paused = True
                 log.warning("claiming paused: a final status is not going out", extra={"job_ids": self.held.ids()})
-            self.changed.clear()
-            await stopping.unless(self.changed.wait())
+            self._changed.clear()
+            await self._stopping.unless(self._changed.wait())
         return False
 
     async def unless_stalled(self, claim: Awaitable[ClaimedJob | None]) -> ClaimedJob | None:
@@ -68,8 +120,8 @@ class JobLifecycle:
         claiming = asyncio.ensure_future(claim)
         try:
             while not claiming.done() and not self.held.stalled():
-                self.changed.clear()
-                changed = asyncio.ensure_future(self.changed.wait())
+                self._changed.clear()
+                changed = asyncio.ensure_future(self._changed.wait())
                 await asyncio.wait({claiming, changed}, return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
         finally:
@@ -83,8 +135,8 @@ class JobLifecycle:
         outcome = await self._generate(held)
         held.generated = True
         task = asyncio.create_task(self._finish(held, outcome), name=f"finish-{held.job_id}")
-        self.finishing.add(task)
-        task.add_done_callback(self.finishing.discard)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     def cancel(self, held: HeldJob) -> None:
         """Stop the job where it is: at the GPU process's next safe point, or its upload now."""
@@ -113,21 +165,21 @@ class JobLifecycle:
                 log.warning("job dropped: the orchestrator says it is no longer ours")
             else:
                 on_retry = lambda: self._stalled(held)  # noqa: E731
-                await self._deliver(send_final(self.outbox, self.client, held.job_id, update, on_retry))
+                await self.deliver(send_final(self.outbox, self.client, held.job_id, update, on_retry))
         finally:
             self.held.remove(held.job_id)
             self.done += 1
-            self.changed.set()
+            self._changed.set()
 
     def _stalled(self, held: HeldJob) -> None:
         """A final status's delivery failed and is retried: no claims until it went out."""
         held.mark_stalled()
-        self.changed.set()
+        self._changed.set()
 
     async def _upload(self, held: HeldJob, generated: Generated) -> StatusUpdate:
         """Upload beside the next job; a cancel or the drain deadline abandons it."""
         held.upload = upload = asyncio.ensure_future(self.runner.finish(generated))
-        deadline = asyncio.ensure_future(self.drain_deadline.wait())
+        deadline = asyncio.ensure_future(self._drain_deadline.wait())
         await asyncio.wait({upload, deadline}, return_when=asyncio.FIRST_COMPLETED)
         deadline.cancel()
         if not upload.done():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable
 
 from worker_app_fastwan.buffer.claims import claim_next
 from worker_app_fastwan.buffer.heartbeat import Heartbeat, heartbeat_body
@@ -30,6 +29,7 @@ from worker_app_fastwan.buffer.held import HeldJobs
 from worker_app_fastwan.buffer.identity import gpu_class
 from worker_app_fastwan.buffer.lifecycle import JobLifecycle
 from worker_app_fastwan.buffer.outbox import Outbox, flush
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.devices import SlotDevice
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.logs import current_slot, job_context, slot_context
@@ -41,8 +41,7 @@ from worker_app_fastwan.core.protocol import (
 )
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.core.stopping import Stopping
-from worker_app_fastwan.gpu_child.handle import ChildState
-from worker_app_fastwan.job.runner import JobRunner
+from worker_app_fastwan.job.runner import RunnerFactory
 from worker_app_fastwan.orchestrator.client import (
     HeartbeatFailed,
     OrchestratorClient,
@@ -52,40 +51,45 @@ from worker_app_fastwan.orchestrator.progress import ProgressThrottle
 log = logging.getLogger(__name__)
 
 
-class BufferWorker:
+class Slot:
     """One slot: its runner (one GPU process), claim loop and heartbeat. `run()` runs it as the whole worker
     (signals, client); a box of slots calls `run_slot()` and owns those."""
 
     def __init__(
         self,
         settings: Settings,
-        runner: JobRunner,
+        make_runner: RunnerFactory,
         client: OrchestratorClient,
         outbox: Outbox,
         worker_id: str,
         *,
+        device: SlotDevice | None = None,
         max_jobs: int | None = None,
         exit_when_idle: bool | None = None,
-        slot: SlotDevice | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.settings, self.runner, self.client, self.outbox = settings, runner, client, outbox
+        self.settings, self.client, self.outbox = settings, client, outbox
         self.worker_id = worker_id
-        self.slot = slot or SlotDevice(0, None)
+        self.device = device or SlotDevice(0, None)
+        self._clock = clock
         # Burst runs (tests, the demo, batches), like arq's burst mode: stop after N jobs, or once idle.
         self.max_jobs = settings.BUFFER_MAX_JOBS if max_jobs is None else max_jobs
         self.exit_when_idle = settings.BUFFER_EXIT_WHEN_IDLE if exit_when_idle is None else exit_when_idle
-        self.reporter = ProgressThrottle(client, worker_id, min_interval_s=settings.PROGRESS_MIN_INTERVAL_S)
+        interval_s = settings.PROGRESS_MIN_INTERVAL_S
+        self.reporter = ProgressThrottle(client, worker_id, min_interval_s=interval_s, clock=clock)
         self.held = HeldJobs()
-        runner.listeners += [self.reporter.report_progress, self.held.on_progress]
-        self.heartbeat = Heartbeat(settings.HEARTBEAT_INTERVAL_S, self._beat)
+        self.runner = make_runner(listeners=[self.reporter.report_progress, self.held.on_progress])
+        self.heartbeat = Heartbeat(settings.HEARTBEAT_INTERVAL_S, self._beat, clock=clock)
         self.jobs_claimed = 0
         self.accepting = False  # model warm and the outbox flushed: claims may start
         self.out_reason: str | None = None  # why the slot went out (its GPU process failed for good)
-        self.went_out = asyncio.Event()
-        self.stopping = Stopping()
-        self.flushing: asyncio.Future[int] | None = None  # a box's one delivery of the outbox left from before
+        self._went_out = asyncio.Event()
+        self._stopping = Stopping()
         self._alone = True  # the whole worker: going out ends it
-        self.jobs = JobLifecycle(runner, client, outbox, worker_id, self.held, self._deliver)
+        flush_grace_s = settings.OUTBOX_FLUSH_TIMEOUT_S
+        self.jobs = JobLifecycle(
+            self.runner, client, outbox, worker_id, self.held, self._stopping, flush_grace_s=flush_grace_s, clock=clock
+        )
         self._log_slot: int | None = None
         self._work: asyncio.Task[int] | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -94,7 +98,16 @@ class BufferWorker:
 
     @property
     def index(self) -> int:
-        return self.slot.index
+        return self.device.index
+
+    @property
+    def is_stopping(self) -> bool:
+        """Draining (a signal, a burst's end) or stopped: a second `stop()` would be the stop-now."""
+        return self._stopping.is_set()
+
+    async def wait_out(self) -> None:
+        """Return once the slot has gone out (its GPU process failed for good)."""
+        await self._went_out.wait()
 
     @property
     def metrics(self) -> Metrics:
@@ -127,16 +140,17 @@ class BufferWorker:
                 loop.remove_signal_handler(sig)
             await self.client.aclose()
 
-    async def run_slot(self, *, alone: bool = True) -> int:
+    async def run_slot(self, *, alone: bool = True, flushing: asyncio.Future[int] | None = None) -> int:
         """This slot, until stop(), a burst limit, or (`alone`) going out; in a box (`alone=False`) an out slot
-        keeps beating until stop()."""
+        keeps beating until stop(). `flushing`: the box's one delivery of the outbox left from before (a slot
+        alone delivers it itself)."""
         self._alone = alone
         self._log_slot = current_slot()
         self.heartbeat.start()
-        self._work = asyncio.create_task(self._main(), name=f"work-{self.index}")
+        self._work = asyncio.create_task(self._main(flushing), name=f"work-{self.index}")
         log.info(
             "buffer worker starting",
-            extra={"worker_id": self.worker_id, "orchestrator": self.client.shown_url, "device": self.slot.label},
+            extra={"worker_id": self.worker_id, "orchestrator": self.client.shown_url, "device": self.device.label},
         )
         try:
             return await self._work
@@ -146,45 +160,44 @@ class BufferWorker:
             await self._close()
 
     async def _close(self) -> None:
-        self.stopping.set()  # no more claims; the beats sent while the GPU process stops say `draining`
+        self._stopping.set()  # no more claims; the beats sent while the GPU process stops say `draining`
         if self._drain is not None:
             self._drain.cancel()
-        for task in self.jobs.finishing:  # only left when the work was cut short
-            task.cancel()
+        self.jobs.abandon()  # jobs are only left finishing when the work was cut short
         await self.runner.close()
         await self.reporter.aclose()
         await self.heartbeat.aclose()
         left = len(await asyncio.to_thread(self.outbox.pending))
         log.info("buffer worker stopped", extra={"jobs_done": self.jobs_done, "outbox_left": left})
 
-    async def _main(self) -> int:
+    async def _main(self, flushing: asyncio.Future[int] | None) -> int:
         # Stored statuses go out while the model loads: their jobs' leases are running out meanwhile.
-        flushing = self.flushing or asyncio.ensure_future(flush(self.outbox, self.client))
-        await self.stopping.unless(self.runner.start())
-        if self.runner.state is not ChildState.ready and not self.stopping.is_set():
+        flushing = flushing or asyncio.ensure_future(flush(self.outbox, self.client))
+        await self._stopping.unless(self.runner.start())
+        if not self.runner.ready and not self._stopping.is_set():
             self._mark_out(self.runner.unhealthy_reason or "the GPU process could not start")
-            await self._deliver(asyncio.shield(flushing))  # bounded: going out alone stops the worker
+            await self.jobs.deliver(asyncio.shield(flushing))  # bounded: going out alone stops the worker
             return await self._stay_out()
-        await self._deliver(asyncio.shield(flushing))  # nothing is claimed before earlier results are delivered
+        await self.jobs.deliver(asyncio.shield(flushing))  # nothing is claimed before earlier results are delivered
         self.accepting = True
-        if not self.stopping.is_set():
+        if not self._stopping.is_set():
             caps = self.runner.capabilities()
             log.info("claiming jobs", extra={"gpu_class": self.gpu_class, "modes": caps.modes})
         code = await self._claim_loop()
-        await asyncio.gather(*self.jobs.finishing)  # each is bounded in a drain (drain_deadline, _deliver)
+        await self.jobs.finished()  # each is bounded in a drain (the drain deadline, `deliver`)
         return code
 
     def _mark_out(self, reason: str) -> None:
         self.out_reason = reason
-        log.error("slot out", extra={"reason": reason, "worker_id": self.worker_id, "device": self.slot.label})
-        self.went_out.set()
+        log.error("slot out", extra={"reason": reason, "worker_id": self.worker_id, "device": self.device.label})
+        self._went_out.set()
         if self._alone:
-            self.stopping.set()  # the whole worker: nothing is left to do (exit 1)
+            self._stopping.set()  # the whole worker: nothing is left to do (exit 1)
 
     async def _stay_out(self) -> int:
         """An out slot finishes what it holds, then beats `out` until the box stops it."""
-        await asyncio.gather(*self.jobs.finishing)
-        await self.stopping.wait()
+        await self.jobs.finished()
+        await self._stopping.wait()
         return ExitCode.FAILED
 
     def stop(self) -> None:
@@ -193,66 +206,53 @@ class BufferWorker:
             self._stop()
 
     def _stop(self) -> None:
-        if self.stopping.is_set() and self._drain is not None:
+        if self._stopping.is_set() and self._drain is not None:
             log.warning("second signal: stopping now")
             if self._work is not None:
                 self._work.cancel()
             return
-        self.stopping.set()
-        self.jobs.changed.set()
+        self._stopping.set()
+        self.jobs.wake()
         log.info("draining", extra={"drain_timeout_s": self.settings.DRAIN_TIMEOUT_S, "job_ids": self.held.ids()})
         self.heartbeat.beat_now()  # the orchestrator hears of the drain now, not at the next tick
         self._drain = asyncio.get_running_loop().create_task(self._drain_runner())
 
     async def _drain_runner(self) -> None:
-        # The loop itself stops claiming and bounds the deliveries (`_deliver`); uploads end at the deadline.
-        asyncio.get_running_loop().call_later(self.settings.DRAIN_TIMEOUT_S, self.jobs.drain_deadline.set)
+        # The loop itself stops claiming and bounds the deliveries (`jobs.deliver`); uploads end at the deadline.
+        self.jobs.start_drain_deadline(self.settings.DRAIN_TIMEOUT_S)
         if not await self.runner.drain(self.settings.DRAIN_TIMEOUT_S):
             log.error("the job did not stop; exiting without it (its lease runs out)")
             if self._work is not None:
                 self._work.cancel()
 
-    async def _deliver(self, aw: Awaitable[object]) -> None:
-        """Outbox deliveries go on until done, except in a drain: then OUTBOX_FLUSH_TIMEOUT_S at most."""
-        try:
-            done = await self.stopping.unless(aw, grace_s=self.settings.OUTBOX_FLUSH_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - a delivery bug must not end the worker; the job's lease runs out
-            log.exception("delivering final statuses failed unexpectedly")
-            return
-        if done is None:
-            log.warning(
-                "final statuses not delivered in time; they stay in the outbox for the next start",
-                extra={"outbox": str(self.outbox.folder)},
-            )
-
     # ------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> int:
-        while not (self.stopping.is_set() or (self.max_jobs and self.jobs_claimed >= self.max_jobs)):
-            ready = await self.stopping.unless(self.runner.wait_ready())
+        while not (self._stopping.is_set() or (self.max_jobs and self.jobs_claimed >= self.max_jobs)):
+            ready = await self._stopping.unless(self.runner.wait_ready())
             if ready is False:
                 self._mark_out(self.runner.unhealthy_reason or "the GPU process failed")
                 return await self._stay_out()
-            if not await self.jobs.room(1 if self.settings.BUFFER_PIPELINING else 0, self.stopping):
+            if not await self.jobs.room(1 if self.settings.BUFFER_PIPELINING else 0):
                 continue
             # A claim cut short (a signal, a report that started failing) may already have been granted:
             # that job's lease runs out and the orchestrator hands it out again.
-            job = await self.stopping.unless(self.jobs.unless_stalled(self._claim()))
+            job = await self._stopping.unless(self.jobs.unless_stalled(self._claim()))
             if job is not None:
                 await self._start(job)
             elif self.held.stalled():
                 continue
-            elif self.exit_when_idle and not self.stopping.is_set():
+            elif self.exit_when_idle and not self._stopping.is_set():
                 log.info("nothing queued; exiting (BUFFER_EXIT_WHEN_IDLE)")
                 break
             else:
-                await self.stopping.unless(asyncio.sleep(self.settings.CLAIM_POLL_S))
+                await self._stopping.unless(self._clock.sleep(self.settings.CLAIM_POLL_S))
         return ExitCode.OK
 
     async def _claim(self) -> ClaimedJob | None:
         caps, poll_s, max_s = self.runner.capabilities(), self.settings.CLAIM_POLL_S, self.settings.RETRY_MAX_S
         request = ClaimRequest(worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=caps)
-        return await claim_next(self.client, request, poll_s=poll_s, max_s=max_s)
+        return await claim_next(self.client, request, poll_s=poll_s, max_s=max_s, clock=self._clock)
 
     # ------------------------------------------------------------ one job: the GPU's part here, the rest behind
 
@@ -270,7 +270,7 @@ class BufferWorker:
     async def _beat(self) -> None:
         try:
             gpu, out = self.runner.gpu_info(), self.out_reason
-            body = heartbeat_body(self.held, self._state(), self.gpu_class, gpu=gpu, slot=self.slot, out_reason=out)
+            body = heartbeat_body(self.held, self._state(), self.gpu_class, gpu=gpu, slot=self.device, out_reason=out)
             answer = await self.client.heartbeat(self.worker_id, body)
         except HeartbeatFailed as exc:
             log.warning("heartbeat failed", extra={"error": str(exc)})
@@ -281,11 +281,11 @@ class BufferWorker:
                 self.jobs.cancel(held)
 
     def _state(self) -> WorkerState:
-        if self.stopping.is_set() or self.out_reason:
+        if self._stopping.is_set() or self.out_reason:
             return "draining"
         if self.held:
             return "busy"
-        return "idle" if self.accepting and self.runner.state is ChildState.ready else "starting"
+        return "idle" if self.accepting and self.runner.ready else "starting"
 
     @property
     def gpu_class(self) -> str:

@@ -4,6 +4,9 @@ Every command (`generate`, `download-model`, `doctor`, …) runs inside `run_com
 code, or raises `CommandError` (or lets one of the known exceptions in `classify` through), which becomes
 that one line: text on a terminal, a JSON record otherwise (`LOG_FORMAT`). The traceback is shown only
 with `LOG_LEVEL=DEBUG`; an unexpected exception says so and how to see it.
+
+`check-settings` is the one command that reports every problem rather than the first (`check_settings`): the
+container's entrypoint runs it before anything starts, so the rules live once, in `core/settings.py`.
 """
 
 from __future__ import annotations
@@ -91,3 +94,13 @@ def run_command(command: Callable[[], int], *, fmt: str = "auto", debug: bool = 
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place a command's failure becomes its exit status
         return int(report(classify(exc), fmt=fmt, debug=debug, exc=exc))
+
+
+def check_settings(mode: str | None = None) -> int:
+    """`check-settings`: every setting checked, one line per problem on stderr, exit 2 if any."""
+    from worker_app_fastwan.core.settings import settings_problems
+
+    problems = settings_problems(mode)
+    for line in problems:
+        print(f"{PROGRAM}: {line}", file=sys.stderr)
+    return ExitCode.BAD_INPUT if problems else ExitCode.OK

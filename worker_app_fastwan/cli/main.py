@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from worker_app_fastwan.cli.errors import CommandError, classify, report, run_command
+from worker_app_fastwan.cli.errors import CommandError, check_settings, classify, report, run_command
 from worker_app_fastwan.cli.parser import build_parser
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import Settings, SettingsError, load_settings
@@ -32,8 +32,6 @@ INTERACTIVE = ("generate", "download-model")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-settings":  # before load_settings: it reports every problem, not the first
-        from worker_app_fastwan.cli.check_settings import check_settings
-
         return int(check_settings(args.mode))
     try:
         settings = load_settings()
@@ -152,25 +150,24 @@ async def _generate(
     json_out: bool,
 ) -> int:
     from worker_app_fastwan.cli.display import GenerateDisplay, print_lines, stderr_console, summary
-    from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
-    from worker_app_fastwan.job.runner import JobRunner
+    from worker_app_fastwan.job.runner import build_runner
 
     console = stderr_console()
     screen = GenerateDisplay(console, _loading_label(settings)) if display else None
     listeners = [screen.on_progress] if screen else []
-    runner = JobRunner(settings, _OnePathStorage(out), child=GpuChild(settings), listeners=listeners)
+    runner = build_runner(settings, _OnePathStorage(out), listeners=listeners)
     try:
         with screen or contextlib.nullcontext():
             started = time.monotonic()
             await runner.start()
             load_s = time.monotonic() - started
-            if runner.state is not ChildState.ready:
+            if not runner.ready:
                 raise CommandError(ExitCode.MODEL_UNAVAILABLE, runner.unhealthy_reason or "the model did not load")
             result = await runner.run(f"cli-{uuid.uuid4().hex[:12]}", job, image_file=image_file)
             if screen:
                 screen.done()
     except asyncio.CancelledError:  # Ctrl-C: stop now; the GPU process ignores SIGINT by design
-        await runner.child.kill()
+        await runner.kill()
         raise
     finally:
         await runner.close()

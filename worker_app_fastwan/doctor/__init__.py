@@ -17,13 +17,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor import checks
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
+
+if TYPE_CHECKING:
+    from worker_app_fastwan.job.runner import JobRunner
 
 # The short real generation of --generate: small enough for any card, every stage of a job.
 PROBE_JOB = {"prompt": "doctor: a red fox in snow", "width": 256, "height": 256, "num_frames": 9, "seed": 1}
@@ -68,27 +71,26 @@ def run_doctor(
 
 async def _load_and_generate(settings: Settings, facts: CudaFacts, generate: bool) -> list[Check]:
     """Start the worker's own GPU process (load + warm-up), then optionally one short job, to a temp folder."""
-    from worker_app_fastwan.gpu_child.handle import ChildState, GpuChild
-    from worker_app_fastwan.job.runner import JobRunner
+    from worker_app_fastwan.job.runner import build_runner
     from worker_app_fastwan.job.storage import LocalStorage
 
     if settings.PIPELINE_BACKEND != "tiny" and not facts.available:
         return [fail("load", "skipped: no CUDA device (see the cuda line)")]
     quiet = settings.model_copy(update={"LOG_LEVEL": "WARNING"})
     with tempfile.TemporaryDirectory(prefix="fastwan-doctor-") as tmp:
-        runner = JobRunner(quiet, LocalStorage(Path(tmp) / "videos"), child=GpuChild(quiet))
+        runner = build_runner(quiet, LocalStorage(Path(tmp) / "videos"))
         try:
-            return await _run(runner, ChildState, generate)
+            return await _run(runner, generate)
         finally:
             await runner.close()
 
 
-async def _run(runner: Any, states: Any, generate: bool) -> list[Check]:
+async def _run(runner: JobRunner, generate: bool) -> list[Check]:
     start = time.monotonic()
     await runner.start()
-    if runner.state is not states.ready:
-        return [fail("load", f"the model did not load: {runner.unhealthy_reason}")]
     device = runner.device
+    if not runner.ready or device is None:
+        return [fail("load", f"the model did not load: {runner.unhealthy_reason}")]
     where = f"{device.backend} on {device.name}, profile {device.offload_profile}"
     loaded = ok("load", f"{where}: loaded and warmed up in {time.monotonic() - start:.1f} s")
     if not generate:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from worker_app_fastwan.core.devices import DeviceInfo
+from worker_app_fastwan.core.devices import DeviceInfo, SlotDevice
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.job_progress import JobProgress, ProgressListener
 from worker_app_fastwan.core.logs import job_context
@@ -36,9 +37,11 @@ from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.edge.job_input import parse_job_input
 from worker_app_fastwan.gpu_child.handle import CANCEL_GRACE_S, ChildJobFailure, ChildState, GpuChild
 from worker_app_fastwan.gpu_child.messages import Done, Progress, RunJob
+from worker_app_fastwan.gpu_child.process import ChildProcess
 from worker_app_fastwan.job.capacity import capabilities, check_capacity
 from worker_app_fastwan.job.image import fetch_image
 from worker_app_fastwan.job.result import Generated, build_result, hash_and_upload, observe_stages
+from worker_app_fastwan.job.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,17 @@ class NotReady(Exception):
     """The model is still loading, or the GPU process cannot be started."""
 
 
+RunnerState = ChildState  # the runner's states are its GPU process's, but `busy` for the whole of a job
+
+
 class JobRunner:
     """Runs jobs one at a time in `child`, the GPU process's supervised handle, which is passed in (cog's
-    `PredictionRunner(worker=…)`): `GpuChild(settings)`, or in tests a `GpuChild` over a fake process."""
+    `PredictionRunner(worker=…)`). `build_runner()` is the one place that puts the two together."""
 
     def __init__(
         self,
         settings: Settings,
-        storage,
+        storage: Storage,
         *,
         child: GpuChild,
         metrics: Metrics | None = None,
@@ -67,7 +73,7 @@ class JobRunner:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics or Metrics()
-        self.listeners = list(listeners)
+        self._listeners = tuple(listeners)  # told of every stage and step of the job generating or uploading
         self.child = child
         self._idle = asyncio.Event()
         self._idle.set()
@@ -126,6 +132,14 @@ class JobRunner:
 
     async def close(self) -> None:
         await self.child.stop()
+
+    async def kill(self) -> None:
+        """Kill the GPU process now (Ctrl-C of a one-shot command: it ignores SIGINT by design)."""
+        await self.child.kill()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is RunnerState.ready
 
     @property
     def device(self) -> DeviceInfo | None:
@@ -287,7 +301,7 @@ class JobRunner:
         if current is None:
             return
         current.advance(stage, step, total)
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(current)
 
     def _record_gpu(self, used_mb: int, total_mb: int | None) -> None:
@@ -295,3 +309,26 @@ class JobRunner:
         self.metrics.gpu_memory_used.set(used_mb * 2**20)
         if total_mb is not None:
             self.metrics.gpu_memory_total.set(total_mb * 2**20)
+
+
+class RunnerFactory(Protocol):
+    """Builds a runner with the listeners its user gives it: `build_runner`, partly applied (a buffer slot's)."""
+
+    def __call__(self, *, listeners: Sequence[ProgressListener]) -> JobRunner: ...
+
+
+def build_runner(
+    settings: Settings,
+    storage: Storage,
+    *,
+    device: SlotDevice | None = None,
+    listeners: Sequence[ProgressListener] = (),
+    metrics: Metrics | None = None,
+    spawn: Callable[[Settings], ChildProcess] | None = None,
+) -> JobRunner:
+    """A runner and its GPU process, which sees only `device` (a buffer slot's; None: the process's own view).
+    Every mode and command builds its runner here; a test passes `spawn` to put a fake process behind it."""
+    if spawn is None:
+        spawn = functools.partial(ChildProcess, env=device.child_env() if device else None)
+    child = GpuChild(settings, spawn=spawn)
+    return JobRunner(settings, storage, child=child, metrics=metrics, listeners=listeners)

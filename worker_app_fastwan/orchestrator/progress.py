@@ -9,10 +9,9 @@ for a new job starts its count afresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from typing import TYPE_CHECKING
 
+from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock, wait_event
 from worker_app_fastwan.core.job_progress import JobProgress
 from worker_app_fastwan.core.protocol import ProgressUpdate
 from worker_app_fastwan.core.schema import Stage
@@ -24,8 +23,15 @@ MAX_QUEUED = 8  # one per stage at most; bounds a caller that flips between stag
 
 
 class ProgressThrottle:
-    def __init__(self, client: OrchestratorClient | None, worker_id: str, min_interval_s: float = 1.0) -> None:
-        self._client, self._worker_id, self._min_interval_s = client, worker_id, min_interval_s
+    def __init__(
+        self,
+        client: OrchestratorClient | None,
+        worker_id: str,
+        min_interval_s: float = 1.0,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._client, self._worker_id, self._min_interval_s, self._clock = client, worker_id, min_interval_s, clock
         self._job_id: str | None = None
         self._best = 0.0
         self._queue: list[tuple[str, ProgressUpdate]] = []
@@ -86,7 +92,7 @@ class ProgressThrottle:
         job_id, update = self._queue[0]
         if self._closing or (job_id, update.stage) != self._sent:
             return 0.0
-        return self._sent_at + self._min_interval_s - time.monotonic()
+        return self._sent_at + self._min_interval_s - self._clock.now()
 
     async def _pump(self) -> None:
         assert self._client is not None
@@ -94,9 +100,8 @@ class ProgressThrottle:
             delay = self._delay()
             if delay > 0:
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._clock, self._wake, delay)
                 continue
             job_id, update = self._queue.pop(0)
-            self._sent, self._sent_at = (job_id, update.stage), time.monotonic()
+            self._sent, self._sent_at = (job_id, update.stage), self._clock.now()
             await self._client.post_progress(job_id, update)

@@ -4,6 +4,7 @@ scripted orchestrator (support/fakes.py). The same box runs as real processes in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -12,11 +13,10 @@ from support.fakes import FakeOrchestrator, FakeSpawn, buffer_settings, job
 
 from worker_app_fastwan.buffer.box import Box
 from worker_app_fastwan.buffer.outbox import Outbox
-from worker_app_fastwan.buffer.slot import BufferWorker
+from worker_app_fastwan.buffer.slot import Slot
 from worker_app_fastwan.core.devices import SlotDevice, slot_worker_id
 from worker_app_fastwan.core.protocol import StatusUpdate
-from worker_app_fastwan.gpu_child.handle import GpuChild
-from worker_app_fastwan.job.runner import JobRunner
+from worker_app_fastwan.job.runner import build_runner
 from worker_app_fastwan.job.storage import LocalStorage
 
 pytestmark = pytest.mark.anyio
@@ -37,13 +37,13 @@ def box_of(tmp_path: Path, orch: FakeOrchestrator, spawns: list[FakeSpawn], **se
     config = buffer_settings(tmp_path, **settings)
     outbox, client, storage = Outbox(config.STATE_DIR / "outbox"), orch.client(), LocalStorage(config.LOCAL_OUTPUT_DIR)
     slots = [
-        BufferWorker(
+        Slot(
             config,
-            JobRunner(config, storage, child=GpuChild(config, spawn=spawn)),  # type: ignore[arg-type]
+            functools.partial(build_runner, config, storage, spawn=spawn),
             client,
             outbox,
             slot_worker_id("box", n, len(spawns)),
-            slot=SlotDevice(n, "cpu"),
+            device=SlotDevice(n, "cpu"),
         )
         for n, spawn in enumerate(spawns)
     ]

@@ -1,4 +1,4 @@
-"""Pipelining inside a slot, in-process: the real BufferWorker, JobRunner, outbox and client, a fake GPU child
+"""Pipelining inside a slot, in-process: the real Slot, JobRunner, outbox and client, a fake GPU child
 and a scripted orchestrator (support/fakes.py), with uploads that take time. Milliseconds to a second each;
 the same behaviour is shown with real processes in test_slots.py."""
 
@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fakes import FakeOrchestrator, FakeProcess, FakeSpawn, buffer_settings, buffer_worker, job
+from support.fakes import FakeOrchestrator, FakeProcess, FakeSpawn, buffer_settings, fake_slot, job
 
-from worker_app_fastwan.buffer.slot import BufferWorker
+from worker_app_fastwan.buffer.slot import Slot
 from worker_app_fastwan.core.settings import Settings
-from worker_app_fastwan.gpu_child.handle import GpuChild
 from worker_app_fastwan.gpu_child.messages import RunJob
-from worker_app_fastwan.job.runner import JobRunner
+from worker_app_fastwan.job.runner import build_runner
 from worker_app_fastwan.job.storage import LocalStorage, StoredObject
 
 pytestmark = pytest.mark.anyio
@@ -63,8 +62,8 @@ class TimedSpawn(FakeSpawn):
         return proc
 
 
-def slow_worker(settings: Settings, orch: FakeOrchestrator, spawn: FakeSpawn) -> BufferWorker:
-    return buffer_worker(settings, orch, spawn, storage=SlowStorage(settings.LOCAL_OUTPUT_DIR))
+def slow_worker(settings: Settings, orch: FakeOrchestrator, spawn: FakeSpawn) -> Slot:
+    return fake_slot(settings, orch, spawn, storage=SlowStorage(settings.LOCAL_OUTPUT_DIR))
 
 
 def final_at(orch: FakeOrchestrator, job_id: str) -> float:
@@ -120,7 +119,7 @@ async def test_a_failing_report_stops_claims_until_it_went_out_and_nothing_is_dr
 ) -> None:
     # j-1's final status gets 503 six times (the orchestrator is down for it), then 200.
     orch = FakeOrchestrator(jobs=[job(f"j-{n}") for n in range(1, 5)], status_codes={"j-1": [200] + [503] * 6})
-    worker = buffer_worker(buffer_settings(tmp_path), orch, FakeSpawn())
+    worker = fake_slot(buffer_settings(tmp_path), orch, FakeSpawn())
     worker.client.retry = type(worker.client.retry)(initial_s=0.05, max_s=0.05)  # six failed attempts: ~0.3 s
 
     with caplog.at_level(logging.INFO):
@@ -188,9 +187,8 @@ def test_progress_of_an_upload_is_its_own_job_s(tmp_path: Path) -> None:
     """The runner reports `uploading` for the finished job, not for the one generating meanwhile."""
     seen: list[tuple[str, str]] = []
     settings = buffer_settings(tmp_path)
-    child = GpuChild(settings, spawn=FakeSpawn())  # type: ignore[arg-type]  # a FakeProcess behind it
-    runner = JobRunner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), child=child)
-    runner.listeners.append(lambda p: seen.append((p.job_id, p.stage.value)))
+    listeners = [lambda p: seen.append((p.job_id, p.stage.value))]
+    runner = build_runner(settings, LocalStorage(settings.LOCAL_OUTPUT_DIR), spawn=FakeSpawn(), listeners=listeners)
 
     async def both() -> None:
         await runner.start()

@@ -1,4 +1,4 @@
-"""The buffer loop in-process: the real BufferWorker, JobRunner, outbox and client, with a fake GPU child
+"""The buffer loop in-process: the real Slot, JobRunner, outbox and client, with a fake GPU child
 and a scripted orchestrator behind httpx.MockTransport (support/fakes.py). Milliseconds per test."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from support.fakes import FakeOrchestrator, FakeSpawn, buffer_settings, buffer_worker, job
+from support.fakes import FakeOrchestrator, FakeSpawn, buffer_settings, fake_slot, job
 
 from worker_app_fastwan.buffer.outbox import Outbox
 from worker_app_fastwan.core.protocol import StatusUpdate
@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 async def test_claimed_jobs_are_run_and_reported_through_the_outbox(tmp_path: Path) -> None:
     orch = FakeOrchestrator(jobs=[job("j-1"), job("j-2", seed=7)])
-    worker = buffer_worker(buffer_settings(tmp_path), orch, FakeSpawn())
+    worker = fake_slot(buffer_settings(tmp_path), orch, FakeSpawn())
 
     assert await worker.run() == 0
 
@@ -55,7 +55,7 @@ class BrokenOnceStorage(LocalStorage):
 async def test_an_unexpected_error_is_a_retryable_internal_failure_and_the_worker_goes_on(tmp_path: Path) -> None:
     orch = FakeOrchestrator(jobs=[job("boom"), job("after")])
     settings = buffer_settings(tmp_path)
-    worker = buffer_worker(settings, orch, FakeSpawn(), storage=BrokenOnceStorage(settings.LOCAL_OUTPUT_DIR))
+    worker = fake_slot(settings, orch, FakeSpawn(), storage=BrokenOnceStorage(settings.LOCAL_OUTPUT_DIR))
 
     assert await worker.run() == 0
 
@@ -81,7 +81,7 @@ async def test_an_outbox_that_cannot_store_a_status_means_direct_delivery(
 ) -> None:
     settings = buffer_settings(tmp_path)
     orch = FakeOrchestrator(jobs=[job("j-1"), job("j-2")])
-    worker = buffer_worker(settings, orch, FakeSpawn(), outbox=outbox_type(settings.STATE_DIR / "outbox"))
+    worker = fake_slot(settings, orch, FakeSpawn(), outbox=outbox_type(settings.STATE_DIR / "outbox"))
 
     with caplog.at_level(logging.INFO):
         assert await worker.run() == 0
@@ -100,7 +100,7 @@ async def test_a_badly_named_outbox_file_is_set_aside_at_start_up(tmp_path: Path
     (folder / "j-0.json").write_text(stored)
     orch = FakeOrchestrator(jobs=[job("j-1")])
 
-    assert await buffer_worker(settings, orch, FakeSpawn()).run() == 0
+    assert await fake_slot(settings, orch, FakeSpawn()).run() == 0
 
     assert [s["status"] for s in orch.statuses("j-0")] == ["completed"], "the good one is still delivered"
     assert orch.statuses("j-1")[-1]["status"] == "completed", "and the worker claims"
@@ -109,7 +109,7 @@ async def test_a_badly_named_outbox_file_is_set_aside_at_start_up(tmp_path: Path
 
 async def test_409_on_running_drops_the_job_and_reports_nothing_more(tmp_path: Path) -> None:
     orch = FakeOrchestrator(jobs=[job("taken")], status_codes={"taken": [409]})
-    worker = buffer_worker(buffer_settings(tmp_path), orch, FakeSpawn(steps=20, step_s=0.02))
+    worker = fake_slot(buffer_settings(tmp_path), orch, FakeSpawn(steps=20, step_s=0.02))
 
     assert await worker.run() == 0
 
@@ -122,7 +122,7 @@ async def test_refused_claims_back_off_exponentially_with_jitter(
 ) -> None:
     poll = 0.01
     orch = FakeOrchestrator(claim_codes=[401, 401, 401, 403], jobs=[job("j-1")])
-    worker = buffer_worker(buffer_settings(tmp_path, CLAIM_POLL_S=poll, RETRY_MAX_S=10), orch, FakeSpawn())
+    worker = fake_slot(buffer_settings(tmp_path, CLAIM_POLL_S=poll, RETRY_MAX_S=10), orch, FakeSpawn())
 
     with caplog.at_level(logging.ERROR):
         assert await worker.run() == 0
@@ -142,7 +142,7 @@ async def test_the_drain_deadline_stops_the_job_and_reports_it_failed_timeout_re
     settings = buffer_settings(tmp_path, DRAIN_TIMEOUT_S=0.1, BUFFER_EXIT_WHEN_IDLE=False)
     orch = FakeOrchestrator(jobs=[job("long"), job("never")])
     spawn = FakeSpawn(steps=1000, step_s=0.01)
-    worker = buffer_worker(settings, orch, spawn)
+    worker = fake_slot(settings, orch, spawn)
     running = asyncio.create_task(worker.run())
     while not (spawn.processes and spawn.last.jobs):
         await asyncio.sleep(0.01)
@@ -163,7 +163,7 @@ async def test_a_job_that_ignores_its_cancel_is_killed_at_the_drain_and_still_re
     settings = buffer_settings(tmp_path, DRAIN_TIMEOUT_S=0.05, BUFFER_EXIT_WHEN_IDLE=False)
     orch = FakeOrchestrator(jobs=[job("stuck")])
     spawn = FakeSpawn(steps=10_000, step_s=0.001, ignore_cancel=True)
-    worker = buffer_worker(settings, orch, spawn)
+    worker = fake_slot(settings, orch, spawn)
     running = asyncio.create_task(worker.run())
     while not (spawn.processes and spawn.last.jobs):
         await asyncio.sleep(0.01)
@@ -179,7 +179,7 @@ async def test_a_job_that_ignores_its_cancel_is_killed_at_the_drain_and_still_re
 
 async def test_a_cancel_in_a_heartbeat_answer_stops_the_job(tmp_path: Path) -> None:
     orch = FakeOrchestrator(jobs=[job("unwanted")], cancel_job_ids=["unwanted", "not-mine"])
-    worker = buffer_worker(buffer_settings(tmp_path), orch, FakeSpawn(steps=1000, step_s=0.01))
+    worker = fake_slot(buffer_settings(tmp_path), orch, FakeSpawn(steps=1000, step_s=0.01))
 
     assert await asyncio.wait_for(worker.run(), 10) == 0
 

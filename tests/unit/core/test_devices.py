@@ -100,9 +100,9 @@ def test_queue_mode_runs_one_slot_and_says_so_when_it_sees_several(
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     with caplog.at_level("WARNING"):
-        assert one_slot(load_settings(None)) == {"CUDA_VISIBLE_DEVICES": "2"}
+        assert one_slot(load_settings(None)).child_env() == {"CUDA_VISIBLE_DEVICES": "2"}
     assert [r.message for r in caplog.records if "queue mode runs one slot" in r.message]
     caplog.clear()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert one_slot(load_settings(None)) == {}, "one GPU: the environment it always had"
+    assert one_slot(load_settings(None)).child_env() == {}, "one GPU: the environment it always had"
     assert not caplog.records
