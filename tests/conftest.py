@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,19 +18,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # process (this one and every worker, GPU child or CLI it starts) keeps them from fighting over the cores,
     # where OpenMP's waiting threads would spin. A test that needs another count sets its own.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if missing := [name for name in LONGEST_FIRST if name != TORCH_GROUP and not (HERE / name).is_file()]:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that are gone: {missing}")
 
 
 # `make test` runs the suite on three xdist workers, each group of tests whole on one worker, the groups in
 # the order below. A group is a file, so a module's shared worker process starts once and its tests keep
-# their order; the files that drive torch in this process make one group, so that only one worker pays for
-# importing torch and diffusers (those files import them inside their tests, not when they are collected).
-IN_PROCESS_TORCH = (
-    "unit/pipelines/test_pipeline.py",
-    "unit/pipelines/test_gpu_path.py",
-    "unit/bench/test_gpu_bench.py",
-)
+# their order; the files marked `torch` (they drive torch and diffusers in the test process) make one group,
+# so that only one worker pays for importing them (those files import them inside their tests, not when they
+# are collected).
+TORCH_GROUP = "in-process torch"
 # The suite ends when its last group does: the longest (worker processes, model loads, real clocks) start
-# first, and the many short files fill the gaps after them.
+# first, and the many short files fill the gaps after them. Only an order: a file not named here still runs.
 LONGEST_FIRST = (
     "process/test_buffer_mode.py",
     "process/test_queue_mode.py",
@@ -36,15 +37,23 @@ LONGEST_FIRST = (
     "process/test_doctor.py",
     "process/test_slots.py",
     "process/test_runner.py",
-    "in-process torch",
+    TORCH_GROUP,
     "process/test_studio_browser.py",
     "process/test_entrypoint.py",
 )
+HERE = Path(__file__).parent
+
+
+@functools.cache
+def _drives_torch(path: str) -> bool:
+    """Whether a test file is marked `torch`: read from its text, since xdist's scheduler sees node ids only."""
+    file = HERE.parent / path
+    return file.is_file() and "pytest.mark.torch" in file.read_text(encoding="utf-8")
 
 
 def _group(nodeid: str) -> str:
-    path = nodeid.split("::", 1)[0].removeprefix("tests/")
-    return "in-process torch" if path in IN_PROCESS_TORCH else path
+    path = nodeid.split("::", 1)[0]
+    return TORCH_GROUP if _drives_torch(path) else path.removeprefix("tests/")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

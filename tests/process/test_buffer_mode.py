@@ -26,7 +26,7 @@ from support.procs import (
     wait_final,
     wait_job,
 )
-from support.stubs import StubProcess, Stubs, wait_for
+from support.stubs import StubProcess, wait_for
 from support.video import gradient_image, png_bytes, read_video
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 3}
@@ -58,10 +58,9 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(tmp_path_factory: pytest.TempPathFactory, shared_stub: StubProcess) -> Iterator[Shared]:
     root = tmp_path_factory.mktemp("shared")
-    stubs, workers = Stubs(root), WorkerSet()
-    stub = stubs.start()
+    stub, workers = shared_stub, WorkerSet()
     with RecordingProxy(stub.url) as proxy:
         worker = workers.add(
             WorkerProcess.buffer(
@@ -78,7 +77,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
             yield Shared(stub, worker, proxy)
         finally:
             workers.close()
-            stubs.close()
 
 
 def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:

@@ -10,27 +10,25 @@ from pathlib import Path
 
 import pytest
 from support.procs import WorkerProcess, wait_final, wait_health
-from support.stubs import Stubs, free_port
+from support.stubs import free_port
 from support.video import read_video
 
 SMALL = {"width": 256, "height": 256, "num_frames": 9}
 
 
 @pytest.fixture(scope="module")
-def dispatched(tmp_path_factory):
+def dispatched(tmp_path_factory, module_stubs):
     tmp = tmp_path_factory.mktemp("dispatch")
     port = free_port()
     worker = WorkerProcess.queue(tmp / "worker", port, I2V_ENABLED="false").start()
     wait_health(f"http://127.0.0.1:{port}", ("ready",))
-    stubs = Stubs(tmp / "stub")
-    stub = stubs.start(
+    stub = module_stubs(
         "--dispatch-to",
         f"http://127.0.0.1:{port}/generate",
         DISPATCH_RETRY_BASE_S=0.1,
         DISPATCH_RETRY_MAX_S=0.2,
     )
     yield stub, worker
-    stubs.close()
     worker.stop()
 
 

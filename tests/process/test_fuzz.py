@@ -4,7 +4,7 @@ module's worker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from support.stubs import StubProcess
@@ -24,13 +24,9 @@ STUB_ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
-    folder = tmp_path_factory.mktemp("fuzz-stub")
+def fuzz_stub(module_stubs: Callable[..., StubProcess]) -> StubProcess:
     # Private webhook targets refused, as in production: a fuzzed notify_url must never reach this box.
-    process = StubProcess(folder / "stub.sqlite3", folder / "stub.log", env={"WEBHOOK_ALLOW_PRIVATE": "false"}).start()
-    yield process
-    process.kill()
-    process.http.close()
+    return module_stubs(WEBHOOK_ALLOW_PRIVATE="false")
 
 
 def test_no_stub_route_answers_a_server_error(fuzz_stub: StubProcess) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ import pytest
 from support.http_servers import free_port
 from support.procs import WorkerProcess, WorkerSet, wait_final, wait_job
 from support.slots import DelayedUploadWorker, StatusProxy
-from support.stubs import StubProcess, Stubs, wait_for
+from support.stubs import StubProcess, wait_for
 
 # About a second or two of generation per job on 2 idle cores.
 JOB = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 2}
@@ -42,18 +42,18 @@ def final(stub: StubProcess, job_id: str) -> dict[str, Any]:
 
 @dataclass
 class Box:
-    stubs: Stubs
-    stub: StubProcess
+    start_stub: Callable[..., StubProcess]  # the module's `module_stubs`
+    stub: StubProcess  # the stub the proxy forwards to
     proxy: StatusProxy
     worker: WorkerProcess
     metrics_url: str
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+def box(tmp_path_factory: pytest.TempPathFactory, module_stubs: Callable[..., StubProcess]) -> Iterator[Box]:
     root = tmp_path_factory.mktemp("box")
-    stubs, workers = Stubs(root), WorkerSet()
-    stub = stubs.start(LEASE_SECONDS=LEASE_S)
+    workers = WorkerSet()
+    stub = module_stubs(LEASE_SECONDS=LEASE_S)
     port = free_port()
     with StatusProxy(stub.url) as proxy:
         worker = workers.add(
@@ -75,10 +75,9 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         try:
             for slot in (0, 1):
                 worker.wait_for_event("claiming jobs", slot=slot)
-            yield Box(stubs, stub, proxy, worker, f"http://127.0.0.1:{port}/metrics")
+            yield Box(module_stubs, stub, proxy, worker, f"http://127.0.0.1:{port}/metrics")
         finally:
             workers.close()
-            stubs.close()
 
 
 # ---- two CPU slots ---------------------------------------------------------------------------------------
@@ -186,7 +185,7 @@ def test_next_job_starts_while_the_last_uploads_and_both_leases_stay_renewed(box
 def test_orchestrator_down_a_slot_holds_one_finished_job_stops_claiming_then_delivers(box: Box, tmp_path: Path) -> None:
     worker = box.worker
     # A stub with long leases: while it is down its clock runs on, and a short lease would expire.
-    stub = box.stubs.start(LEASE_SECONDS=120)
+    box.stub = stub = box.start_stub(LEASE_SECONDS=120)
     box.proxy.target = stub.url
     jobs = [stub.submit(f"outage {i}", seed=i, **JOB) for i in range(2)]
     wait_job(stub, jobs[0], lambda v: v["status"] == "running", 60, "the first job running")
@@ -214,7 +213,7 @@ def test_orchestrator_down_a_slot_holds_one_finished_job_stops_claiming_then_del
 def test_sigterm_with_two_jobs_held_reports_both_and_exits_0(box: Box) -> None:
     """The last test of the module: it ends the worker. SIGTERM drains every slot, the out one too."""
     worker, proxy = box.worker, box.proxy
-    stub = box.stubs.started[-1]
+    stub = box.stub
     jobs = [stub.submit(f"drain {i}", seed=i, **JOB) for i in range(3)]
     worker.wait_for_event("generation started", 120, job_id=jobs[1])
     assert not proxy.finals(jobs[0]), "the first job still uploads"

@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,29 +24,21 @@ UPLOAD_MAX = 200_000  # above the stub's 64 KiB cap on other bodies
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
+def page_stub(module_stubs: Callable[..., StubProcess], tmp_path_factory: pytest.TempPathFactory) -> StubProcess:
     """One stub for every test here that needs no settings of its own (a start costs about 2 s)."""
     root = tmp_path_factory.mktemp("page")
     (root / "outputs" / "videos").mkdir(parents=True)
-    env = {
-        "LOCAL_OUTPUT_DIR": str(root / "outputs"),
-        "UPLOAD_DIR": str(root / "up"),
-        "UPLOAD_MAX_BYTES": str(UPLOAD_MAX),
-        "STUB_PUBLIC_URL": "http://stub.internal:8080/",
-    }
-    stub = StubProcess(db=root / "stub.sqlite3", log_path=root / "stub.log", env=env).start()
-    yield stub
-    stub.kill()
-    stub.http.close()
-
-
-@pytest.fixture
-def stub(shared: StubProcess) -> StubProcess:
-    return shared
+    return module_stubs(
+        LOCAL_OUTPUT_DIR=root / "outputs",
+        UPLOAD_DIR=root / "up",
+        UPLOAD_MAX_BYTES=UPLOAD_MAX,
+        STUB_PUBLIC_URL="http://stub.internal:8080/",
+    )
 
 
 def root_of(stub: StubProcess) -> Path:
-    return stub.db.parent
+    """The folder of the page stub's uploads and outputs."""
+    return Path(stub.env["UPLOAD_DIR"]).parent
 
 
 def png(size: tuple[int, int] = (40, 24), mode: str = "RGB", noise: bool = False) -> bytes:
@@ -56,20 +48,20 @@ def png(size: tuple[int, int] = (40, 24), mode: str = "RGB", noise: bool = False
     return buf.getvalue()
 
 
-def test_the_page_and_its_assets_are_served_by_the_stub(stub: StubProcess) -> None:
-    page = stub.get("/")
+def test_the_page_and_its_assets_are_served_by_the_stub(page_stub: StubProcess) -> None:
+    page = page_stub.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<form id="job-form"' in page.text
     # Every script and stylesheet the page names comes from this origin and is actually served.
     for asset in ("/static/studio.js", "/static/studio.css"):
         assert f'"{asset}"' in page.text
-        assert stub.get(asset).status_code == 200
+        assert page_stub.get(asset).status_code == 200
     assert "http" not in page.text.split("<body>")[0]  # nothing fetched from elsewhere
 
 
-def test_form_limits_are_the_apis_own(stub: StubProcess) -> None:
-    fields = stub.get("/v1/studio/form").json()
+def test_form_limits_are_the_apis_own(page_stub: StubProcess) -> None:
+    fields = page_stub.get("/v1/studio/form").json()
     model = JobInput.model_fields
     assert fields["width"]["default"] == model["width"].default
     assert fields["num_frames"]["default"] == model["num_frames"].default
@@ -77,7 +69,7 @@ def test_form_limits_are_the_apis_own(stub: StubProcess) -> None:
     assert fields["num_frames"]["step"] == 4
     steps = fields["num_inference_steps"]
     for value, ok in ((steps["min"], True), (steps["max"], True), (steps["max"] + 1, False)):
-        response = stub.post("/v1/jobs", {"prompt": "x", "num_inference_steps": value}, key=None)
+        response = page_stub.post("/v1/jobs", {"prompt": "x", "num_inference_steps": value}, key=None)
         assert (response.status_code == 201) is ok, response.text
 
 
@@ -117,18 +109,18 @@ def test_password_protects_the_page_and_v1_only(stub_factory) -> None:  # noqa: 
     assert PASSWORD not in stub.log_text()
 
 
-def test_without_a_password_nothing_asks_for_one(stub: StubProcess) -> None:
-    assert stub.get("/v1/jobs").status_code == 200
-    assert stub.get("/").status_code == 200
+def test_without_a_password_nothing_asks_for_one(page_stub: StubProcess) -> None:
+    assert page_stub.get("/v1/jobs").status_code == 200
+    assert page_stub.get("/").status_code == 200
 
 
 # ---- uploads ---------------------------------------------------------------------------------------
 
 
-def test_an_upload_is_stored_by_content_and_served_back(stub: StubProcess) -> None:
+def test_an_upload_is_stored_by_content_and_served_back(page_stub: StubProcess) -> None:
     data = png((200, 150), noise=True)
     assert 64 * 1024 < len(data) < UPLOAD_MAX  # more than any JSON body may be
-    response = stub.http.post("/v1/uploads", content=data, headers={"Content-Type": "image/png"})
+    response = page_stub.http.post("/v1/uploads", content=data, headers={"Content-Type": "image/png"})
     assert response.status_code == 201, response.text
     body = response.json()
     name = f"{hashlib.sha256(data).hexdigest()}.png"
@@ -140,12 +132,12 @@ def test_an_upload_is_stored_by_content_and_served_back(stub: StubProcess) -> No
         "height": 150,
         "url": f"http://stub.internal:8080/uploads/{name}",
     }
-    assert (root_of(stub) / "up" / name).read_bytes() == data
-    served = stub.get(f"/uploads/{name}")
+    assert (root_of(page_stub) / "up" / name).read_bytes() == data
+    served = page_stub.get(f"/uploads/{name}")
     assert served.content == data and served.headers["content-type"] == "image/png"
     assert served.headers["x-content-type-options"] == "nosniff"
     # The job the page then submits is accepted with that URL.
-    assert stub.submit(image_url=body["url"])
+    assert page_stub.submit(image_url=body["url"])
 
 
 BAD_UPLOADS = [
@@ -158,10 +150,10 @@ BAD_UPLOADS = [
 ]
 
 
-def test_bad_uploads_are_refused_and_not_stored(stub: StubProcess) -> None:
-    before = set((root_of(stub) / "up").glob("*"))
+def test_bad_uploads_are_refused_and_not_stored(page_stub: StubProcess) -> None:
+    before = set((root_of(page_stub) / "up").glob("*"))
     for body, content_type, status, message in BAD_UPLOADS:
-        response = stub.http.post("/v1/uploads", content=body, headers={"Content-Type": content_type})
+        response = page_stub.http.post("/v1/uploads", content=body, headers={"Content-Type": content_type})
         assert response.status_code == status, (body[:20], response.text)
         error = response.json()["error"]
         assert error["code"] == "invalid_input" and error["message"].startswith("image: ")
@@ -171,10 +163,10 @@ def test_bad_uploads_are_refused_and_not_stored(stub: StubProcess) -> None:
         for _ in range(400):
             yield b"\x89PNG" + b"x" * 1020
 
-    assert stub.http.post("/v1/uploads", content=chunks()).status_code == 413
-    assert set((root_of(stub) / "up").glob("*")) == before
+    assert page_stub.http.post("/v1/uploads", content=chunks()).status_code == 413
+    assert set((root_of(page_stub) / "up").glob("*")) == before
     for name in ("../stub0.sqlite3", "x.png", f"{'a' * 64}.gif", f"{'a' * 64}.png"):
-        assert stub.get(f"/uploads/{name}").status_code in (404, 422), name
+        assert page_stub.get(f"/uploads/{name}").status_code in (404, 422), name
 
 
 # ---- videos ----------------------------------------------------------------------------------------
@@ -191,8 +183,8 @@ def finish(stub: StubProcess, **result_fields: object) -> str:
 
 
 @pytest.fixture
-def video_stub(shared: StubProcess) -> tuple[StubProcess, Path]:
-    return shared, root_of(shared) / "outputs"
+def video_stub(page_stub: StubProcess) -> tuple[StubProcess, Path]:
+    return page_stub, root_of(page_stub) / "outputs"
 
 
 def test_a_local_video_is_served_with_ranges(video_stub) -> None:
@@ -256,28 +248,28 @@ def test_a_b2_video_redirects_and_unfinished_jobs_have_none(video_stub) -> None:
 # ---- live changes ----------------------------------------------------------------------------------
 
 
-def test_changes_send_only_what_changed_since_the_cursor(stub: StubProcess) -> None:
-    ids = [stub.submit(f"job {n}") for n in range(3)]
-    first = stub.get("/v1/studio/changes").json()
+def test_changes_send_only_what_changed_since_the_cursor(page_stub: StubProcess) -> None:
+    ids = [page_stub.submit(f"job {n}") for n in range(3)]
+    first = page_stub.get("/v1/studio/changes").json()
     assert set(ids) <= {job["job_id"] for job in first["jobs"]}
     assert first["counts"]["queued"] >= 3
     # The cursor lags by the overlap window: right away the same jobs come again (the page skips them) ...
     time.sleep(0.05)
-    claimed = stub.claim_job("w-changes")["job_id"]
-    again = stub.get("/v1/studio/changes", since=first["cursor"]).json()
+    claimed = page_stub.claim_job("w-changes")["job_id"]
+    again = page_stub.get("/v1/studio/changes", since=first["cursor"]).json()
     assert [job["worker_id"] for job in again["jobs"] if job["job_id"] == claimed] == ["w-changes"]
     # ... but a cursor past a job's last change leaves it out.
     time.sleep(0.3)
-    later = stub.get("/v1/studio/changes", since=time.time() - 0.1).json()
+    later = page_stub.get("/v1/studio/changes", since=time.time() - 0.1).json()
     assert later["jobs"] == []
     for bad in ("-1", "nan", "inf", "1e400", "x", "1" * 400):
-        assert stub.get("/v1/studio/changes", since=bad).status_code == 422, bad
-    assert stub.get("/v1/studio/changes", limit=1001).status_code == 422
+        assert page_stub.get("/v1/studio/changes", since=bad).status_code == 422, bad
+    assert page_stub.get("/v1/studio/changes", limit=1001).status_code == 422
 
 
-def test_changes_show_workers_and_which_went_quiet(stub: StubProcess) -> None:
-    assert stub.heartbeat("gpu-box-1", state="idle").status_code == 200
-    workers = stub.get("/v1/studio/changes").json()["workers"]
+def test_changes_show_workers_and_which_went_quiet(page_stub: StubProcess) -> None:
+    assert page_stub.heartbeat("gpu-box-1", state="idle").status_code == 200
+    workers = page_stub.get("/v1/studio/changes").json()["workers"]
     (worker,) = [w for w in workers if w["worker_id"] == "gpu-box-1"]
     assert worker["worker_id"] == "gpu-box-1" and worker["state"] == "idle"
     assert worker["gpu"]["name"] == "Test GPU" and worker["gpu"]["memory_total_mb"] == 24000
@@ -295,16 +287,16 @@ def test_a_worker_silent_past_the_threshold_is_quiet() -> None:
     assert row["quiet"] is True and row["quiet_s"] == QUIET_AFTER_S + 1
 
 
-def test_a_few_hundred_jobs_cost_one_small_answer_per_poll(stub: StubProcess) -> None:
+def test_a_few_hundred_jobs_cost_one_small_answer_per_poll(page_stub: StubProcess) -> None:
     for n in range(300):
-        stub.submit(f"job {n}")
+        page_stub.submit(f"job {n}")
     start = time.monotonic()
-    everything = stub.get("/v1/studio/changes").json()
+    everything = page_stub.get("/v1/studio/changes").json()
     first_s = time.monotonic() - start
     assert len(everything["jobs"]) >= 300
     time.sleep(0.3)
     start = time.monotonic()
-    idle = stub.get("/v1/studio/changes", since=time.time() - 0.1).json()
+    idle = page_stub.get("/v1/studio/changes", since=time.time() - 0.1).json()
     assert idle["jobs"] == [] and idle["counts"]["queued"] >= 300
     poll_s = time.monotonic() - start
     print(f"300 jobs: first load {first_s * 1000:.0f} ms, an idle poll {poll_s * 1000:.0f} ms")

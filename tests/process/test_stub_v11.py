@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from support.stubs import API_KEY, StubProcess, wait_for
@@ -14,16 +14,6 @@ from support.stubs import API_KEY, StubProcess, wait_for
 from worker_app_fastwan.core.settings import SettingsError, load_settings
 
 RETRYABLE = {"code": "out_of_memory", "message": "CUDA out of memory", "retryable": True}
-
-
-@pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
-    """One stub for the tests that need no settings of their own; each claims only the jobs it made."""
-    folder = tmp_path_factory.mktemp("v11")
-    process = StubProcess(db=folder / "stub.sqlite3", log_path=folder / "stub.log", env={}).start()
-    yield process
-    process.kill()
-    process.http.close()
 
 
 def _claim_mine(stub: StubProcess, job_id: str, worker_id: str) -> dict:
@@ -56,24 +46,24 @@ def _beat(stub: StubProcess, worker_id: str, job_id: str | None, job_ids: list[s
 
 
 @pytest.mark.parametrize("bad", [".", ".."])
-def test_dot_ids_are_refused_everywhere(stub: StubProcess, bad: str) -> None:
-    job_id = stub.submit()
-    assert stub.claim(bad).status_code == 422, "worker_id in a claim"
-    workers = {w["worker_id"] for w in stub.get("/v1/queue").json()["workers"]}
+def test_dot_ids_are_refused_everywhere(shared_stub: StubProcess, bad: str) -> None:
+    job_id = shared_stub.submit()
+    assert shared_stub.claim(bad).status_code == 422, "worker_id in a claim"
+    workers = {w["worker_id"] for w in shared_stub.get("/v1/queue").json()["workers"]}
     assert bad not in workers, "a refused claim records no worker"
-    code, text = _raw_post(stub, f"/internal/buffer/workers/{bad}/heartbeat", {"state": "idle"})
+    code, text = _raw_post(shared_stub, f"/internal/buffer/workers/{bad}/heartbeat", {"state": "idle"})
     assert code == 422, text
-    code, text = _raw_post(stub, f"/internal/buffer/jobs/{bad}/status", {"worker_id": "w1", "status": "running"})
+    code, text = _raw_post(shared_stub, f"/internal/buffer/jobs/{bad}/status", {"worker_id": "w1", "status": "running"})
     assert code == 422, text
-    code, _ = _raw_post(stub, f"/internal/videogen/jobs/{bad}/progress", {"worker_id": "w1", "stage": "queued"})
+    code, _ = _raw_post(shared_stub, f"/internal/videogen/jobs/{bad}/progress", {"worker_id": "w1", "stage": "queued"})
     assert code == 422
-    beat = stub.post("/internal/buffer/workers/w1/heartbeat", {"state": "busy", "job_ids": [job_id, bad]})
+    beat = shared_stub.post("/internal/buffer/workers/w1/heartbeat", {"state": "busy", "job_ids": [job_id, bad]})
     assert beat.status_code == 422 and "job_ids" in beat.text
-    status = stub.post(f"/internal/buffer/jobs/{job_id}/status", {"worker_id": bad, "status": "running"})
+    status = shared_stub.post(f"/internal/buffer/jobs/{job_id}/status", {"worker_id": bad, "status": "running"})
     assert status.status_code == 422 and "worker_id" in status.text
     # Ids that merely contain dots stay valid.
-    assert stub.claim("...").status_code == 200, "there is a queued job: this test's"
-    assert stub.claim(".w.").status_code in (200, 204)
+    assert shared_stub.claim("...").status_code == 200, "there is a queued job: this test's"
+    assert shared_stub.claim(".w.").status_code in (200, 204)
 
 
 @pytest.mark.parametrize("bad", [".", ".."])
@@ -82,40 +72,42 @@ def test_worker_refuses_a_dot_worker_id_at_start(bad: str) -> None:
         load_settings(env_file=None, BUFFER_WORKER_ID=bad)
 
 
-def test_status_of_a_stale_attempt_is_409_even_from_the_current_holder(stub: StubProcess) -> None:
-    job_id = stub.submit()
-    assert _claim_mine(stub, job_id, "w-stale")["attempt"] == 1
-    assert stub.status(job_id, "w-stale", "failed", error=RETRYABLE, attempt=1).status_code == 200  # requeued
-    assert _claim_mine(stub, job_id, "w-stale")["attempt"] == 2, "the same worker holds attempt 2 now"
+def test_status_of_a_stale_attempt_is_409_even_from_the_current_holder(shared_stub: StubProcess) -> None:
+    job_id = shared_stub.submit()
+    assert _claim_mine(shared_stub, job_id, "w-stale")["attempt"] == 1
+    assert shared_stub.status(job_id, "w-stale", "failed", error=RETRYABLE, attempt=1).status_code == 200  # requeued
+    assert _claim_mine(shared_stub, job_id, "w-stale")["attempt"] == 2, "the same worker holds attempt 2 now"
 
-    late = stub.status(job_id, "w-stale", "completed", attempt=1)
+    late = shared_stub.status(job_id, "w-stale", "completed", attempt=1)
     assert late.status_code == 409
     assert "attempt 2" in late.json()["detail"] and "attempt 1" in late.json()["detail"]
-    assert stub.job(job_id)["status"] == "claimed", "the stale report changed nothing"
-    assert stub.status(job_id, "w-stale", "running", attempt=3).status_code == 409, (
+    assert shared_stub.job(job_id)["status"] == "claimed", "the stale report changed nothing"
+    assert shared_stub.status(job_id, "w-stale", "running", attempt=3).status_code == 409, (
         "a future attempt is not current either"
     )
 
-    assert stub.status(job_id, "w-stale", "completed", attempt=2).status_code == 200
-    assert stub.status(job_id, "w-stale", "completed", attempt=2).status_code == 200, "the same final status again"
-    assert stub.status(job_id, "w-stale", "completed", attempt=1).status_code == 409
-    view = stub.job(job_id)
+    assert shared_stub.status(job_id, "w-stale", "completed", attempt=2).status_code == 200
+    assert shared_stub.status(job_id, "w-stale", "completed", attempt=2).status_code == 200, (
+        "the same final status again"
+    )
+    assert shared_stub.status(job_id, "w-stale", "completed", attempt=1).status_code == 409
+    view = shared_stub.job(job_id)
     assert (view["status"], view["attempts"]) == ("completed", 2)
 
 
-def test_status_without_attempt_is_judged_as_in_v1(stub: StubProcess) -> None:
-    job_id = stub.submit()
-    _claim_mine(stub, job_id, "w-v1")
-    assert stub.status(job_id, "w-other", "completed").status_code == 409, "not the holder"
-    assert stub.status(job_id, "w-v1", "completed").status_code == 200
-    assert stub.status(job_id, "w-v1", "completed").status_code == 200
+def test_status_without_attempt_is_judged_as_in_v1(shared_stub: StubProcess) -> None:
+    job_id = shared_stub.submit()
+    _claim_mine(shared_stub, job_id, "w-v1")
+    assert shared_stub.status(job_id, "w-other", "completed").status_code == 409, "not the holder"
+    assert shared_stub.status(job_id, "w-v1", "completed").status_code == 200
+    assert shared_stub.status(job_id, "w-v1", "completed").status_code == 200
 
 
-def test_attempt_must_be_a_positive_bounded_integer(stub: StubProcess) -> None:
-    job_id = stub.submit()
-    _claim_mine(stub, job_id, "w-bounds")
+def test_attempt_must_be_a_positive_bounded_integer(shared_stub: StubProcess) -> None:
+    job_id = shared_stub.submit()
+    _claim_mine(shared_stub, job_id, "w-bounds")
     for bad in (0, -1, 2**63, "1x", 1.5):
-        response = stub.post(
+        response = shared_stub.post(
             f"/internal/buffer/jobs/{job_id}/status", {"worker_id": "w-bounds", "status": "running", "attempt": bad}
         )
         assert response.status_code == 422, (bad, response.text)

@@ -1,8 +1,14 @@
-"""Fixtures for the orchestrator_stub tests: the stub as a real process on loopback, and scripted HTTP servers.
+"""The orchestrator stub as a real process on loopback, and scripted HTTP servers, for the tests.
 
 The one way to start stubs is `Stubs(folder).start(*cli_args, **env)` (each with its own database, all killed
-at `close()`); the `stub_factory` fixture is its `start` for one test. conftest.py registers this module as a
-plugin, so tests take its fixtures as arguments without importing them.
+at `close()`), taken through one of these fixtures (conftest.py registers this module as a plugin, so tests
+take them as arguments without importing them):
+
+- `stub`: a fresh stub with the default settings, for one test;
+- `stub_factory(*cli_args, **env)`: stubs with settings of their own, for one test;
+- `shared_stub`: one stub with the default settings for a whole test module (a start costs about 2 s): its
+  tests must leave it as they found it, apart from the jobs they add;
+- `module_stubs(*cli_args, **env)`: stubs with settings of their own for a whole test module.
 """
 
 from __future__ import annotations
@@ -244,6 +250,19 @@ def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
 @pytest.fixture
 def stub(stub_factory: Callable[..., StubProcess]) -> StubProcess:
     return stub_factory()
+
+
+@pytest.fixture(scope="module")
+def module_stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., StubProcess]]:
+    """`module_stubs(*cli_args, **env)` starts a stub that lives as long as the test module."""
+    stubs = Stubs(tmp_path_factory.mktemp("stubs"))
+    yield stubs.start
+    stubs.close()
+
+
+@pytest.fixture(scope="module")
+def shared_stub(module_stubs: Callable[..., StubProcess]) -> StubProcess:
+    return module_stubs()
 
 
 # ---- scripted loopback HTTP server (webhook receiver, stand-in queue-mode worker) -------------------

@@ -7,8 +7,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from support import REPO
 from support.video import read_video
+
+pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/conftest.py)
 
 ROOT = REPO
 

@@ -1,4 +1,4 @@
-"""The box of slots in-process: real BufferWorkers, JobRunners, outbox and client; fake GPU children and a
+"""The box of slots in-process: real Slots, JobRunners, outbox and client; fake GPU children and a
 scripted orchestrator (support/fakes.py). The same box runs as real processes in test_slots.py."""
 
 from __future__ import annotations

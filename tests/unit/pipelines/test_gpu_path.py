@@ -16,6 +16,8 @@ from support.video import gradient_image
 from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.pipelines.base import SMALL_SIZE, warmup_plan
 
+pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/conftest.py)
+
 if TYPE_CHECKING:
     import torch
 

@@ -9,6 +9,8 @@ from support.video import gradient_image, read_video
 from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.gpu_child.encoder import encode_mp4
 
+pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/conftest.py)
+
 
 def _job(**kw) -> JobInput:
     base = dict(prompt="a red fox running through snow", width=256, height=256, num_frames=9, seed=7)
