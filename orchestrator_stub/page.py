@@ -33,7 +33,7 @@ from worker_app_fastwan.core.schema import SIDE_MULTIPLE, JobInput
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OVERLAP_S = 5.0
-MAX_ANSWER_BYTES = 1024 * 1024  # a poll's jobs, about: each job is at most ~40 KB (two 4000-character prompts)
+MAX_ANSWER_BYTES = 512 * 1024  # a poll's jobs, about: a job is 1-2 KB, at most ~40 KB (two 4000-character prompts)
 MAX_WORKERS_SHOWN = 100
 # Three missed beats at the worker's default HEARTBEAT_INTERVAL_S (5 s): the page shows the worker as quiet.
 QUIET_AFTER_S = 15.0

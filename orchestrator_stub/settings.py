@@ -48,6 +48,7 @@ class StubSettings(BaseSettings):
     DISPATCH_POLL_S: float = Field(default=1.0, gt=0)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["auto", "json", "text"] = "json"
 
     # The page (orchestrator_stub/page.py and friends).
     STUB_PASSWORD: SecretStr | None = None

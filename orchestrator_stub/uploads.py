@@ -91,17 +91,12 @@ class UploadQuota:
 
     @contextlib.contextmanager
     def slot(self, client: str, declared: int | None) -> Iterator[None]:
-        """One upload's place; raises `UploadRefused` (429) when a limit is already reached."""
+        """One upload's place; raises `UploadRefused` (429) when too many are in flight, or the client's quota
+        is spent."""
         limits = self._limits
         with self._lock:
             if self._in_flight >= limits.max_concurrent:
                 raise _busy(f"{limits.max_concurrent} uploads are in progress already (UPLOAD_MAX_CONCURRENT)", 5)
-            if self.stored + (declared or 0) > limits.total_max_bytes:
-                raise _busy(
-                    f"the upload folder is full ({limits.total_max_bytes} bytes, UPLOAD_TOTAL_MAX_BYTES):"
-                    " delete old images from UPLOAD_DIR",
-                    3600,
-                )
             if self._used(client) + (declared or 0) > limits.client_max_bytes:
                 raise _busy(
                     f"this address sent {limits.client_max_bytes} bytes of uploads within"
@@ -123,11 +118,16 @@ class UploadQuota:
                 raise _busy(f"this address is over UPLOAD_CLIENT_MAX_BYTES ({self._limits.client_max_bytes})", 60)
 
     def kept(self, size: int) -> None:
+        """Count a new file against UPLOAD_TOTAL_MAX_BYTES (checked here, once it is known the image is new: the
+        same image again stores nothing); raises `UploadRefused` (429) when the folder would pass it."""
         with self._lock:
+            if self.stored + size > self._limits.total_max_bytes:
+                raise _busy(
+                    f"the upload folder is full ({self._limits.total_max_bytes} bytes, UPLOAD_TOTAL_MAX_BYTES):"
+                    " delete old images from UPLOAD_DIR",
+                    3600,
+                )
             self.stored += size
-            if self.stored > self._limits.total_max_bytes:
-                self.stored -= size
-                raise _busy(f"the upload folder is full (UPLOAD_TOTAL_MAX_BYTES, {self._limits.total_max_bytes})", 3600)
 
     def _window(self, client: str) -> collections.deque[tuple[float, int]]:
         window = self._received.setdefault(client, collections.deque())
