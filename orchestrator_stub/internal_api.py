@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import StatusOutcome, Store
+from orchestrator_stub.db.base import MAX_MESSAGE_CHARS, clip
 from orchestrator_stub.results import ResultRefused, ResultRules, refused_error
 from worker_app_fastwan.core.protocol import (
     ClaimedJob,
@@ -131,4 +132,6 @@ def _final_payload(body: StatusUpdate) -> tuple[dict[str, Any] | None, dict[str,
         raise HTTPException(422, "error: is required when status is failed")
     result = body.result.model_dump(mode="json") if body.status == "completed" and body.result else None
     error = body.error.model_dump(mode="json") if body.status == "failed" and body.error else None
+    if error is not None:  # shown to every client: as long as a person reads, no longer
+        error["message"] = clip(error["message"], MAX_MESSAGE_CHARS)
     return result, error

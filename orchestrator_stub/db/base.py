@@ -26,6 +26,7 @@ log = logging.getLogger("orchestrator_stub.db")
 # What a worker may say about itself is shown on the page and in /v1/queue: kept short, whatever it sends.
 MAX_GPU_CLASS_CHARS = 64
 MAX_GPU_NAME_CHARS = 128
+MAX_MESSAGE_CHARS = 2000  # a progress message or a worker's error message, as stored and shown
 
 
 def clip(text: str, limit: int) -> str:

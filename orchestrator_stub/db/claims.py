@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, StoreBase, clip, log
+from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, MAX_MESSAGE_CHARS, StoreBase, clip, log
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, dumps
 from orchestrator_stub.leases import failure_requeues
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
@@ -225,7 +225,7 @@ class ClaimsMixin(StoreBase):
                     update.progress,
                     update.step,
                     update.total_steps,
-                    update.message or None,
+                    clip(update.message, MAX_MESSAGE_CHARS) or None,
                     self._clock(),
                     job_id,
                     update.worker_id,

@@ -190,6 +190,10 @@ def test_a_v11_worker_without_a_secret_still_works(stub: StubProcess) -> None:
     assert job["job_id"] == job_id and "attempt_secret" not in job
     assert stub.heartbeat("v11-worker", job_id).status_code == 200
     assert stub.status(job_id, "v11-worker", "running", attempt=1).status_code == 200
+    # What a worker writes for everyone to read is kept short: a 30 000-character progress message is cut.
+    progress = {"worker_id": "v11-worker", "stage": "denoising", "progress": 0.5, "message": "m" * 30_000}
+    assert stub.post(f"/internal/videogen/jobs/{job_id}/progress", progress).status_code == 204
+    assert len(stub.job(job_id)["message"]) <= 2000
     assert stub.status(job_id, "v11-worker", "completed", attempt=1).status_code == 200
     assert stub.job(job_id)["status"] == "completed"
 
