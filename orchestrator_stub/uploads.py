@@ -197,14 +197,18 @@ def _too_large(max_bytes: int) -> UploadRefused:
 @contextlib.asynccontextmanager
 async def _incoming(upload_dir: Path) -> AsyncIterator[Path]:
     """A temporary file for one body, removed afterwards whatever happens (a kept image is a copy by then)."""
-    folder = upload_dir / INCOMING
+    path = await asyncio.to_thread(_new_temp, upload_dir / INCOMING)
+    try:
+        yield path
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+def _new_temp(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=folder, prefix="body.")
     os.close(fd)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    return Path(name)
 
 
 async def read_to_file(request: Request, dest: Path, limits: UploadLimits, on_bytes: Any) -> int:
@@ -212,13 +216,13 @@ async def read_to_file(request: Request, dest: Path, limits: UploadLimits, on_by
     size = 0
     try:
         async with asyncio.timeout(limits.timeout_s):
-            with dest.open("wb") as out:
+            with dest.open("wb") as out:  # opening a file mkstemp just made: nothing to wait for
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limits.max_bytes:
                         raise _too_large(limits.max_bytes)
                     on_bytes(len(chunk))
-                    out.write(chunk)  # a page-cache write of at most one chunk: not worth a thread
+                    await asyncio.to_thread(out.write, chunk)  # a busy disk must not stall the event loop
     except TimeoutError:
         raise UploadRefused(408, f"image: not received within {limits.timeout_s:g} s (UPLOAD_TIMEOUT_S)") from None
     if size == 0:
