@@ -8,15 +8,19 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from orchestrator_stub import internal_api, page, public_api, uploads, videos
 from orchestrator_stub.auth import InternalKeyMiddleware
-from orchestrator_stub.db import Store
+from orchestrator_stub.browser_guard import BrowserGuard
+from orchestrator_stub.db import Store, UnencodableText
 from orchestrator_stub.dispatcher import Dispatcher
 from orchestrator_stub.leases import run_lease_sweeper
 from orchestrator_stub.password import PasswordMiddleware
+from orchestrator_stub.results import rules_from_settings
 from orchestrator_stub.settings import StubSettings
+from orchestrator_stub.throttle import GuessThrottle
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
 from worker_app_fastwan.edge.body_guard import BodyGuard
@@ -32,7 +36,11 @@ def create_app(settings: StubSettings) -> FastAPI:
         lease_seconds=settings.LEASE_SECONDS,
         max_attempts=settings.MAX_ATTEMPTS,
         on_final=webhook_wakeup.set,
+        max_queued_jobs=settings.MAX_QUEUED_JOBS,
+        max_workers=settings.MAX_WORKERS,
+        worker_retention_s=settings.WORKER_RETENTION_S,
     )
+    rules = rules_from_settings(settings.public_url(), settings.storage_origins(), settings.STORAGE_PREFIX)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -47,7 +55,7 @@ def create_app(settings: StubSettings) -> FastAPI:
             WebhookSender(store, settings, webhook_wakeup).run(),
         ]
         if settings.DISPATCH_TO:
-            loops.append(Dispatcher(store, settings, dispatch_wakeup).run())
+            loops.append(Dispatcher(store, settings, dispatch_wakeup, rules).run())
         tasks = [asyncio.create_task(coro) for coro in loops]
         try:
             yield
@@ -57,15 +65,45 @@ def create_app(settings: StubSettings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             store.close()
 
-    app = FastAPI(title="orchestrator_stub", version="1", lifespan=lifespan)
-    # The last added runs first: the key is checked before the body is even read.
-    app.add_middleware(BodyGuard, exempt=(uploads.UPLOAD_PATH,))  # uploads.py caps its own body
-    app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
+    # /docs and /redoc load their scripts from a CDN (no pinning, no integrity check): off unless asked for.
+    # /openapi.json (plain JSON) stays: scripts and the fuzz tests read it.
+    docs = settings.STUB_API_DOCS
+    app = FastAPI(
+        title="orchestrator_stub",
+        version="1.2",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    # The last added runs first: foreign pages are refused before anything; the key is checked before the body
+    # is even read; the body guard sees every body before a route parses it.
+    app.add_middleware(BodyGuard, exempt=(uploads.UPLOAD_PATH,), timeout_s=settings.BODY_TIMEOUT_S)
+
+    def throttle() -> GuessThrottle:
+        return GuessThrottle(settings.AUTH_FREE_FAILURES, settings.AUTH_MAX_DELAY_S)
+
+    app.add_middleware(InternalKeyMiddleware, key=settings.api_key(), throttle=throttle())
     if password := settings.password():
-        app.add_middleware(PasswordMiddleware, password=password)
-    app.include_router(internal_api.build_router(store))
+        app.add_middleware(PasswordMiddleware, password=password, throttle=throttle())
+    app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts(), raw_body_paths=(uploads.UPLOAD_PATH,))
+    app.add_exception_handler(UnencodableText, _unencodable)
+    app.include_router(internal_api.build_router(store, rules, secret_required=settings.ATTEMPT_SECRET_REQUIRED))
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
-    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR))
-    app.include_router(uploads.build_router(settings.UPLOAD_DIR, settings.UPLOAD_MAX_BYTES, settings.public_url()))
-    page.mount(app, store)
+    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage))
+    limits = uploads.UploadLimits(
+        max_bytes=settings.UPLOAD_MAX_BYTES,
+        total_max_bytes=settings.UPLOAD_TOTAL_MAX_BYTES,
+        client_max_bytes=settings.UPLOAD_CLIENT_MAX_BYTES,
+        quota_window_s=settings.UPLOAD_QUOTA_WINDOW_S,
+        max_concurrent=settings.UPLOAD_MAX_CONCURRENT,
+        timeout_s=settings.UPLOAD_TIMEOUT_S,
+    )
+    app.include_router(uploads.build_router(settings.UPLOAD_DIR, limits, settings.public_url()))
+    page.mount(app, store, media_origins=settings.storage_origins())
     return app
+
+
+async def _unencodable(_: Request, exc: Exception) -> JSONResponse:
+    """The store refused a text it cannot write as UTF-8: the sender's fault, never a 500."""
+    error = {"code": "invalid_input", "message": f"body: {exc}", "retryable": False}
+    return JSONResponse({"error": error}, status_code=422)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except StubSettingsError as exc:
         print(f"orchestrator_stub: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.LOG_LEVEL, process="orchestrator_stub")
+    setup_logging(settings.LOG_LEVEL, process="orchestrator_stub", fmt=settings.LOG_FORMAT)
     log.info("starting", extra={"settings": settings.summary()})
     warn_if_open(settings.STUB_HOST, settings.password())
     config = uvicorn.Config(

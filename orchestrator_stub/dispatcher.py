@@ -4,14 +4,21 @@ It mimics the Salad job-queue binary: POST the job input (plus `job_id`) with he
 wait. 408, 429, 5xx or a network error → retry, up to DISPATCH_MAX_ATTEMPTS (4) attempts in all, then
 failed with the last error; any other answer is final: 2xx → completed with the body as result, else
 failed with the body's `error` (marked not retryable). The dispatcher holds the job like a buffer worker
-(worker id `salad-dispatcher`) and renews its lease while it waits, so a job it held when the stub died
-goes back to the queue when that lease runs out. A cancel aborts the request in flight.
+(worker id `salad-dispatcher`, with an attempt secret of its own, so no worker can report in its name) and
+renews its lease while it waits, so a job it held when the stub died goes back to the queue when that lease
+runs out. A cancel aborts the request in flight.
+
+The queue-mode worker's answer is read up to the protocol's body cap only (64 KiB; a longer one fails the job
+unread) and checked as a buffer worker's report is: a body with invalid Unicode, a non-finite number or too
+deep a nesting is no result, and a result must pass `results.ResultRules`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,15 +27,41 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from orchestrator_stub.db import DISPATCHER_ID, Claimed, LeaseState, Store
 from orchestrator_stub.leases import cancelled_error
+from orchestrator_stub.results import ResultRefused, ResultRules
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from worker_app_fastwan.core.logs import job_context
 from worker_app_fastwan.core.protocol import Capabilities
 from worker_app_fastwan.core.schema import ErrorCode, JobError
+from worker_app_fastwan.edge.body_guard import MAX_BODY_BYTES, BodyRejected, check_json_body
 
 log = logging.getLogger("orchestrator_stub.dispatcher")
 
 RETRY_STATUSES = frozenset({408, 429})
+MAX_MESSAGE_CHARS = 2000  # an error message from the worker, as stored and shown
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The worker's answer: its status code, and its body unless that was over the cap (None)."""
+
+    status_code: int
+    body: bytes | None
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        """The body as JSON; raises ValueError when it is missing, not JSON, or breaks the hostile-body rules."""
+        if self.body is None:
+            raise ValueError(f"the answer is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            check_json_body(self.body)
+        except BodyRejected as exc:
+            raise ValueError(exc.message) from None
+        return json.loads(self.body)
+
 
 Outcome = tuple[str, dict[str, Any] | None, dict[str, Any] | None]  # (status, result, error)
 
@@ -42,9 +75,10 @@ class RetryableAnswer(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup) -> None:
+    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup, rules: ResultRules) -> None:
         assert settings.DISPATCH_TO, "DISPATCH_TO is required"
         self._store = store
+        self._rules = rules
         self._settings = settings
         self._url = settings.DISPATCH_TO
         self._wakeup = wakeup
@@ -56,7 +90,9 @@ class Dispatcher:
             log.info("dispatching queued jobs", extra={"url": self._url})
             while True:
                 try:
-                    job = await asyncio.to_thread(self._store.claim, DISPATCHER_ID, "salad", Capabilities())
+                    job = await asyncio.to_thread(
+                        self._store.claim, DISPATCHER_ID, "salad", Capabilities(), with_secret=True
+                    )
                 except Exception:
                     log.exception("dispatcher claim failed")
                     job = None
@@ -70,7 +106,10 @@ class Dispatcher:
                         log.exception("dispatch crashed")
 
     async def _handle(self, client: httpx.AsyncClient, job: Claimed) -> None:
-        await asyncio.to_thread(self._store.apply_status, job.job_id, DISPATCHER_ID, "running", None, None)
+        secret = job.attempt_secret
+        await asyncio.to_thread(
+            self._store.apply_status, job.job_id, DISPATCHER_ID, "running", None, None, secret=secret
+        )
         delivery = asyncio.create_task(self._deliver(client, job))
         watch = asyncio.create_task(self._watch_lease(job.job_id))
         try:
@@ -88,7 +127,14 @@ class Dispatcher:
             return
         # Final even when retryable: _deliver already made Salad's re-deliveries, and the stub does not add its own.
         outcome = await asyncio.to_thread(
-            self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error, requeue_retryable=False
+            self._store.apply_status,
+            job.job_id,
+            DISPATCHER_ID,
+            status,
+            result,
+            error,
+            secret=secret,
+            requeue_retryable=False,
         )
         log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
 
@@ -115,13 +161,14 @@ class Dispatcher:
                     response = await self._post(client, job, attempt.retry_state.attempt_number)
         except RetryableAnswer as exc:
             return "failed", None, exc.error
-        return _final_outcome(response)
+        return _final_outcome(response, job.job_id, self._rules)
 
-    async def _post(self, client: httpx.AsyncClient, job: Claimed, number: int) -> httpx.Response:
+    async def _post(self, client: httpx.AsyncClient, job: Claimed, number: int) -> Answer:
         """One attempt; raises RetryableAnswer on what Salad would retry."""
         body = {**job.input, "job_id": job.job_id}
         try:
-            response = await client.post(self._url, json=body, headers={"Salad-Job-Id": job.job_id})
+            async with client.stream("POST", self._url, json=body, headers={"Salad-Job-Id": job.job_id}) as streamed:
+                response = Answer(streamed.status_code, await _read_capped(streamed, MAX_BODY_BYTES))
         except httpx.TransportError as exc:
             message = f"worker unreachable: {type(exc).__name__}: {exc}"
             await self._record(job.job_id, number, None, message)
@@ -138,23 +185,35 @@ class Dispatcher:
         await asyncio.to_thread(self._store.add_dispatch_attempt, job_id, number, status_code, error)
 
 
-def _final_outcome(response: httpx.Response) -> Outcome:
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes | None:
+    """The (decoded) body, or None as soon as it passes `max_bytes`: the rest is never read."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            return None
+    return bytes(body)
+
+
+def _final_outcome(response: Answer, job_id: str, rules: ResultRules) -> Outcome:
     if not response.is_success:
         return "failed", None, _error_from_body(response, retryable=False)
     try:
-        result = response.json()
-    except ValueError:
-        result = None
-    if not isinstance(result, dict):
-        message = f"worker answered HTTP {response.status_code} with a body that is not a JSON object"
-        return "failed", None, _error(ErrorCode.internal, message, retryable=False)
+        result = rules.check(job_id, response.json())
+    except ResultRefused as exc:
+        message = f"the worker's answer (HTTP {response.status_code}) was refused: {exc}"
+        return "failed", None, _error(ErrorCode.internal, message[:MAX_MESSAGE_CHARS], retryable=False)
+    except ValueError as exc:
+        message = f"worker answered HTTP {response.status_code} with a body that is not a result: {exc}"
+        return "failed", None, _error(ErrorCode.internal, message[:MAX_MESSAGE_CHARS], retryable=False)
     return "completed", result, None
 
 
-def _error_from_body(response: httpx.Response, *, retryable: bool) -> dict[str, Any]:
+def _error_from_body(response: Answer, *, retryable: bool) -> dict[str, Any]:
     """The worker's `{"error": …}` if it sent a valid one, else one made from the status code."""
     try:
         error = JobError.model_validate(response.json()["error"]).model_dump(mode="json")
+        error["message"] = error["message"][:MAX_MESSAGE_CHARS]
         return error | {"retryable": error["retryable"] and retryable}
     except (ValueError, KeyError, TypeError, ValidationError):
         code = ErrorCode.invalid_input if response.status_code in (400, 422) else ErrorCode.internal

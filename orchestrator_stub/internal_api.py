@@ -1,7 +1,9 @@
-"""The worker-facing routes of docs/protocol.md (v1.1): claim, heartbeat, status, progress.
+"""The worker-facing routes of docs/protocol.md (v1.2): claim, heartbeat, status, progress.
 
 The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
-thread pool and SQLite work never blocks the event loop.
+thread pool and SQLite work never blocks the event loop. Every worker holds the same key, so the key proves
+only "a worker": a claim's attempt secret (v1.2) proves "the worker holding this attempt", and a completed
+job's result is checked (`results.py`) before anyone else gets to see it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import StatusOutcome, Store
+from orchestrator_stub.db.base import MAX_MESSAGE_CHARS, clip
+from orchestrator_stub.results import ResultRefused, ResultRules, refused_error
 from worker_app_fastwan.core.protocol import (
     ClaimedJob,
     ClaimRequest,
@@ -30,25 +34,59 @@ JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 WORKER_ID = Path(pattern=ID_PATTERN, max_length=128)
 
 
-def build_router(store: Store) -> APIRouter:
+SECRET_NEEDED = (
+    "this orchestrator hands jobs only to workers that prove they hold them: protocol v1.2's"
+    " wants_attempt_secret (ATTEMPT_SECRET_REQUIRED)"
+)
+
+
+def build_router(store: Store, rules: ResultRules, *, secret_required: bool = False) -> APIRouter:
     router = APIRouter(prefix="/internal", tags=["internal (X-Internal-Api-Key)"])
 
-    @router.post("/buffer/jobs/claim", response_model=ClaimResponse, responses={204: {"description": "nothing queued"}})
+    @router.post(
+        "/buffer/jobs/claim",
+        response_model=ClaimResponse,
+        responses={204: {"description": "nothing queued"}, 403: {"description": "ATTEMPT_SECRET_REQUIRED"}},
+    )
     def claim(body: ClaimRequest) -> Response:
-        job = store.claim(body.worker_id, body.gpu_class, body.capabilities)
+        if secret_required and not body.wants_attempt_secret:
+            raise HTTPException(403, SECRET_NEEDED)
+        job = store.claim(body.worker_id, body.gpu_class, body.capabilities, with_secret=body.wants_attempt_secret)
         if job is None:
             return Response(status_code=204)
-        claimed = ClaimedJob(job_id=job.job_id, input=job.input, attempt=job.attempt, lease_seconds=store.lease_seconds)
-        return JSONResponse(ClaimResponse(job=claimed).model_dump(mode="json"))
+        claimed = ClaimedJob(
+            job_id=job.job_id,
+            input=job.input,
+            attempt=job.attempt,
+            lease_seconds=store.lease_seconds,
+            attempt_secret=job.attempt_secret,
+        )
+        # exclude_none: a claim without a secret looks exactly like v1.1's.
+        return JSONResponse(ClaimResponse(job=claimed).model_dump(mode="json", exclude_none=True))
 
-    @router.post("/buffer/workers/{worker_id}/heartbeat")
+    @router.post("/buffer/workers/{worker_id}/heartbeat", responses={403: {}})
     def heartbeat(body: HeartbeatRequest, worker_id: str = WORKER_ID) -> HeartbeatResponse:
-        return HeartbeatResponse(cancel_job_ids=store.heartbeat(worker_id, body))
+        cancel = store.heartbeat(worker_id, body)
+        if cancel is None:
+            log.warning("heartbeat refused: attempt secret missing or wrong", extra={"worker_id": worker_id})
+            raise HTTPException(403, f"this heartbeat names a job worker {worker_id} holds, without its attempt_secret")
+        return HeartbeatResponse(cancel_job_ids=cancel)
 
-    @router.post("/buffer/jobs/{job_id}/status", responses={409: {}, 422: {}})
+    @router.post("/buffer/jobs/{job_id}/status", responses={403: {}, 409: {}, 422: {}})
     def status(body: StatusUpdate, job_id: str = JOB_ID) -> dict[str, Any]:
         result, error = _final_payload(body)
-        outcome = store.apply_status(job_id, body.worker_id, body.status, result, error, attempt=body.attempt)
+        refused: str | None = None
+        if result is not None:
+            try:
+                result = rules.check(job_id, result)
+            except ResultRefused as exc:
+                # Reported by the holder, it ends this attempt as a retryable failure (another worker may store
+                # the video properly); a report that proves nothing is refused below like any other.
+                refused, result, error = str(exc), None, refused_error(str(exc))
+        status = "failed" if refused else body.status
+        outcome = store.apply_status(
+            job_id, body.worker_id, status, result, error, attempt=body.attempt, secret=body.attempt_secret
+        )
         log.info(
             "status report",
             extra={
@@ -57,8 +95,11 @@ def build_router(store: Store) -> APIRouter:
                 "status": body.status,
                 "attempt": body.attempt,
                 "outcome": outcome.value,
+                "refused": refused,
             },
         )
+        if outcome is StatusOutcome.forbidden:
+            raise HTTPException(403, f"job {job_id}'s attempt was claimed with an attempt_secret; this status lacks it")
         if outcome is StatusOutcome.missing:
             # 409, not 404: the protocol's one answer for "not yours", so the worker drops the report (its
             # outbox would keep a 404'd one forever, e.g. after this stub's database was deleted).
@@ -68,6 +109,8 @@ def build_router(store: Store) -> APIRouter:
             raise HTTPException(409, f"job {job_id} is on attempt {current}; this status is for attempt {body.attempt}")
         if outcome is StatusOutcome.conflict:
             raise HTTPException(409, f"job {job_id} is not held by worker {body.worker_id}")
+        if refused:
+            raise HTTPException(422, refused)
         return {"job_id": job_id, "status": body.status}
 
     @router.post("/videogen/jobs/{job_id}/progress", status_code=204, response_class=Response)
@@ -89,4 +132,6 @@ def _final_payload(body: StatusUpdate) -> tuple[dict[str, Any] | None, dict[str,
         raise HTTPException(422, "error: is required when status is failed")
     result = body.result.model_dump(mode="json") if body.status == "completed" and body.result else None
     error = body.error.model_dump(mode="json") if body.status == "failed" and body.error else None
+    if error is not None:  # shown to every client: as long as a person reads, no longer
+        error["message"] = clip(error["message"], MAX_MESSAGE_CHARS)
     return result, error

@@ -3,18 +3,22 @@
 - `GET /v1/studio/form`: each job field's default and limits, read from `schema.JobInput` (the API's own
   rules), so the form's spinners and presets never drift from what the API accepts. The API still judges
   every submission: the page shows its 422 message as it is.
-- `GET /v1/studio/changes?since=CURSOR`: the jobs changed since the cursor of the previous answer (the
-  latest `limit` changes when `since` is 0), the queue counts, and every worker with how long it has been
-  quiet. The page polls it about once a second, so a few hundred jobs cost one small query per poll, not a
-  list of all of them. The cursor lags the server's clock by OVERLAP_S: a change whose transaction read
-  the clock before this query but committed after it is sent again next time rather than missed (the page
-  ignores a job whose `updated_at` it already has).
+- `GET /v1/studio/changes?since=CURSOR[&after=SEQ]`: the jobs changed since the cursor of the previous answer
+  (the latest `limit` changes when `since` is 0), the queue counts, and the most recently heard workers with
+  how long each has been quiet. The page polls it about once a second, so a few hundred jobs cost one small
+  query per poll, not a list of all of them. The cursor lags the server's clock by OVERLAP_S: a change whose
+  transaction read the clock before this query but committed after it is sent again next time rather than
+  missed (the page ignores a job whose `updated_at` it already has).
+  Every answer is bounded: at most `limit` jobs and about MAX_ANSWER_BYTES of them, and MAX_WORKERS_SHOWN
+  workers (with `workers_total`). When more changed than one answer holds, it sends the oldest changes with
+  `more: true` and a cursor just past the last one sent (`cursor` and `after`), and the page asks again at once.
 
 Everything is served by the stub itself: plain HTML, CSS and JavaScript, no build step, no CDN.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,23 +33,27 @@ from worker_app_fastwan.core.schema import SIDE_MULTIPLE, JobInput
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OVERLAP_S = 5.0
+MAX_ANSWER_BYTES = 512 * 1024  # a poll's jobs, about: a job is 1-2 KB, at most ~40 KB (two 4000-character prompts)
+MAX_WORKERS_SHOWN = 100
 # Three missed beats at the worker's default HEARTBEAT_INTERVAL_S (5 s): the page shows the worker as quiet.
 QUIET_AFTER_S = 15.0
 FIELD_STEPS = {"width": SIDE_MULTIPLE, "height": SIDE_MULTIPLE, "num_frames": 4}
 
 
-def mount(app: FastAPI, store: Store) -> None:
-    """Add the page, its assets and its routes to the stub's app."""
+def mount(app: FastAPI, store: Store, media_origins: tuple[str, ...] = ()) -> None:
+    """Add the page, its assets and its routes to the stub's app; `media_origins`: where the video route may
+    redirect the player (the configured storage), besides the stub itself."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(build_router(store))
+    app.include_router(build_router(store, media_origins))
 
 
-def build_router(store: Store) -> APIRouter:
+def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter:
     router = APIRouter(tags=["page"])
+    headers = page_headers(media_origins)
 
     @router.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)
 
     @router.get("/v1/studio/form")
     def form() -> dict[str, Any]:
@@ -53,30 +61,54 @@ def build_router(store: Store) -> APIRouter:
 
     @router.get("/v1/studio/changes")
     def changes(
-        since: float = Query(default=0.0, ge=0.0, le=1e11), limit: int = Query(default=500, ge=1, le=1000)
+        since: float = Query(default=0.0, ge=0.0, le=1e11),
+        after: int | None = Query(default=None, ge=0, le=2**53),
+        limit: int = Query(default=500, ge=1, le=1000),
     ) -> dict[str, Any]:
         now = time.time()  # before the query: see OVERLAP_S
-        jobs = store.changed_since(since, limit)
-        return {
+        if since == 0:  # the first load: the latest changes, newest first; older jobs stay out of the page
+            rows = store.changed_since(0.0, limit)
+        else:  # catching up: oldest change first, so a cut answer leaves nothing out
+            rows = store.changed_after(since, -1 if after is None else after, limit)
+        jobs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        size = 0
+        for row in rows:
+            view = job_view(store, row)
+            size += len(json.dumps(view, ensure_ascii=False, default=str).encode())
+            if jobs and size > MAX_ANSWER_BYTES:
+                break
+            jobs.append((row, view))
+        more = since > 0 and (len(jobs) < len(rows) or len(rows) == limit)
+        workers, total = store.workers(MAX_WORKERS_SHOWN)
+        answer = {
             "cursor": max(0.0, now - OVERLAP_S),
+            "after": None,
+            "more": more,
             "now": iso(now),
-            "jobs": [job_view(store, job) for job in jobs],
+            "jobs": [view for _, view in jobs],
             "counts": store.counts(),
-            "workers": [worker_row(worker, now) for worker in store.workers()],
+            "workers": [worker_row(worker, now) for worker in workers],
+            "workers_total": total,
         }
+        if more:  # just past the last change sent: the rest comes with the next poll
+            answer["cursor"], answer["after"] = jobs[-1][0]["updated_at"], jobs[-1][0]["seq"]
+        return answer
 
     return router
 
 
-# The page's scripts and styles come from this origin only; nothing inline, nothing from elsewhere.
-_PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob: https:; media-src 'self' blob: https:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
-}
+def page_headers(media_origins: tuple[str, ...] = ()) -> dict[str, str]:
+    """The page's scripts, styles, images and data come from this origin only: nothing inline, nothing from
+    elsewhere. Videos too, except where the video route redirects the player: the configured storage."""
+    media = " ".join(("'self'", *media_origins))
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'self'; img-src 'self' data: blob:; media-src {media}; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
 
 
 def form_fields() -> dict[str, Any]:

@@ -4,7 +4,8 @@ Any user name is accepted; only the password counts, compared in constant time. 
 `WWW-Authenticate: Basic`, so a browser asks for it. Left outside: `/health` (probes), the worker-facing
 `/internal/` routes (they have their own key) and `/uploads/` (the worker fetches input images from there
 without credentials; each name is the SHA-256 of the image, so only someone who has it can name it).
-Like `auth.InternalKeyMiddleware` it is ASGI middleware, so a refusal never depends on the body.
+Like `auth.InternalKeyMiddleware` it is ASGI middleware, so a refusal never depends on the body, and
+guessing is slowed the same way (`throttle.GuessThrottle`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import logging
 
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator_stub.auth import client_of, too_many_guesses
+from orchestrator_stub.throttle import GuessThrottle
 
 log = logging.getLogger("orchestrator_stub.password")
 
@@ -51,15 +55,24 @@ def basic_password(header: bytes | None) -> bytes | None:
 
 
 class PasswordMiddleware:
-    def __init__(self, app: ASGIApp, password: str) -> None:
+    def __init__(self, app: ASGIApp, password: str, throttle: GuessThrottle | None = None) -> None:
         self._app = app
         self._password = password.encode("utf-8")
+        self._throttle = throttle or GuessThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"]):
             given = basic_password(dict(scope["headers"]).get(b"authorization"))
+            client = client_of(scope)
+            if given is not None and (wait := self._throttle.retry_after(client, given)) is not None:
+                reason = "too many wrong passwords"
+                log.warning("page or API call refused", extra={"path": scope["path"], "reason": reason})
+                await too_many_guesses(wait, "passwords")(scope, receive, send)
+                return
             # compare_digest on equal-length digests: neither the password nor its length leaks by timing.
             if given is None or not hmac.compare_digest(_digest(given), _digest(self._password)):
+                if given is not None:
+                    self._throttle.failed(client, given)
                 log.info("page or API call refused", extra={"path": scope["path"], "reason": "STUB_PASSWORD"})
                 await _refusal(scope)(scope, receive, send)
                 return

@@ -1,7 +1,8 @@
 """The public /v1 API for a person (or script) on the box: submit, look at, list and cancel jobs.
 
-There is no authentication here: the stub listens on 127.0.0.1 by default, and whoever can reach this
-API can submit GPU work. Do not expose it beyond loopback without a proxy that adds auth.
+There is no authentication here unless STUB_PASSWORD is set (`password.py`): the stub listens on 127.0.0.1
+by default, and whoever can reach this API can submit GPU work. Web pages cannot (`browser_guard.py`).
+At most MAX_QUEUED_JOBS jobs wait at a time: past that a submission is 429, so a flood costs bounded disk.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
-from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, Store
+from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, QueueFull, Store
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import job_view, load_job_view, worker_view
 from orchestrator_stub.webhooks import check_notify_url
@@ -40,7 +41,7 @@ def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSet
     @router.post(
         "/v1/jobs",
         status_code=201,
-        responses={200: {"description": "Idempotency-Key replay"}, 422: {}},
+        responses={200: {"description": "Idempotency-Key replay"}, 422: {}, 429: {"description": "queue full"}},
         # The body is parsed by hand (to name the field in one error shape); the schema still documents it.
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": SUBMISSION}}}},
     )
@@ -58,6 +59,13 @@ def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSet
             )
         except IdempotencyConflict:
             raise HTTPException(422, "Idempotency-Key: was already used with a different body") from None
+        except QueueFull as exc:
+            message = (
+                f"the queue is full: {exc.limit} jobs are waiting (MAX_QUEUED_JOBS); submit again once some have"
+                " run, or cancel some"
+            )
+            error = {"code": "queue_full", "message": message, "retryable": True}
+            return JSONResponse({"error": error}, status_code=429, headers={"Retry-After": "30"})
         if created:
             on_new_job()
         return JSONResponse(
@@ -89,8 +97,9 @@ def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSet
         return JSONResponse(_view_or_404(store, job_id), status_code=code)
 
     @router.get("/v1/queue")
-    def queue() -> dict[str, Any]:
-        return {"counts": store.counts(), "workers": [worker_view(w) for w in store.workers()]}
+    def queue(limit: int = Query(default=100, ge=1, le=1000)) -> dict[str, Any]:
+        workers, total = store.workers(limit)
+        return {"counts": store.counts(), "workers": [worker_view(w) for w in workers], "workers_total": total}
 
     return router
 

@@ -7,6 +7,7 @@ variable. The API key is a `SecretStr`, so it never shows in reprs or logs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ class StubSettings(BaseSettings):
     DISPATCH_POLL_S: float = Field(default=1.0, gt=0)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["auto", "json", "text"] = "json"
 
     # The page (orchestrator_stub/page.py and friends).
     STUB_PASSWORD: SecretStr | None = None
@@ -55,11 +57,38 @@ class StubSettings(BaseSettings):
     UPLOAD_DIR: Path = Path("stub_uploads")
     UPLOAD_MAX_BYTES: int = Field(default=20 * 1024 * 1024, ge=1)
 
+    # Limits against strangers (orchestrator_stub/README.md, "Hardening"): every one bounds memory, disk or time.
+    STUB_ALLOWED_HOSTS: str = ""  # more Host names the page and /v1 answer to, besides loopback and STUB_PUBLIC_URL's
+    STUB_API_DOCS: bool = False  # /docs and /redoc load their scripts from a CDN: off unless asked for
+    STORAGE_ORIGINS: str = "https://*.backblazeb2.com"  # where a result's video_url may point, besides the stub
+    STORAGE_PREFIX: str = Field(default="", max_length=200)  # the workers' B2_PREFIX: storage keys start with it
+    ATTEMPT_SECRET_REQUIRED: bool = False  # refuse claims from workers that cannot prove they hold an attempt
+    WORKER_RETENTION_S: float = Field(default=24 * 3600.0, gt=0)
+    MAX_WORKERS: int = Field(default=1000, ge=1)
+    MAX_QUEUED_JOBS: int = Field(default=1000, ge=1)
+    UPLOAD_TOTAL_MAX_BYTES: int = Field(default=2 * 1024**3, ge=1)
+    UPLOAD_CLIENT_MAX_BYTES: int = Field(default=500 * 1024**2, ge=1)
+    UPLOAD_QUOTA_WINDOW_S: float = Field(default=3600.0, gt=0)
+    UPLOAD_MAX_CONCURRENT: int = Field(default=4, ge=1)
+    UPLOAD_TIMEOUT_S: float = Field(default=60.0, gt=0)
+    BODY_TIMEOUT_S: float = Field(default=30.0, gt=0)
+    AUTH_FREE_FAILURES: int = Field(default=5, ge=0)
+    AUTH_MAX_DELAY_S: float = Field(default=300.0, gt=0)
+
     @field_validator("INTERNAL_API_KEY")
     @classmethod
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("STORAGE_ORIGINS")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+                raise ValueError(f"{origin!r} is not an origin such as https://f003.backblazeb2.com")
         return value
 
     @field_validator("STUB_PASSWORD", "WEBHOOK_SECRET")
@@ -74,6 +103,13 @@ class StubSettings(BaseSettings):
         if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
             raise ValueError("must be an http(s) URL, e.g. http://stub:8080")
         return value.rstrip("/") if value else None
+
+    @field_validator("STORAGE_PREFIX")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if value and (not re.fullmatch(r"[A-Za-z0-9._/-]+", value) or ".." in value.split("/") or value[0] == "/"):
+            raise ValueError("must be a relative key prefix of [A-Za-z0-9._/-], e.g. fastwan/")
+        return value
 
     @field_validator("DISPATCH_TO")
     @classmethod
@@ -95,6 +131,18 @@ class StubSettings(BaseSettings):
         host = "127.0.0.1" if self.STUB_HOST in ("", "0.0.0.0", "::") else self.STUB_HOST
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.STUB_PORT}"
+
+    def allowed_hosts(self) -> frozenset[str]:
+        """Host names the browser-facing routes answer to: loopback, STUB_PUBLIC_URL's host, STUB_ALLOWED_HOSTS."""
+        hosts = {"localhost", "127.0.0.1", "::1", urlsplit(self.public_url()).hostname or ""}
+        if self.STUB_HOST not in ("", "0.0.0.0", "::"):
+            hosts.add(self.STUB_HOST.strip("[]"))
+        hosts.update(h.strip().lower().strip("[]") for h in self.STUB_ALLOWED_HOSTS.split(",") if h.strip())
+        return frozenset(h.lower() for h in hosts if h)
+
+    def storage_origins(self) -> tuple[str, ...]:
+        """STORAGE_ORIGINS as a list (`https://host[:port]`, `*.` for any subdomain)."""
+        return tuple(o.strip().rstrip("/").lower() for o in self.STORAGE_ORIGINS.split(",") if o.strip())
 
     def summary(self) -> dict[str, object]:
         """What start-up logs: every setting, the key masked."""

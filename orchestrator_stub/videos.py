@@ -4,7 +4,10 @@ With local storage the worker wrote the file under its LOCAL_OUTPUT_DIR and the 
 is its path relative to that folder; the stub reads the same folder (its own LOCAL_OUTPUT_DIR, same
 default) and serves the file with HTTP range requests (seeking) as `video/mp4`. The path is taken from
 what the job's result says, never guessed, and a key that leads outside the folder (`..`, an absolute
-path, a symlink out) is refused. With B2 the result's URL is already an https URL: the route redirects there.
+path, a symlink out) is refused. With B2 the result's URL is already an https URL: the route redirects there,
+and only there: to an allowed storage origin (`results.StorageOrigins`, the same the result was checked
+against when it was stored; a result stored by an older stub is checked here again). Never elsewhere: the
+stub's address must not become a redirect to wherever a worker says.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from orchestrator_stub.db import Store
+from orchestrator_stub.results import StorageOrigins
 from worker_app_fastwan.core.schema import ID_PATTERN
 
 JOB_ID = PathParam(pattern=ID_PATTERN, max_length=128)
 
 
-def build_router(store: Store, output_dir: Path) -> APIRouter:
+def build_router(store: Store, output_dir: Path, storage: StorageOrigins) -> APIRouter:
     router = APIRouter(tags=["public"])
 
     @router.get("/v1/jobs/{job_id}/video", responses={206: {}, 307: {}, 404: {}, 416: {}})
@@ -36,6 +40,8 @@ def build_router(store: Store, output_dir: Path) -> APIRouter:
             raise HTTPException(404, f"job {job_id} has no video (it is {job['status']})")
         url = str(result.get("video_url", ""))
         if urlsplit(url).scheme in ("http", "https"):
+            if not storage.allows(url):
+                raise HTTPException(404, f"job {job_id}'s video is not on an allowed storage origin (STORAGE_ORIGINS)")
             return RedirectResponse(url, status_code=307)
         path = local_video_path(output_dir, result)
         if path is None:

@@ -104,8 +104,8 @@ def _failure_status(exc: JobFailure) -> int:
 async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, dict[str, Any]]:
     """The job id and the body; raises `BodyRejected` or `JobFailure`.
 
-    `BodyGuard` has capped the body (413) and checked it when it is typed as JSON; the checks run again
-    here for a body sent with another type, which is parsed as JSON all the same.
+    `BodyGuard` has capped the body (413) and checked it, whatever its type; the checks run again here so
+    that this parse never depends on a middleware being installed in front of it.
     """
     raw = await request.body()
     check_json_body(raw)

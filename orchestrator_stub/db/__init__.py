@@ -14,9 +14,9 @@ webhook and dispatch attempts). Callers import everything from here.
 from __future__ import annotations
 
 from orchestrator_stub.db.claims import Claimed, ClaimsMixin, LeaseState, StatusOutcome
-from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin
+from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin, QueueFull
 from orchestrator_stub.db.records import RecordsMixin
-from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES
+from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, UnencodableText
 
 __all__ = [
     "DISPATCHER_ID",
@@ -27,8 +27,10 @@ __all__ = [
     "Claimed",
     "IdempotencyConflict",
     "LeaseState",
+    "QueueFull",
     "StatusOutcome",
     "Store",
+    "UnencodableText",
 ]
 
 

@@ -23,6 +23,15 @@ from orchestrator_stub.leases import Expiry, expiry_error, expiry_outcome
 # The name the store logged under before it was split: log filters and tests keep working.
 log = logging.getLogger("orchestrator_stub.db")
 
+# What a worker may say about itself is shown on the page and in /v1/queue: kept short, whatever it sends.
+MAX_GPU_CLASS_CHARS = 64
+MAX_GPU_NAME_CHARS = 128
+MAX_MESSAGE_CHARS = 2000  # a progress message or a worker's error message, as stored and shown
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class StoreBase:
     """The connection, its lock and the shared transitions; `Store` adds the operations."""
@@ -35,9 +44,15 @@ class StoreBase:
         max_attempts: int,
         on_final: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        max_queued_jobs: int | None = None,
+        max_workers: int = 1000,
+        worker_retention_s: float = 24 * 3600.0,
     ) -> None:
         self.lease_seconds = lease_seconds
         self._max_attempts = max_attempts
+        self.max_queued_jobs = max_queued_jobs
+        self._max_workers = max_workers
+        self._worker_retention_s = worker_retention_s
         self._on_final = on_final
         self._clock = clock
         self._lock = threading.Lock()
@@ -71,10 +86,22 @@ class StoreBase:
     # ---- helpers (inside a transaction) ---------------------------------------------------------
 
     def _touch_worker(self, db: sqlite3.Connection, worker_id: str, gpu_class: str, now: float) -> None:
+        known = db.execute("SELECT 1 FROM workers WHERE worker_id = ?", (worker_id,)).fetchone() is not None
         db.execute(
             "INSERT INTO workers (worker_id, gpu_class, first_seen, last_seen) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (worker_id) DO UPDATE SET gpu_class = excluded.gpu_class, last_seen = excluded.last_seen",
-            (worker_id, gpu_class, now, now),
+            (worker_id, clip(gpu_class, MAX_GPU_CLASS_CHARS), now, now),
+        )
+        if not known:  # only a new worker can push the table past its cap: made-up ids cost no more than this
+            self._prune_workers(db, now)
+
+    def _prune_workers(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget workers unheard of for `worker_retention_s`, then the least recently heard past `max_workers`."""
+        db.execute("DELETE FROM workers WHERE last_seen < ?", (now - self._worker_retention_s,))
+        db.execute(
+            "DELETE FROM workers WHERE worker_id IN"
+            " (SELECT worker_id FROM workers ORDER BY last_seen DESC, worker_id LIMIT -1 OFFSET ?)",
+            (self._max_workers,),
         )
 
     def _renew(self, db: sqlite3.Connection, job_id: str, worker_id: str, now: float) -> bool:

@@ -16,6 +16,14 @@ class IdempotencyConflict(Exception):
     """An Idempotency-Key was reused with a different request body."""
 
 
+class QueueFull(Exception):
+    """MAX_QUEUED_JOBS jobs are waiting already: a new one is refused until some have run or been cancelled."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} jobs are queued")
+        self.limit = limit
+
+
 class CancelOutcome(str, Enum):
     cancelled = "cancelled"  # was queued: failed/cancelled now
     requested = "requested"  # held by a worker: it learns through its heartbeat
@@ -29,7 +37,9 @@ class JobsMixin(StoreBase):
     def create_job(
         self, job: JobInput, *, notify_url: str | None, idempotency_key: str | None, fingerprint: str
     ) -> tuple[str, bool]:
-        """Queue a job; returns (job_id, created). A known Idempotency-Key returns its job instead."""
+        """Queue a job; returns (job_id, created). A known Idempotency-Key returns its job instead.
+
+        Raises `QueueFull` when `max_queued_jobs` are waiting (an idempotent replay still answers)."""
         now = self._clock()
         with self._tx() as (db, _):
             if idempotency_key is not None:
@@ -40,6 +50,10 @@ class JobsMixin(StoreBase):
                     if row["request_hash"] != fingerprint:
                         raise IdempotencyConflict(idempotency_key)
                     return row["job_id"], False
+            if self.max_queued_jobs is not None:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+                if queued >= self.max_queued_jobs:
+                    raise QueueFull(self.max_queued_jobs)
             job_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url,"
@@ -78,6 +92,15 @@ class JobsMixin(StoreBase):
     def changed_since(self, since: float, limit: int) -> list[dict[str, Any]]:
         """Jobs whose `updated_at` is at or after `since`, the latest changes first (the page's live updates)."""
         rows = self._read("SELECT * FROM jobs WHERE updated_at >= ? ORDER BY updated_at DESC LIMIT ?", (since, limit))
+        return [self._job_dict(row) for row in rows]
+
+    def changed_after(self, since: float, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Jobs changed after the point (`since`, `after_seq`) in (updated_at, seq) order, oldest change first:
+        the page catching up in pages, none skipped even when many share one `updated_at`."""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE updated_at > ? OR (updated_at = ? AND seq > ?) ORDER BY updated_at, seq LIMIT ?",
+            (since, since, after_seq, limit),
+        )
         return [self._job_dict(row) for row in rows]
 
     def cancel(self, job_id: str) -> CancelOutcome:

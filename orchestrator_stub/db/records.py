@@ -11,9 +11,12 @@ from orchestrator_stub.db.schema import loads
 class RecordsMixin(StoreBase):
     """Workers, webhook deliveries and dispatch attempts."""
 
-    def workers(self) -> list[dict[str, Any]]:
-        rows = self._read("SELECT * FROM workers ORDER BY last_seen DESC")
-        return [dict(row) | {"gpu": loads(row["gpu"])} for row in rows]
+    def workers(self, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        """The `limit` most recently heard workers, and how many the store keeps."""
+        with self._lock:
+            total = self._conn.execute("SELECT COUNT(*) FROM workers").fetchone()[0]
+            rows = self._conn.execute("SELECT * FROM workers ORDER BY last_seen DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(row) | {"gpu": loads(row["gpu"])} for row in rows], total
 
     def webhook_attempts(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._read(

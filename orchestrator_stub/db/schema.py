@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     final_by TEXT,
+    attempt_secret_hash TEXT,
     webhook_state TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS workers (
     last_seen REAL NOT NULL,
     last_heartbeat REAL
 );
+CREATE INDEX IF NOT EXISTS workers_by_seen ON workers (last_seen);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -96,6 +98,39 @@ CREATE INDEX IF NOT EXISTS requeues_by_job ON requeues (job_id, id);
 """
 
 
+# Columns added since the first schema, for databases made before them: (table, column, its definition).
+# Each is added once by `migrate`; an existing database keeps every row and works on.
+ADDED_COLUMNS = (
+    # v1.2: SHA-256 of the current attempt's secret (protocol's attempt secret); NULL for attempts claimed without.
+    ("jobs", "attempt_secret_hash", "TEXT"),
+)
+
+
+class UnencodableText(ValueError):
+    """A text value the store cannot write as UTF-8 (a lone surrogate): refused before it reaches the file."""
+
+
+class CheckedConnection(sqlite3.Connection):
+    """Every statement's text parameters are checked to encode as UTF-8 before SQLite sees them.
+
+    Everything stored is then valid UTF-8 by construction: no route can store what a later read would fail to
+    send (a 500 on every read of the job). The caller turns the refusal into a 422.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        for value in parameters.values() if isinstance(parameters, dict) else parameters:
+            if isinstance(value, str):
+                _encodable(value)
+        return super().execute(sql, parameters)
+
+
+def _encodable(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnencodableText("a text value is not valid Unicode (lone surrogate)") from None
+
+
 def private_file(path: Path) -> None:
     """Create the database file 0600, or tighten an existing one: it holds notify_urls and their tokens.
 
@@ -109,20 +144,68 @@ def private_file(path: Path) -> None:
 
 
 def dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    """Compact JSON text, non-ASCII as itself (an emoji is 4 bytes, not a 12-character escape); refuses what
+    cannot be encoded (`UnencodableText`) and numbers JSON cannot carry (NaN, infinities)."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise UnencodableText("a number is not finite") from None
+    _encodable(text)
+    return text
 
 
 def loads(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    if value is None:
+        return None
+    data = json.loads(value)
+    # Rows written before `dumps` refused lone surrogates hold them as ASCII escapes: shown as U+FFFD, not a 500.
+    return _mend(data) if "\\ud" in value.lower() else data
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8") if not _is_text(value) else value
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating it 0600) the database and make sure every table exists."""
     private_file(path)
     # isolation_level=None: the store issues BEGIN IMMEDIATE itself, so one method is one transaction.
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+    conn = sqlite3.connect(
+        str(path), check_same_thread=False, isolation_level=None, timeout=10, factory=CheckedConnection
+    )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
+    migrate(conn)
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older stub lacks (plain ALTER TABLE, in one transaction)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, definition in ADDED_COLUMNS:
+            have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -15,7 +15,7 @@ const ACTIVE = new Set(["queued", "claimed", "running"]);
 const POLL_MS = 1000;
 const HIDDEN_POLL_MS = 5000;
 
-const state = { jobs: new Map(), cursor: 0, image: null, imageUrl: null, timer: null, polling: false, workers: "" };
+const state = { jobs: new Map(), cursor: 0, after: null, image: null, imageUrl: null, timer: null, polling: false, workers: "" };
 const $ = (id) => document.getElementById(id);
 
 // Seeds go up to 2^63: parse integers past 2^53 from their source text as BigInt, or they would be rounded.
@@ -222,19 +222,24 @@ function pollNow() {
 
 async function poll() {
   state.polling = true;
+  let more = false;
   try {
-    const response = await fetch(`/v1/studio/changes?since=${state.cursor}`);
+    const after = state.after === null ? "" : `&after=${state.after}`;
+    const response = await fetch(`/v1/studio/changes?since=${state.cursor}${after}`);
     if (!response.ok) throw new Error(await errorMessage(response));
     const data = await readJson(response);
     applyChanges(data);
     state.cursor = data.cursor;
+    state.after = data.after === undefined ? null : data.after;
+    more = Boolean(data.more);
     showConnection("");
   } catch (err) {
     showConnection(`lost touch with the stub (${err.message}); retrying`);
   } finally {
     state.polling = false;
     clearTimeout(state.timer);
-    state.timer = setTimeout(poll, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+    // More changed than one answer holds (each is size-limited): the rest at once, not a second later.
+    state.timer = setTimeout(poll, more ? 0 : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
   }
 }
 
@@ -322,22 +327,25 @@ function showVideo(el, job) {
   const box = el.querySelector(".job-video");
   if (!box.hidden) return;
   const result = job.result;
-  const remote = /^https?:/.test(result.video_url);
   // Made here, not in the template: a media element is costly, and most of a long list never plays.
   const video = document.createElement("video");
   Object.assign(video, { controls: true, playsInline: true, preload: "none" });
   box.prepend(video);
-  video.dataset.src = remote ? result.video_url : `/v1/jobs/${encodeURIComponent(job.job_id)}/video`;
+  // Always the stub's own route, never the result's URL: the stub serves the file, or redirects to the
+  // configured storage only (a worker's report cannot point the page anywhere else).
+  video.dataset.src = `/v1/jobs/${encodeURIComponent(job.job_id)}/video`;
   video.setAttribute("aria-label", `video of job ${job.job_id.slice(0, 8)}`);
   const link = box.querySelector(".download");
-  link.href = remote ? result.video_url : `${video.dataset.src}?download=1`;
+  link.href = `${video.dataset.src}?download=1`;
   link.setAttribute("download", `${job.job_id}.mp4`);
   const t = result.timings || {};
+  // Numbers as numbers: an integer past 2^53 arrives as a BigInt (readJson), which arithmetic would reject.
+  const frames = Number(result.num_frames), fps = Number(result.fps);
   box.querySelector(".video-facts").textContent = [
     `seed ${result.seed}`,
     `${result.width}×${result.height}`,
-    `${result.num_frames} frames @ ${result.fps} fps (${(result.num_frames / result.fps).toFixed(1)} s)`,
-    formatBytes(result.bytes),
+    `${frames} frames @ ${fps} fps (${(frames / fps).toFixed(1)} s)`,
+    formatBytes(Number(result.bytes)),
     `generated in ${seconds(t.inference_s)}, encoded in ${seconds(t.encode_s)}, ${seconds(t.total_s)} in the worker`,
     `waited ${seconds(t.queue_s)}`,
   ].join(" · ");

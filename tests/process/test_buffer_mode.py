@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -226,6 +227,10 @@ def test_results_survive_stub_outages_and_a_worker_restart(
     assert first.stop() == 0, "SIGTERM with an undeliverable status still exits 0 after OUTBOX_FLUSH_TIMEOUT_S"
     assert first.events("final statuses not delivered in time")
     assert (first.outbox / f"{job_id}.json").exists()
+    # v1.2: the attempt was claimed with a secret, and the stored status keeps it: without it, the next start's
+    # delivery would be refused (403) as a forgery.
+    stored = json.loads((first.outbox / f"{job_id}.json").read_text())
+    assert stored["attempt_secret"] and stored["attempt"] == 1
     stub.start()
     assert stub.job(job_id)["status"] == "running", "nothing was delivered while the worker was down"
     env = {**first.env, "BUFFER_EXIT_WHEN_IDLE": "true", "OUTBOX_FLUSH_TIMEOUT_S": "30"}

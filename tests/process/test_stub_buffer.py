@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from support.stubs import API_KEY, StubProcess
+from support.stubs import API_KEY, SHA, StubProcess
 
 
 def test_submit_claim_run_complete(stub: StubProcess) -> None:
@@ -40,7 +40,7 @@ def test_submit_claim_run_complete(stub: StubProcess) -> None:
     assert response.status_code == 200, response.text
     view = stub.job(job_id)
     assert view["status"] == "completed"
-    assert view["result"]["storage_key"] == f"videos/{job_id}.mp4"
+    assert view["result"]["storage_key"] == f"videos/{job_id}/{SHA}.mp4"
     assert view["attempts"] == 1
     assert view["progress"] == 1.0
     assert view["completed_at"] is not None and view["completed_at"].endswith("Z")

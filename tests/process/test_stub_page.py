@@ -79,7 +79,7 @@ def test_form_limits_are_the_apis_own(page_stub: StubProcess) -> None:
 def test_password_protects_the_page_and_v1_only(stub_factory) -> None:  # noqa: F811 (the fixture)
     stub = stub_factory(STUB_PASSWORD=PASSWORD)
     http = httpx.Client(base_url=stub.url, timeout=10)
-    for path in ("/", "/v1/jobs", "/v1/queue", "/v1/studio/changes", "/static/studio.js", "/docs"):
+    for path in ("/", "/v1/jobs", "/v1/queue", "/v1/studio/changes", "/static/studio.js", "/openapi.json"):
         for auth in (None, ("anyone", "wrong"), ("anyone", PASSWORD[:-1])):
             response = http.get(path, auth=auth)
             assert response.status_code == 401, (path, auth)
@@ -172,14 +172,23 @@ def test_bad_uploads_are_refused_and_not_stored(page_stub: StubProcess) -> None:
 # ---- videos ----------------------------------------------------------------------------------------
 
 
-def finish(stub: StubProcess, **result_fields: object) -> str:
-    """A job completed by worker w1 with the protocol's result, `result_fields` replacing some of it."""
+def finish(stub: StubProcess, data: bytes = b"", **result_fields: object) -> str:
+    """A job completed by worker w1 with the protocol's result for a video of content `data`, `result_fields`
+    replacing some of it."""
     stub.submit()
     job_id = stub.claim_job("w1")["job_id"]  # the oldest queued job: which one does not matter here
     # Local storage: a file:// URL (a path on the worker's side, which the stub does not use).
-    result = job_result(job_id) | {"video_url": f"file:///worker/outputs/videos/{job_id}.mp4"} | result_fields
-    assert stub.status(job_id, "w1", "completed", result=result).status_code == 200
+    result = job_result(job_id, hashlib.sha256(data).hexdigest()) | result_fields
+    response = stub.status(job_id, "w1", "completed", result=result)
+    assert response.status_code == 200, response.text
     return job_id
+
+
+def video_file(out: Path, job_id: str, data: bytes) -> Path:
+    """Where a local-storage worker writes the video: `videos/<job_id>/<sha256>.mp4` under its output folder."""
+    path = out / "videos" / job_id / f"{hashlib.sha256(data).hexdigest()}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture
@@ -190,8 +199,8 @@ def video_stub(page_stub: StubProcess) -> tuple[StubProcess, Path]:
 def test_a_local_video_is_served_with_ranges(video_stub) -> None:
     stub, out = video_stub
     data = os.urandom(100_000)
-    job_id = finish(stub)
-    (out / "videos" / f"{job_id}.mp4").write_bytes(data)
+    job_id = finish(stub, data)
+    video_file(out, job_id, data).write_bytes(data)
     full = stub.get(f"/v1/jobs/{job_id}/video")
     assert full.status_code == 200 and full.content == data
     assert full.headers["content-type"] == "video/mp4" and full.headers["accept-ranges"] == "bytes"
@@ -208,41 +217,92 @@ def test_a_local_video_is_served_with_ranges(video_stub) -> None:
 
 
 def test_the_video_path_comes_from_the_results_storage_key(video_stub) -> None:
-    """workerhard's `videos/<job_id>/<sha256>.mp4` layout: whatever the result names, nothing guessed."""
+    """The `videos/<job_id>/<sha256>.mp4` layout: the file the result names, nothing guessed."""
     stub, out = video_stub
     data = b"\x00\x00\x00\x18ftypmp42" + os.urandom(100)
-    job_id = finish(stub, storage_key="videos/some/other-name.mp4")
-    (out / "videos" / "some").mkdir(exist_ok=True)
-    (out / "videos" / "some" / "other-name.mp4").write_bytes(data)
-    (out / "videos" / f"{job_id}.mp4").write_bytes(b"not this one")
+    job_id = finish(stub, data)
+    video_file(out, job_id, data).write_bytes(data)
+    (out / "videos" / job_id / f"{'1' * 64}.mp4").write_bytes(b"not this one (another attempt's)")
     assert stub.get(f"/v1/jobs/{job_id}/video").content == data
 
 
+def test_a_result_naming_another_object_is_refused(video_stub) -> None:
+    """A storage_key must be this job's own object, and the URL must point at it, on an allowed origin; the
+    numbers within the protocol's bounds: else 422, nothing stored, and the attempt ends as a retryable failure
+    (another worker may store the video properly)."""
+    stub, _ = video_stub
+    sha, other = "a" * 64, "another-job"
+    bad = {
+        "storage_key": [
+            "../secret.txt",
+            "videos/../../secret.txt",
+            "/etc/passwd",
+            "",
+            f"videos/{other}/{sha}.mp4",
+            "videos/{job}/" + "b" * 64 + ".mp4",
+            "x/videos/{job}/" + sha + ".mp4",
+            "x" * 5000,
+        ],
+        "video_url": [
+            f"file:///elsewhere/{other}.mp4",
+            "https://evil.example/videos/{job}/" + sha + ".mp4",
+            "javascript:alert(1)",
+            f"https://f000.backblazeb2.com/file/b/videos/{other}/{sha}.mp4",
+            "https://user:pw@f000.backblazeb2.com/file/b/videos/{job}/" + sha + ".mp4",
+        ],
+        "job_id": [other],
+        "sha256": ["A" * 64, "zz"],
+        "bytes": [2**53, -1],
+        "width": [10**6],
+        "seed": [2**63],
+        "timings": [{"total_s": 1e300}],
+    }
+    for field, values in bad.items():
+        for value in values:
+            stub.submit(num_frames=5)  # only this test's jobs are this short: the claim below takes this one
+            claimed = stub.claim("w1", capabilities={"max_frames": 5})
+            job_id = claimed.json()["job"]["job_id"]
+            value = value.replace("{job}", job_id) if isinstance(value, str) else value
+            result = job_result(job_id, sha) | {field: value}
+            response = stub.status(job_id, "w1", "completed", result=result)
+            assert response.status_code == 422, (field, value, response.text)
+            assert f"result.{field}" in response.json()["detail"], response.text
+            view = stub.job(job_id)
+            assert view["status"] == "queued" and view["result"] is None, (field, value)
+            assert "refused" in view["last_error"]["message"]
+            assert stub.post(f"/v1/jobs/{job_id}/cancel", key=None).status_code == 200
+
+
 def test_nothing_outside_local_output_dir_is_served(video_stub) -> None:
+    """Even a result of the right shape: its file must be a file inside LOCAL_OUTPUT_DIR (no symlink out)."""
     stub, out = video_stub
     secret = out.parent / "secret.txt"  # beside LOCAL_OUTPUT_DIR
     secret.write_text("secret")
-    (out / "link.mp4").unlink(missing_ok=True)
-    (out / "link.mp4").symlink_to(secret)
-    (out / "loop.mp4").unlink(missing_ok=True)
-    (out / "loop.mp4").symlink_to(out / "loop.mp4")
-    keys = ("../secret.txt", "videos/../../secret.txt", str(secret), "", "videos", "link.mp4", "loop.mp4", "x" * 5000)
-    for key in keys:
-        job_id = finish(stub, storage_key=key)
-        response = stub.get(f"/v1/jobs/{job_id}/video")
-        assert response.status_code == 404 and "secret" not in response.text, key
+    job_id = finish(stub, b"link")
+    video_file(out, job_id, b"link").symlink_to(secret)
+    loop_id = finish(stub, b"loop")
+    loop = video_file(out, loop_id, b"loop")
+    loop.symlink_to(loop)
+    for job in (job_id, loop_id):
+        response = stub.get(f"/v1/jobs/{job}/video")
+        assert response.status_code == 404 and "secret" not in response.text
         assert str(out) not in response.text
 
 
-def test_a_b2_video_redirects_and_unfinished_jobs_have_none(video_stub) -> None:
+def test_a_b2_video_redirects_to_its_storage_only(video_stub) -> None:
     stub, _ = video_stub
-    url = "https://f000.backblazeb2.com/file/bucket/videos/x.mp4?Authorization=abc"
-    job_id = finish(stub, video_url=url)
+    sha = hashlib.sha256(b"b2").hexdigest()
+    stub.submit()
+    job_id = stub.claim_job("w1")["job_id"]
+    url = f"https://f000.backblazeb2.com/file/bucket/videos/{job_id}/{sha}.mp4?Authorization=abc"
+    result = job_result(job_id, sha) | {"video_url": url}
+    assert stub.status(job_id, "w1", "completed", result=result).status_code == 200
     response = stub.get(f"/v1/jobs/{job_id}/video")
     assert response.status_code == 307 and response.headers["location"] == url
     queued = stub.submit()
     assert stub.get(f"/v1/jobs/{queued}/video").status_code == 404
     assert stub.get("/v1/jobs/nope/video").status_code == 404
+    stub.post(f"/v1/jobs/{queued}/cancel", key=None)
 
 
 # ---- live changes ----------------------------------------------------------------------------------

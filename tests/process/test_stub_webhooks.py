@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from support.stubs import Answer, ScriptedServer, StubProcess, wait_for
+from support.stubs import SHA, Answer, ScriptedServer, StubProcess, wait_for
 
 
 def _webhook_done(stub: StubProcess, job_id: str, timeout_s: float = 5.0) -> dict:
@@ -35,7 +35,7 @@ def test_completed_job_is_posted_once_even_when_reported_twice(
     assert hook.path == "/hooks/done?token=s3cret"
     assert hook.headers["x-stub-job-id"] == job_id
     assert (hook.body["job_id"], hook.body["status"]) == (job_id, "completed")
-    assert hook.body["result"]["storage_key"] == f"videos/{job_id}.mp4"
+    assert hook.body["result"]["storage_key"] == f"videos/{job_id}/{SHA}.mp4"
     assert "s3cret" not in stub.log_text(), "the notify_url (and its token) is never logged"
 
 

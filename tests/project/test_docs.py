@@ -75,12 +75,15 @@ def test_protocol_doc_names_every_worker_route_of_the_stub():
     from orchestrator_stub import internal_api
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
-    router = internal_api.build_router(store=None)  # type: ignore[arg-type]  # routes only, never called
+    router = internal_api.build_router(store=None, rules=None)  # type: ignore[arg-type]  # routes only, never called
     paths = {route.path for route in router.routes}  # type: ignore[attr-defined]
     assert len(paths) == 4
     missing = [path for path in paths if path not in doc]
     assert not missing, f"docs/protocol.md does not describe {missing}"
     assert "v1.1" in doc and "`attempt`" in doc and "`job_ids`" in doc
+    assert (
+        "v1.2" in doc and "`attempt_secret`" in doc and "`wants_attempt_secret`" in doc and "`attempt_secrets`" in doc
+    )
     assert "docs/protocol.md" in (ROOT / "README.md").read_text()
 
 

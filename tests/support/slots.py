@@ -71,4 +71,6 @@ class StatusProxy(RecordingProxy):
         return [s for s in self.requests("/jobs/claim") if s.status == 200]
 
     def beats(self, worker_id: str | None = None) -> list[dict[str, Any]]:
-        return [s.body for s in self.requests(f"/workers/{worker_id}/heartbeat" if worker_id else "/heartbeat")]
+        # A beat replaced by the next one before its body was sent (a loaded machine) arrives empty: not a beat.
+        seen = self.requests(f"/workers/{worker_id}/heartbeat" if worker_id else "/heartbeat")
+        return [s.body for s in seen if s.body is not None]

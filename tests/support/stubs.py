@@ -78,13 +78,16 @@ async def until(
     return value
 
 
-def job_result(job_id: str) -> dict[str, Any]:
-    """A valid protocol result for a completed job."""
+SHA = "0" * 64
+
+
+def job_result(job_id: str, sha256: str = SHA) -> dict[str, Any]:
+    """A valid protocol result for a completed job: local storage's key and `file://` URL for it."""
     return {
         "job_id": job_id,
         "status": "completed",
-        "video_url": f"http://127.0.0.1/videos/{job_id}.mp4",
-        "storage_key": f"videos/{job_id}.mp4",
+        "video_url": f"file:///worker/outputs/videos/{job_id}/{sha256}.mp4",
+        "storage_key": f"videos/{job_id}/{sha256}.mp4",
         "width": 1280,
         "height": 704,
         "num_frames": 121,
@@ -92,7 +95,7 @@ def job_result(job_id: str) -> dict[str, Any]:
         "seed": 42,
         "mode": "t2v",
         "bytes": 1234,
-        "sha256": "0" * 64,
+        "sha256": sha256,
         "timings": {
             "queue_s": 0.1,
             "download_s": 0.0,

@@ -80,13 +80,15 @@ def heartbeat_body(
     held: HeldJobs, state: WorkerState, gpu_class: str, *, gpu: GpuInfo, slot: SlotDevice, out_reason: str | None
 ) -> HeartbeatRequest:
     """One beat of a slot: its state (`out` with its reason once its GPU process failed for good), every job
-    it holds in `job_ids` (which renews each lease), and the one generating as `job_id`, with its progress."""
+    it holds in `job_ids` (which renews each lease) with their attempt secrets, and the one generating as
+    `job_id`, with its progress."""
     shown = held.generating() or held.first()
     return HeartbeatRequest(
         gpu_class=gpu_class,
         state=state,
         job_id=shown.job_id if shown else None,
         job_ids=held.ids(),  # v1.1: every job held, generating, uploading or reporting
+        attempt_secrets=held.secrets(),  # v1.2: proof of holding each one claimed with a secret
         stage=shown.stage if shown else None,
         progress=shown.progress if shown else 0.0,
         gpu=gpu,

@@ -69,6 +69,10 @@ class HeldJobs:
     def ids(self) -> list[str]:
         return list(self._jobs)
 
+    def secrets(self) -> dict[str, str]:
+        """{job_id: attempt secret} of the held jobs whose claim came with one (v1.2)."""
+        return {h.job_id: h.claimed.attempt_secret for h in self._jobs.values() if h.claimed.attempt_secret}
+
     def first(self) -> HeldJob | None:
         return next(iter(self._jobs.values()), None)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from worker_app_fastwan.buffer.held import HeldJob, HeldJobs
 from worker_app_fastwan.buffer.outbox import Outbox, send_final
 from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
 from worker_app_fastwan.core.errors import JobFailure
-from worker_app_fastwan.core.protocol import ClaimedJob, StatusUpdate
+from worker_app_fastwan.core.protocol import ClaimedJob, JobStatus, StatusUpdate
 from worker_app_fastwan.core.schema import ErrorCode
 from worker_app_fastwan.core.stopping import Stopping
 from worker_app_fastwan.job.result import Generated
@@ -193,18 +194,25 @@ class JobLifecycle:
             return self._failed(held, exc)
         except Exception as exc:  # noqa: BLE001 - as in _generate
             return self._failed(held, self._unexpected(exc))
-        return StatusUpdate(worker_id=self.worker_id, status="completed", result=result, attempt=held.attempt)
+        return self._status(held, "completed", result=result)
 
     def _unexpected(self, exc: Exception) -> JobFailure:
         log.error("job failed unexpectedly", exc_info=exc)
         return JobFailure(ErrorCode.internal, f"the worker failed to run the job: {type(exc).__name__}")
 
     def _failed(self, held: HeldJob, failure: JobFailure) -> StatusUpdate:
-        return StatusUpdate(worker_id=self.worker_id, status="failed", error=failure.to_error(), attempt=held.attempt)
+        return self._status(held, "failed", error=failure.to_error())
+
+    def _status(self, held: HeldJob, status: JobStatus, **fields: Any) -> StatusUpdate:
+        """A report about the held attempt: its number and (v1.2) the secret its claim came with."""
+        secret = held.claimed.attempt_secret
+        return StatusUpdate(
+            worker_id=self.worker_id, status=status, attempt=held.attempt, attempt_secret=secret, **fields
+        )
 
     async def _report_running(self, held: HeldJob) -> None:
         # Not outboxed, and in the background: the job need not wait for a slow orchestrator.
-        running = StatusUpdate(worker_id=self.worker_id, status="running", attempt=held.attempt)
+        running = self._status(held, "running")
         try:
             outcome = await self.client.post_status(held.job_id, running)
         except (OrchestratorRejected, ValueError) as exc:

@@ -251,7 +251,9 @@ class Slot:
 
     async def _claim(self) -> ClaimedJob | None:
         caps, poll_s, max_s = self.runner.capabilities(), self.settings.CLAIM_POLL_S, self.settings.RETRY_MAX_S
-        request = ClaimRequest(worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=caps)
+        request = ClaimRequest(
+            worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=caps, wants_attempt_secret=True
+        )
         return await claim_next(self.client, request, poll_s=poll_s, max_s=max_s, clock=self._clock)
 
     # ------------------------------------------------------------ one job: the GPU's part here, the rest behind

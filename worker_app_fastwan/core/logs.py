@@ -71,18 +71,31 @@ class TextFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         name = record.name.removeprefix("worker_app_fastwan.")
         extras = "  ".join(f"{k}={_short(v)}" for k, v in _fields(record).items())
-        line = f"{stamp} {record.levelname:<7} {name}: {record.getMessage()}" + (f"  {extras}" if extras else "")
+        message = _printable(record.getMessage())
+        line = f"{stamp} {record.levelname:<7} {name}: {message}" + (f"  {extras}" if extras else "")
         if record.exc_info and record.exc_info[1] is not None:
             if self.tracebacks:
                 return line + "\n" + self.formatException(record.exc_info)
             exc = record.exc_info[1]
-            line += f"  ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+            line += f"  ({type(exc).__name__}: {_printable(' '.join(str(exc).split())[:300])})"
         return line
 
 
 def _short(value: object) -> str:
+    """A field's value on one line: as it is when that is unambiguous, else quoted and escaped as JSON.
+
+    Values may come from requests (a path, a worker's id): a newline or a terminal escape code in one would
+    otherwise forge a log line or rewrite the terminal. JSON lines escape them by construction; so does this.
+    """
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if text and " " not in text else json.dumps(text)
+    return text if text and text.isprintable() and " " not in text and '"' not in text else json.dumps(text)
+
+
+def _printable(text: str) -> str:
+    """`text` with every control or other unprintable character escaped (`\\n`, `\\x1b`)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class KnownNoiseFilter(logging.Filter):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from worker_app_fastwan.core.schema import JobError, JobId, JobResult, Stage, WorkerId
 
@@ -15,6 +15,10 @@ WorkerState = Literal["starting", "idle", "busy", "draining"]
 JobStatus = Literal["running", "completed", "failed"]
 MAX_HELD_JOBS = 64  # job ids one heartbeat may name
 MAX_ATTEMPT = 1_000_000  # far above any orchestrator's attempts, and far below SQLite's integer range
+# v1.2: the attempt secret an orchestrator hands out with a claim (docs/protocol.md, "Attempt secret"): opaque,
+# printable ASCII; 256 characters leave room for any token format and keep it far inside the 64 KiB body cap.
+MAX_SECRET_CHARS = 256
+AttemptSecret = Annotated[str, StringConstraints(pattern=r"^[!-~]+$", max_length=MAX_SECRET_CHARS)]
 # Steps, sizes, megabytes: far above any real value, and never an OverflowError where SQLite stores them.
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
@@ -43,6 +47,9 @@ class ClaimRequest(_Body):
     worker_id: WorkerId
     gpu_class: str = "unknown"
     capabilities: Capabilities = Capabilities()
+    # v1.2: this worker proves it holds an attempt (it sends the claim's `attempt_secret` back with every status
+    # and heartbeat), so the orchestrator may hand one out. Absent (a v1.1 worker): no secret is handed out.
+    wants_attempt_secret: bool = False
 
 
 class ClaimedJob(_Body):
@@ -50,6 +57,9 @@ class ClaimedJob(_Body):
     input: dict[str, Any]
     attempt: int = 1
     lease_seconds: float = 30
+    # v1.2: proof of holding this attempt, to send back with its statuses and heartbeats; None from a v1.1
+    # orchestrator (or one that hands none out), and then nothing is sent. Never logged, never shown (repr=False).
+    attempt_secret: AttemptSecret | None = Field(default=None, repr=False)
 
 
 class ClaimResponse(_Body):
@@ -82,6 +92,8 @@ class HeartbeatRequest(_Body):
     # v1.1: every job this worker holds (generating, uploading or reporting); each one's lease is renewed.
     job_ids: list[JobId] = Field(default_factory=list, max_length=MAX_HELD_JOBS)
     slot: SlotInfo | None = None
+    # v1.2: the attempt secret of each named job that was claimed with one ({job_id: secret}).
+    attempt_secrets: dict[JobId, AttemptSecret] = Field(default_factory=dict, max_length=MAX_HELD_JOBS + 1, repr=False)
 
 
 class HeartbeatResponse(_Body):
@@ -95,3 +107,6 @@ class StatusUpdate(_Body):
     error: JobError | None = None
     # v1.1: the claim's attempt this report is about; None (a v1 worker) is judged by the holder alone.
     attempt: int | None = Field(default=None, ge=1, le=MAX_ATTEMPT)
+    # v1.2: the claim's `attempt_secret`, when it came with one. Kept with the status in the outbox, so a final
+    # status delivered after a restart still proves its attempt.
+    attempt_secret: AttemptSecret | None = Field(default=None, repr=False)

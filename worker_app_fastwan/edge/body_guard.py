@@ -1,17 +1,26 @@
 """Hostile request bodies get a clear 4xx before any route sees them (docs/protocol.md, "Hostile bodies").
 
 `BodyGuard` is ASGI middleware for the stub and the worker's queue mode alike. It refuses:
+- an ambiguous request with 400 before anything parses it: `Content-Type`, `Content-Length` or
+  `Transfer-Encoding` sent more than once, or both framings at once. This middleware and the framework read
+  headers differently (the last of a repeated header here, the first there), so a repeated one could show
+  each of them a different body type: one body, one reading;
+- a compressed body (`Content-Encoding` other than identity) with 415: what is checked must be what is parsed;
+- a body that has not arrived within `timeout_s` with 408 (a stalled sender holds no connection for long);
 - a body over `max_bytes` (64 KiB) with 413, from the Content-Length header or while reading, so an
   oversize body is never held in memory;
 - JSON nested deeper than `max_depth` (32) with 400 (Python's parser would raise RecursionError, a 500);
 - a JSON string, key or value, that is not valid Unicode (a lone surrogate such as `"\\ud800"`) with 422
   naming the field: accepted, it would make every later response that shows it fail to encode (a 500);
 - `NaN`, `Infinity` or a number too large for a float with 422: no JSON encoder can send them back.
-A body that is not JSON at all is passed on, so each app keeps its own answer to that.
+Every body that parses as JSON is checked, whatever its `Content-Type` says (a framework may parse a body
+sent as text, or as no type at all, as JSON: the check must not depend on the label). A body that is not
+JSON at all is passed on, so each app keeps its own answer to that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -21,6 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
+BODY_TIMEOUT_S = 30.0
+# Headers whose repetition makes a request mean different things to different readers.
+SINGLE_HEADERS = (b"content-type", b"content-length", b"transfer-encoding", b"content-encoding", b"host")
 
 
 class BodyRejected(Exception):
@@ -91,7 +103,8 @@ def _shown(key: str) -> str:
 
 
 class BodyGuard:
-    """ASGI middleware: the size cap on every request body, and `check_json_body` on JSON ones."""
+    """ASGI middleware: unambiguous headers on every request; the size cap, a time limit and `check_json_body`
+    on every body, except on `exempt` routes, which read their own body (the headers are still checked)."""
 
     def __init__(
         self,
@@ -99,32 +112,60 @@ class BodyGuard:
         max_bytes: int = MAX_BODY_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
         exempt: tuple[str, ...] = (),
+        timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self._app = app
         self._max_bytes = max_bytes
         self._max_depth = max_depth
         # Routes that read their own body under their own cap (the stub's image upload: megabytes, not JSON).
         self._exempt = exempt
+        self._timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exempt:
+        if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
         try:
-            _check_declared_length(headers.get(b"content-length"), self._max_bytes)
-            raw = await _read_capped(receive, self._max_bytes)
-            if raw and _is_json(headers.get(b"content-type")):
-                check_json_body(raw, self._max_depth)
+            headers = check_headers(scope["headers"])
+            if scope["path"] in self._exempt:
+                raw = None
+            else:
+                _check_declared_length(headers.get(b"content-length"), self._max_bytes)
+                raw = await _read_in_time(receive, self._max_bytes, self._timeout_s)
+                if raw:
+                    check_json_body(raw, self._max_depth)
         except BodyRejected as exc:
             await _refuse(exc, scope, receive, send)
             return
-        await self._app(scope, _replay(raw, receive), send)
+        await self._app(scope, receive if raw is None else _replay(raw, receive), send)
+
+
+def check_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The headers as one dict, once nothing in them is ambiguous; raises `BodyRejected` (400, 415)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in raw_headers:
+        name = name.lower()
+        if name in headers and name in SINGLE_HEADERS:
+            raise BodyRejected(400, f"{name.decode('latin-1')}: sent more than once")
+        headers[name] = value
+    if b"content-length" in headers and b"transfer-encoding" in headers:
+        raise BodyRejected(400, "content-length: sent with transfer-encoding")
+    if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+        raise BodyRejected(415, "content-encoding: send the body uncompressed")
+    return headers
 
 
 def _check_declared_length(value: bytes | None, max_bytes: int) -> None:
     if value is not None and value.isdigit() and int(value) > max_bytes:
         raise BodyRejected(413, f"body: larger than the {max_bytes}-byte limit")
+
+
+async def _read_in_time(receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_capped(receive, max_bytes)
+    except TimeoutError:
+        raise BodyRejected(408, f"body: not received within {timeout_s:g} s") from None
 
 
 async def _read_capped(receive: Receive, max_bytes: int) -> bytes:
@@ -139,11 +180,6 @@ async def _read_capped(receive: Receive, max_bytes: int) -> bytes:
         if not message.get("more_body", False):
             break
     return bytes(body)
-
-
-def _is_json(content_type: bytes | None) -> bool:
-    """JSON, or no type at all (FastAPI parses those as JSON too)."""
-    return content_type is None or b"json" in content_type.lower()
 
 
 def _replay(raw: bytes, receive: Receive) -> Receive:
@@ -162,6 +198,6 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
 
 async def _refuse(exc: BodyRejected, scope: Scope, receive: Receive, send: Send) -> None:
     body = {"error": {"code": "invalid_input", "message": exc.message, "retryable": False}}
-    # 413 closes the connection: the rest of an oversize body may still be on its way.
-    headers = {"Connection": "close"} if exc.status == 413 else None
+    # 413 and 408 close the connection: the rest of the body may still be on its way.
+    headers = {"Connection": "close"} if exc.status in (408, 413) else None
     await JSONResponse(body, status_code=exc.status, headers=headers)(scope, receive, send)

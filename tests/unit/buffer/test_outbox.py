@@ -144,3 +144,19 @@ def test_a_file_named_like_no_job_id_is_set_aside_not_a_crash(tmp_path: Path, na
 
     assert [e.job_id for e in box.pending()] == ["good-1"]
     assert sorted(p.name for p in box.folder.iterdir()) == sorted(["good-1.json", Path(name).stem + ".unreadable"])
+
+
+def test_a_stored_status_keeps_its_attempt_secret_for_a_later_start(tmp_path: Path) -> None:
+    """v1.2: the orchestrator accepts a status of an attempt claimed with a secret only with that secret, so the
+    outbox must keep it: a status delivered after a restart still proves its attempt. Never in a repr."""
+    update = failed().model_copy(update={"attempt": 2, "attempt_secret": "s3cret-of-attempt-2"})
+    box = Outbox(tmp_path / "outbox")
+    path = box.put("job-1", update)
+    assert path.stat().st_mode & 0o077 == 0, "the secret is readable by this user only"
+    (entry,) = Outbox(tmp_path / "outbox").pending()  # a new process reads it back
+    assert entry.update.attempt_secret == "s3cret-of-attempt-2" and entry.update.attempt == 2
+    assert "s3cret" not in repr(entry.update) and "s3cret" not in str(entry)
+    seen: list[tuple[str, dict]] = []
+    assert asyncio.run(flush(box, client_for({}, seen))) == 0
+    assert seen == [("job-1", json.loads(update.model_dump_json()))]
+    assert seen[0][1]["attempt_secret"] == "s3cret-of-attempt-2"

@@ -185,3 +185,23 @@ async def test_a_cancel_in_a_heartbeat_answer_stops_the_job(tmp_path: Path) -> N
 
     error = orch.statuses("unwanted")[-1]["error"]
     assert (error["code"], error["retryable"]) == ("cancelled", False)
+
+
+@pytest.mark.parametrize("secret", ["attempt-secret-from-a-v1.2-orchestrator", None])
+async def test_the_claims_attempt_secret_goes_with_every_status_and_beat(tmp_path: Path, secret: str | None) -> None:
+    """v1.2: the worker asks for an attempt secret and sends it back with every report about that attempt; from a
+    v1.1 orchestrator (no secret in the claim) it sends none, and its reports are v1.1's."""
+    claimed = job("j-1") | ({"attempt_secret": secret} if secret else {})
+    orch = FakeOrchestrator(jobs=[claimed])
+    worker = fake_slot(buffer_settings(tmp_path), orch, FakeSpawn(steps=30, step_s=0.01))
+
+    assert await asyncio.wait_for(worker.run(), 10) == 0
+
+    claims = [s.body for s in orch.seen if s.path.endswith("/claim")]
+    assert claims and all(c["wants_attempt_secret"] is True for c in claims)
+    statuses = orch.statuses("j-1")
+    assert [s["status"] for s in statuses] == ["running", "completed"]
+    assert all(s["attempt_secret"] == secret for s in statuses)
+    naming = [b.body for b in orch.beats() if "j-1" in b.body["job_ids"]]
+    assert naming, "beats while the job was held"
+    assert all(b["attempt_secrets"] == ({"j-1": secret} if secret else {}) for b in naming)

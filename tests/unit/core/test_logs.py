@@ -107,3 +107,23 @@ def test_a_command_error_keeps_its_code_and_hint(capsys):
 
     assert run_command(command, fmt="text") == 3
     assert capsys.readouterr().err == "fastwan-worker: error: no GPU found (hint: use PIPELINE_BACKEND=tiny)\n"
+
+
+def test_text_logs_escape_control_characters_from_requests() -> None:
+    """A request path or a worker's id may carry a newline or a terminal escape: in a text log line it must not
+    start a forged line or rewrite the terminal. JSON lines escape them by construction; text lines too."""
+    import logging
+
+    from worker_app_fastwan.core.logs import TextFormatter
+
+    spaced = "/v1/jobs\n12:00:00 ERROR   orchestrator_stub: all jobs deleted\x1b[2J"
+    unspaced = "/v1/jobs\n12:00:00\tERROR\tforged\x1b[2J"
+    fields = {"path": spaced, "worker_id": unspaced, "q": 'a"b'}
+    record = logging.makeLogRecord(
+        {"msg": "refused %s", "args": ("\r\x07",), "levelname": "WARNING", "name": "x"} | fields
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\x07" not in line and "\t" not in line
+    assert '"/v1/jobs\\n12:00:00 ERROR' in line and "\\u001b[2J" in line
+    assert 'worker_id="/v1/jobs\\n12:00:00\\tERROR\\tforged\\u001b[2J"' in line
+    assert 'q="a\\"b"' in line, "a quote in a value cannot end it early"
