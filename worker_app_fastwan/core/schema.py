@@ -156,6 +156,9 @@ class JobResult(BaseModel):
     bytes: int
     sha256: str
     timings: Timings
+    # v1.2: a JPEG of a frame from the middle of the video, stored beside it (absent from v1.1 workers).
+    poster_url: str | None = None
+    poster_key: str | None = None
 
 
 class JobError(BaseModel):

@@ -1,10 +1,12 @@
-"""Where finished videos go: a Backblaze B2 bucket (b2sdk) or a local folder, behind one `Storage` protocol.
+"""Where finished videos go: a Backblaze B2 bucket (b2sdk), any S3-compatible bucket (`s3_storage.py`,
+boto3), a local folder, or an orchestrator's presigned output target (`target_upload.py`), behind one
+`Storage` protocol.
 
 The object key is `<prefix>videos/<job_id>/<sha256>.mp4`: an attempt that lost its lease and finishes
 late writes beside, never over, the video that another attempt reported, so a reported `storage_key`,
-`bytes` and `sha256` always describe what is stored. A local video is fsynced, with its folders, before
-`upload` returns: it is reported `completed` only once durable. `upload` blocks (b2sdk is synchronous,
-fsync waits for the disk); the caller runs it in a thread.
+`bytes` and `sha256` always describe what is stored. The poster goes beside it, `<sha256>.jpg`. A local
+video is fsynced, with its folders, before `upload` returns: it is reported `completed` only once durable.
+`upload` blocks (b2sdk and boto3 are synchronous, fsync waits for the disk); the caller runs it in a thread.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "video/mp4"
+POSTER_TYPE = "image/jpeg"
 _T = TypeVar("_T")
 
 
@@ -40,6 +43,8 @@ class StoredObject:
     key: str
     url: str
     bytes: int
+    poster_key: str | None = None
+    poster_url: str | None = None
 
 
 class StorageError(RuntimeError):
@@ -47,9 +52,9 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
-        """Store the file (whose SHA-256 is `sha256`) under its key and return a URL a client can fetch;
-        never consumes the file."""
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
+        """Store the file (whose SHA-256 is `sha256`) under its key, and the poster beside it, and return URLs
+        a client can fetch; never consumes the files."""
         ...
 
 
@@ -62,6 +67,11 @@ def storage_key(job_id: str, sha256: str, prefix: str) -> str:
     return f"{prefix}videos/{job_id}/{sha256}.mp4"
 
 
+def poster_key(video_key: str) -> str:
+    """The poster's key: the video's, with `.jpg` for `.mp4`."""
+    return video_key.removesuffix(".mp4") + ".jpg"
+
+
 class LocalStorage:
     """A folder on this machine; `file://` URLs, for local runs and tests."""
 
@@ -71,18 +81,31 @@ class LocalStorage:
     def __repr__(self) -> str:
         return f"LocalStorage(out_dir={str(self.out_dir)!r})"
 
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
         key = storage_key(job_id, sha256, "")
         dest = self.out_dir / key
         new_dirs = [d for d in (dest.parent.parent, dest.parent) if not d.exists()]
         dest.parent.mkdir(parents=True, exist_ok=True)
         # A reader never sees a half-written video; the rename, and any folder made for it, last only once
         # their folders are on disk too.
-        with open(local_path, "rb") as src:
-            replace_durably(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+        if poster is not None:  # first: a reported video always has its poster
+            _copy_durably(poster, self.out_dir / poster_key(key))
+        _copy_durably(Path(local_path), dest)
         for folder in (d.parent for d in new_dirs):
             fsync_dir(folder)
-        return StoredObject(key=key, url=dest.resolve().as_uri(), bytes=dest.stat().st_size)
+        shown = poster_key(key) if poster is not None else None
+        return StoredObject(
+            key=key,
+            url=dest.resolve().as_uri(),
+            bytes=dest.stat().st_size,
+            poster_key=shown,
+            poster_url=(self.out_dir / shown).resolve().as_uri() if shown else None,
+        )
+
+
+def _copy_durably(src_path: Path, dest: Path) -> None:
+    with open(src_path, "rb") as src:
+        replace_durably(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -163,10 +186,15 @@ class B2Storage:
     def __repr__(self) -> str:
         return f"B2Storage(bucket={self.bucket_name!r}, prefix={self.prefix!r}, public={self.public})"
 
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
         key = storage_key(job_id, sha256, self.prefix)
         size = Path(local_path).stat().st_size
+        shown = poster_key(key) if poster is not None else None
         try:
+            if poster is not None:  # first: a reported video always has its poster
+                self._call(
+                    self._bucket.upload_local_file, local_file=str(poster), file_name=shown, content_type=POSTER_TYPE
+                )
             # Files above the account's recommended part size go multipart inside b2sdk, which also
             # resumes a matching unfinished large file, so a retry here does not resend finished parts.
             self._call(
@@ -177,6 +205,7 @@ class B2Storage:
                 file_info={"job_id": job_id, "sha256": sha256},
             )
             url = self._call(self._url_for, key)
+            poster_url = self._call(self._url_for, shown) if shown else None
         except Exception as exc:
             raise JobFailure(
                 ErrorCode.upload_failed,
@@ -184,7 +213,7 @@ class B2Storage:
                 retryable=True,
             ) from exc
         log.info("uploaded video", extra={"key": key, "bytes": size, "bucket": self.bucket_name})
-        return StoredObject(key=key, url=url, bytes=size)
+        return StoredObject(key=key, url=url, bytes=size, poster_key=shown, poster_url=poster_url)
 
     def _call(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         return self._retrying.copy()(fn, *args, **kwargs)
@@ -197,7 +226,31 @@ class B2Storage:
         return f"{url}?Authorization={quote(token, safe='')}"
 
 
+class TargetsOnly:
+    """`STORAGE_BACKEND=presigned`: no storage credentials on this box; every video goes to the output target
+    the orchestrator hands out with its job (protocol v1.2), and a job without one cannot be stored here."""
+
+    def __repr__(self) -> str:
+        return "TargetsOnly()"
+
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
+        raise JobFailure(
+            ErrorCode.upload_failed,
+            "this worker keeps no storage credentials (STORAGE_BACKEND=presigned) and the job came without an "
+            "output target; its orchestrator must hand one out (protocol v1.2)",
+            retryable=True,
+        )
+
+
 def make_storage(settings: Settings) -> Storage:
-    if settings.storage == "b2":
+    """The storage `settings` select; B2 and S3 check their bucket over the network (StorageError)."""
+    kind = settings.storage
+    if kind == "b2":
         return B2Storage.from_settings(settings)
+    if kind == "s3":
+        from worker_app_fastwan.job.s3_storage import S3Storage
+
+        return S3Storage.from_settings(settings)
+    if kind == "presigned":
+        return TargetsOnly()
     return LocalStorage(settings.LOCAL_OUTPUT_DIR)
