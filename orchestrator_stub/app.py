@@ -15,8 +15,9 @@ from orchestrator_stub.auth import InternalKeyMiddleware
 from orchestrator_stub.db import Store
 from orchestrator_stub.dispatcher import Dispatcher
 from orchestrator_stub.leases import run_lease_sweeper
+from orchestrator_stub.outputs import OutputStore
 from orchestrator_stub.password import PasswordMiddleware
-from orchestrator_stub.settings import StubSettings
+from orchestrator_stub.settings import StubSettings, StubSettingsError
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
 from worker_app_fastwan.edge.body_guard import BodyGuard
@@ -25,7 +26,9 @@ log = logging.getLogger("orchestrator_stub.app")
 
 
 def create_app(settings: StubSettings) -> FastAPI:
-    """Open the database and build the app; the loops start and stop with the app's lifespan."""
+    """Open the database and build the app; the loops start and stop with the app's lifespan. Storage
+    credentials that do not work are a `StubSettingsError`."""
+    outputs = _output_store(settings)
     webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup()
     store = Store(
         settings.STUB_DB,
@@ -47,7 +50,7 @@ def create_app(settings: StubSettings) -> FastAPI:
             WebhookSender(store, settings, webhook_wakeup).run(),
         ]
         if settings.DISPATCH_TO:
-            loops.append(Dispatcher(store, settings, dispatch_wakeup).run())
+            loops.append(Dispatcher(store, settings, dispatch_wakeup, outputs).run())
         tasks = [asyncio.create_task(coro) for coro in loops]
         try:
             yield
@@ -63,9 +66,22 @@ def create_app(settings: StubSettings) -> FastAPI:
     app.add_middleware(InternalKeyMiddleware, key=settings.api_key())
     if password := settings.password():
         app.add_middleware(PasswordMiddleware, password=password)
-    app.include_router(internal_api.build_router(store))
+    app.include_router(internal_api.build_router(store, outputs))
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
-    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR))
+    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, outputs))
     app.include_router(uploads.build_router(settings.UPLOAD_DIR, settings.UPLOAD_MAX_BYTES, settings.public_url()))
     page.mount(app, store)
     return app
+
+
+def _output_store(settings: StubSettings) -> OutputStore | None:
+    """v1.2 output targets, when the stub has S3 or B2 credentials (else None: workers store themselves)."""
+    try:
+        outputs = OutputStore.from_settings(
+            settings, public_url=settings.public_url(), ttl_s=settings.OUTPUT_TARGET_TTL_S
+        )
+    except Exception as exc:  # b2sdk and boto3 raise many types; their messages carry no secret
+        raise StubSettingsError(f"storage: {settings.storage} set-up failed: {type(exc).__name__}: {exc}") from None
+    if outputs is not None:
+        log.info("issuing output targets", extra={"bucket": outputs.bucket, "prefix": outputs.prefix})
+    return outputs

@@ -5,7 +5,9 @@ wait. 408, 429, 5xx or a network error → retry, up to DISPATCH_MAX_ATTEMPTS (4
 failed with the last error; any other answer is final: 2xx → completed with the body as result, else
 failed with the body's `error` (marked not retryable). The dispatcher holds the job like a buffer worker
 (worker id `salad-dispatcher`) and renews its lease while it waits, so a job it held when the stub died
-goes back to the queue when that lease runs out. A cancel aborts the request in flight.
+goes back to the queue when that lease runs out. A cancel aborts the request in flight. With an output store
+(v1.2), each delivery carries an output target of its own in the body's `output`, and a result on one is
+checked against the stored object before the job completes (`output_check.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from orchestrator_stub.db import DISPATCHER_ID, Claimed, LeaseState, Store
 from orchestrator_stub.leases import cancelled_error
+from orchestrator_stub.output_check import OutputMismatch, check_result, hand_out
+from orchestrator_stub.outputs import OutputStore, StorageUnavailable
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
 from worker_app_fastwan.core.logs import job_context
@@ -42,9 +46,12 @@ class RetryableAnswer(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup) -> None:
+    def __init__(
+        self, store: Store, settings: StubSettings, wakeup: Wakeup, outputs: OutputStore | None = None
+    ) -> None:
         assert settings.DISPATCH_TO, "DISPATCH_TO is required"
         self._store = store
+        self._outputs = outputs
         self._settings = settings
         self._url = settings.DISPATCH_TO
         self._wakeup = wakeup
@@ -81,6 +88,8 @@ class Dispatcher:
             await asyncio.gather(delivery, watch, return_exceptions=True)
         if not delivery.cancelled():
             status, result, error = delivery.result()
+            if result is not None and self._outputs is not None:
+                status, result, error = await asyncio.to_thread(self._checked, job, result)
         elif not watch.cancelled() and watch.result() is LeaseState.cancel:
             status, result, error = "failed", None, cancelled_error()
         else:
@@ -91,6 +100,15 @@ class Dispatcher:
             self._store.apply_status, job.job_id, DISPATCHER_ID, status, result, error, requeue_retryable=False
         )
         log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
+
+    def _checked(self, job: Claimed, result: dict[str, Any]) -> Outcome:
+        """The worker's result, once it matches what its output target holds; else the job's failure."""
+        assert self._outputs is not None
+        try:
+            return "completed", check_result(self._store, self._outputs, job.job_id, job.attempt, result), None
+        except (OutputMismatch, StorageUnavailable, KeyError, ValueError) as exc:
+            message = f"the result could not be checked against its output target: {exc}"
+            return "failed", None, _error(ErrorCode.upload_failed, message, retryable=True)
 
     async def _watch_lease(self, job_id: str) -> LeaseState:
         """Renew the lease while the request is in flight; returns when cancelled or lost."""
@@ -120,6 +138,9 @@ class Dispatcher:
     async def _post(self, client: httpx.AsyncClient, job: Claimed, number: int) -> httpx.Response:
         """One attempt; raises RetryableAnswer on what Salad would retry."""
         body = {**job.input, "job_id": job.job_id}
+        if self._outputs is not None:  # a target per delivery: a late delivery's upload lands beside, not over
+            target = await asyncio.to_thread(hand_out, self._store, self._outputs, job.job_id, job.attempt, number)
+            body["output"] = target.model_dump(mode="json")
         try:
             response = await client.post(self._url, json=body, headers={"Salad-Job-Id": job.job_id})
         except httpx.TransportError as exc:

@@ -1,7 +1,9 @@
-"""The worker-facing routes of docs/protocol.md (v1.1): claim, heartbeat, status, progress.
+"""The worker-facing routes of docs/protocol.md (v1.2): claim, heartbeat, status, progress.
 
 The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
-thread pool and SQLite work never blocks the event loop.
+thread pool and SQLite work (and the output store's checks) never block the event loop. With an output store
+(`outputs.py`), a claim from a worker that can use one carries an output target, and a completed status whose
+result is on one is accepted only once the stored object matches it (`output_check.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import StatusOutcome, Store
+from orchestrator_stub.output_check import OutputMismatch, check_result
+from orchestrator_stub.outputs import OutputStore, StorageUnavailable
 from worker_app_fastwan.core.protocol import (
     ClaimedJob,
     ClaimRequest,
@@ -30,7 +34,7 @@ JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 WORKER_ID = Path(pattern=ID_PATTERN, max_length=128)
 
 
-def build_router(store: Store) -> APIRouter:
+def build_router(store: Store, outputs: OutputStore | None = None) -> APIRouter:
     router = APIRouter(prefix="/internal", tags=["internal (X-Internal-Api-Key)"])
 
     @router.post("/buffer/jobs/claim", response_model=ClaimResponse, responses={204: {"description": "nothing queued"}})
@@ -38,7 +42,17 @@ def build_router(store: Store) -> APIRouter:
         job = store.claim(body.worker_id, body.gpu_class, body.capabilities)
         if job is None:
             return Response(status_code=204)
-        claimed = ClaimedJob(job_id=job.job_id, input=job.input, attempt=job.attempt, lease_seconds=store.lease_seconds)
+        output = None
+        if outputs is not None and body.capabilities.output_target:
+            issued = outputs.issue(job.job_id, job.attempt)
+            poster_key = issued.target.poster.storage_key if issued.target.poster else None
+            store.add_output_target(
+                job.job_id, job.attempt, issued.target.video.storage_key, poster_key, issued.expires_at
+            )
+            output = issued.target
+        claimed = ClaimedJob(
+            job_id=job.job_id, input=job.input, attempt=job.attempt, lease_seconds=store.lease_seconds, output=output
+        )
         return JSONResponse(ClaimResponse(job=claimed).model_dump(mode="json"))
 
     @router.post("/buffer/workers/{worker_id}/heartbeat")
@@ -48,6 +62,8 @@ def build_router(store: Store) -> APIRouter:
     @router.post("/buffer/jobs/{job_id}/status", responses={409: {}, 422: {}})
     def status(body: StatusUpdate, job_id: str = JOB_ID) -> dict[str, Any]:
         result, error = _final_payload(body)
+        if result is not None and outputs is not None:
+            result = _checked(store, outputs, job_id, body, result)
         outcome = store.apply_status(job_id, body.worker_id, body.status, result, error, attempt=body.attempt)
         log.info(
             "status report",
@@ -79,6 +95,22 @@ def build_router(store: Store) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+def _checked(
+    store: Store, outputs: OutputStore, job_id: str, body: StatusUpdate, result: dict[str, Any]
+) -> dict[str, Any]:
+    """The result, once what it says matches the object on its output target; a mismatch fails the attempt
+    (retryable, so the job goes back to the queue) and is answered 422, the store being down 503."""
+    try:
+        return check_result(store, outputs, job_id, body.attempt, result)
+    except StorageUnavailable as exc:
+        raise HTTPException(503, f"the output store cannot be checked now: {exc}") from None
+    except OutputMismatch as exc:
+        error = {"code": "upload_failed", "message": str(exc), "retryable": True}
+        outcome = store.apply_status(job_id, body.worker_id, "failed", None, error, attempt=body.attempt)
+        log.warning("result refused", extra={"job_id": job_id, "error": str(exc), "outcome": outcome.value})
+        raise HTTPException(422, f"result: {exc}") from None
 
 
 def _final_payload(body: StatusUpdate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

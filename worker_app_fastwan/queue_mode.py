@@ -134,8 +134,7 @@ def _output_target(raw: Any) -> OutputTarget | None:
     try:
         return OutputTarget.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in ("output", *err["loc"]))
+        err, where = exc.errors()[0], ".".join(str(p) for p in ("output", *exc.errors()[0]["loc"]))
         raise JobFailure(ErrorCode.invalid_input, f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 

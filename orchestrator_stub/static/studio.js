@@ -328,6 +328,8 @@ function showVideo(el, job) {
   Object.assign(video, { controls: true, playsInline: true, preload: "none" });
   box.prepend(video);
   video.dataset.src = remote ? result.video_url : `/v1/jobs/${encodeURIComponent(job.job_id)}/video`;
+  // The poster (v1.2 workers store one beside each video): the tile shows a frame before anything plays.
+  if (result.poster_url) video.poster = `/v1/jobs/${encodeURIComponent(job.job_id)}/poster`;
   video.setAttribute("aria-label", `video of job ${job.job_id.slice(0, 8)}`);
   const link = box.querySelector(".download");
   link.href = remote ? result.video_url : `${video.dataset.src}?download=1`;

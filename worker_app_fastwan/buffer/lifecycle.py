@@ -97,8 +97,9 @@ class JobLifecycle:
         if held.cancel_requested or held.dropped:
             return self._failed(held, JobFailure(ErrorCode.cancelled, "cancelled before it started"))
         try:
-            claimed = held.claimed
-            return await self.runner.generate(claimed.job_id, claimed.input, queued_s=0.0, target=claimed.output)
+            generated = await self.runner.generate(held.job_id, held.claimed.input, queued_s=0.0)
+            generated.target = held.claimed.output  # v1.2: the upload goes there, not to this worker's storage
+            return generated
         except JobFailure as exc:
             return self._failed(held, exc)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job is reported, and retried

@@ -25,13 +25,7 @@ from worker_app_fastwan.core.job_progress import JobProgress, ProgressListener
 from worker_app_fastwan.core.logs import job_context
 from worker_app_fastwan.core.metrics import Metrics
 from worker_app_fastwan.core.protocol import Capabilities, GpuInfo, OutputTarget
-from worker_app_fastwan.core.schema import (
-    MAX_SEED,
-    ErrorCode,
-    JobInput,
-    JobResult,
-    Stage,
-)
+from worker_app_fastwan.core.schema import MAX_SEED, ErrorCode, JobInput, JobResult, Stage
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.edge.job_input import parse_job_input
 from worker_app_fastwan.gpu_child.handle import CANCEL_GRACE_S, ChildJobFailure, ChildState, GpuChild
@@ -39,7 +33,6 @@ from worker_app_fastwan.gpu_child.messages import Done, Progress, RunJob
 from worker_app_fastwan.job.capacity import capabilities, check_capacity
 from worker_app_fastwan.job.image import fetch_image
 from worker_app_fastwan.job.result import Generated, build_result, hash_and_upload, observe_stages
-from worker_app_fastwan.job.target_upload import TargetStorage
 
 log = logging.getLogger(__name__)
 
@@ -167,29 +160,20 @@ class JobRunner:
         target: OutputTarget | None = None,
     ) -> JobResult:
         """Run one job to a result, or raise JobFailure. Raises Busy / NotReady without starting it. The runner
-        is busy until the upload is done (queue mode's /health); `generate` + `finish` free it earlier.
-        `target`: the orchestrator's output target (protocol v1.2), used instead of this worker's storage."""
+        is busy until the upload is done (queue mode's /health); `generate` + `finish` free it earlier."""
         async with self._holding(job_id):
             generated = await self._generate_observed(job_id, raw_input, queued_s, image_file)
             generated.target = target
             return await self.finish(generated)
 
     async def generate(
-        self,
-        job_id: str,
-        raw_input: Any,
-        *,
-        queued_s: float = 0.0,
-        image_file: Path | None = None,
-        target: OutputTarget | None = None,
+        self, job_id: str, raw_input: Any, *, queued_s: float = 0.0, image_file: Path | None = None
     ) -> Generated:
         """The GPU's part of a job: validate, download the image, generate and encode the MP4. The runner is
         free again when it returns, so the next job may start while `finish` uploads this one (buffer mode's
         pipelining). Raises JobFailure, or Busy / NotReady without starting the job."""
         async with self._holding(job_id):
-            generated = await self._generate_observed(job_id, raw_input, queued_s, image_file)
-            generated.target = target
-            return generated
+            return await self._generate_observed(job_id, raw_input, queued_s, image_file)
 
     async def finish(self, generated: Generated) -> JobResult:
         """The rest: hash and upload the MP4 (in a thread), then the result. Raises JobFailure."""
@@ -258,8 +242,7 @@ class JobRunner:
         self._set_stage(Stage.uploading, progress=generated.progress)
         upload_start = time.monotonic()
         video = Path(generated.done.out_path)
-        storage = TargetStorage(generated.target) if generated.target is not None else self.storage
-        digest, stored = await asyncio.to_thread(hash_and_upload, storage, video, generated.job_id, generated.poster)
+        digest, stored = await asyncio.to_thread(hash_and_upload, self.storage, video, generated)
         upload_s = time.monotonic() - upload_start
         observe_stages(self.metrics, generated, upload_s)
         return build_result(generated, digest, stored, upload_s)

@@ -30,7 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.schema import ErrorCode
-from worker_app_fastwan.job.storage import (
+from worker_app_fastwan.job.stored import (
     CONTENT_TYPE,
     POSTER_TYPE,
     StorageError,

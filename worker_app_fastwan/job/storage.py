@@ -12,19 +12,28 @@ video is fsynced, with its folders, before `upload` returns: it is reported `com
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from worker_app_fastwan.core.durable import fsync_dir, replace_durably
 from worker_app_fastwan.core.errors import JobFailure
-from worker_app_fastwan.core.schema import ID_PATTERN, ErrorCode
+from worker_app_fastwan.core.schema import ErrorCode
+from worker_app_fastwan.job.stored import (
+    CONTENT_TYPE,
+    POSTER_TYPE,
+    Storage,
+    StorageError,
+    StoredObject,
+    poster_key,
+    storage_key,
+)
+
+__all__ = ["CONTENT_TYPE", "POSTER_TYPE", "Storage", "StorageError", "StoredObject", "poster_key", "storage_key"]
 
 if TYPE_CHECKING:
     from b2sdk.v2 import B2Api
@@ -33,43 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "video/mp4"
-POSTER_TYPE = "image/jpeg"
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    url: str
-    bytes: int
-    poster_key: str | None = None
-    poster_url: str | None = None
-
-
-class StorageError(RuntimeError):
-    """Storage could not be set up (bad credentials, missing bucket); the message holds no secrets."""
-
-
-class Storage(Protocol):
-    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
-        """Store the file (whose SHA-256 is `sha256`) under its key, and the poster beside it, and return URLs
-        a client can fetch; never consumes the files."""
-        ...
-
-
-def storage_key(job_id: str, sha256: str, prefix: str) -> str:
-    """`<prefix>videos/<job_id>/<sha256>.mp4`; both are checked because they become file names."""
-    if not re.fullmatch(ID_PATTERN, job_id):
-        raise ValueError(f"job_id {job_id!r} does not match {ID_PATTERN}")
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise ValueError("sha256 must be 64 lowercase hex digits")
-    return f"{prefix}videos/{job_id}/{sha256}.mp4"
-
-
-def poster_key(video_key: str) -> str:
-    """The poster's key: the video's, with `.jpg` for `.mp4`."""
-    return video_key.removesuffix(".mp4") + ".jpg"
 
 
 class LocalStorage:

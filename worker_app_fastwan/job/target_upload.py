@@ -27,7 +27,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.protocol import OutputTarget, UploadTarget
 from worker_app_fastwan.core.schema import ErrorCode
-from worker_app_fastwan.job.storage import StoredObject
+from worker_app_fastwan.job.stored import StoredObject
 
 log = logging.getLogger(__name__)
 
