@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from worker_app_fastwan.core.errors import JobFailure, hide_local_paths
 from worker_app_fastwan.core.metrics import Metrics
@@ -49,7 +49,7 @@ class GenerateRequest(JobInput):
     an optional output target (the orchestrator's presigned upload, used instead of this worker's storage)."""
 
     job_id: str | None = None
-    output: OutputTarget | None = None
+    output: dict[str, Any] | None = Field(default=None, description="an OutputTarget: docs/protocol.md, 10.1")
 
 
 class QueueWorker:
