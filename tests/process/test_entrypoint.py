@@ -141,7 +141,7 @@ def _gone_soon(pid: int, timeout: float = 5) -> bool:
             ["WORKER_MODE", "PORT", "PIPELINE_BACKEND"],
         ),
         (
-            {"PORT": "70000", "STORAGE_BACKEND": "s3", "DRAIN_TIMEOUT_S": "soon"},
+            {"PORT": "70000", "STORAGE_BACKEND": "gcs", "DRAIN_TIMEOUT_S": "soon"},
             ["PORT", "STORAGE_BACKEND", "DRAIN_TIMEOUT_S"],
         ),
         ({"WORKER_MODE": "buffer"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from support.http_servers import free_port
-from support.procs import WorkerProcess, WorkerSet, wait_final
+from support.procs import WORKER_START_S, WorkerProcess, WorkerSet, wait_final
 from support.s3_server import ADMIN, S3Server, s3_server  # noqa: F401 - the fixture
 from support.stubs import API_KEY, REPO, StubProcess, Stubs
 
@@ -96,9 +96,9 @@ def world(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ]
         for worker in started:
             workers.add(worker)
-        for worker in started[:2]:
-            worker.wait_for_event("claiming jobs")
-        _wait_ready(f"http://127.0.0.1:{queue_s3_port}")
+        for worker in started[:2]:  # three start side by side on two busy cores: more than one's usual wait
+            worker.wait_for_event("claiming jobs", timeout_s=3 * WORKER_START_S)
+        _wait_ready(f"http://127.0.0.1:{queue_s3_port}", timeout_s=3 * WORKER_START_S)
         queue_s3_url = f"http://127.0.0.1:{queue_s3_port}"
         yield World(s3_server, stub, plain, dispatching, quiet, quiet_plain, *started, queue_s3_url)
     finally:
