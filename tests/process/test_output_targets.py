@@ -267,6 +267,8 @@ def test_v11_and_v12_together_both_ways(world: World) -> None:
     # A v1.2 worker from a stub without storage (as a v1.1 orchestrator): no target, it stores on its own.
     job_id = world.quiet_plain.submit("an old orchestrator", width=256, height=256, num_frames=5)
     assert _claim(world.quiet_plain, "new-worker", job_id, **CAN_TARGET).get("output") is None
+    body = _result(job_id, f"videos/{job_id}/{'b' * 64}.mp4", b"y", "https://cdn.example.com/w.mp4")
+    assert world.quiet_plain.status(job_id, "new-worker", "completed", result=body, attempt=1).status_code == 200
 
 
 # ---- a target that has expired or is refused -----------------------------------------------------------------
