@@ -18,6 +18,8 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -46,16 +48,21 @@ class OutputStore:
     """The bucket the stub issues targets in. Holds a boto3 client, never a secret of its own."""
 
     def __init__(
-        self, client: Any, bucket: str, *, prefix: str, public_url: str, ttl_s: float, clock: Any = None
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        prefix: str,
+        public_url: str,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        import time
-
         self._client = client
         self.bucket = bucket
         self.prefix = prefix
         self.public_url = public_url.rstrip("/")
         self.ttl_s = int(ttl_s)
-        self._clock = clock or time.time
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"OutputStore(bucket={self.bucket!r}, prefix={self.prefix!r})"
