@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.LOG_LEVEL, process="orchestrator_stub", fmt=settings.LOG_FORMAT)
     log.info("starting", extra={"settings": settings.summary()})
     warn_if_open(settings.STUB_HOST, settings.password())
-    config = uvicorn.Config(
-        create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT, log_config=None, access_log=False
-    )
+    try:
+        app = create_app(settings)
+    except StubSettingsError as exc:  # storage credentials that do not work (B2's authorization refused them)
+        print(f"orchestrator_stub: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(app, host=settings.STUB_HOST, port=settings.STUB_PORT, log_config=None, access_log=False)
     _Server(config).run()  # a failed start-up (busy port, lifespan error) leaves through uvicorn's sys.exit(3)
     return 0

@@ -1,4 +1,5 @@
-"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts. All SQL lives in this package.
+"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts, output targets. All SQL lives in this
+package.
 
 One connection, guarded by a lock, in WAL mode with `synchronous=FULL`: a committed change survives a
 crash of the process or the machine. Every public method is one transaction (`BEGIN IMMEDIATE`, so
@@ -8,7 +9,7 @@ never get the same job. Times are Unix seconds (wall clock, so leases survive a 
 `Store` is put together from one mixin per responsibility so that each module stays one job:
 `schema` (tables, file, connection), `base` (transactions and the shared transitions), `jobs` (the
 public API's side), `claims` (the worker's side: claims, leases, statuses), `records` (workers,
-webhook and dispatch attempts). Callers import everything from here.
+webhook and dispatch attempts), `targets` (v1.2 output targets). Callers import everything from here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from orchestrator_stub.db.claims import Claimed, ClaimsMixin, LeaseState, Status
 from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin, QueueFull
 from orchestrator_stub.db.records import RecordsMixin
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, UnencodableText
+from orchestrator_stub.db.targets import TargetsMixin
 
 __all__ = [
     "DISPATCHER_ID",
@@ -34,5 +36,5 @@ __all__ = [
 ]
 
 
-class Store(JobsMixin, ClaimsMixin, RecordsMixin):
+class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin):
     """The job store; thread-safe, each public method one transaction."""

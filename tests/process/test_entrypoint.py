@@ -141,8 +141,8 @@ def _gone_soon(pid: int, timeout: float = 5) -> bool:
             ["WORKER_MODE", "PORT", "PIPELINE_BACKEND"],
         ),
         (
-            {"PORT": "70000", "STORAGE_BACKEND": "s3", "DRAIN_TIMEOUT_S": "soon"},
-            ["PORT", "STORAGE_BACKEND", "DRAIN_TIMEOUT_S"],
+            {"PORT": "70000", "STORAGE_BACKEND": "gcs", "DRAIN_TIMEOUT_S": "soon"},
+            ["STORAGE_BACKEND", "PORT", "DRAIN_TIMEOUT_S"],  # the storage variables are read first (a shared class)
         ),
         ({"WORKER_MODE": "buffer"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
         ({"B2_KEY_ID": "key-id-value-1234", "B2_APP_KEY": "app-key-secret-5678"}, ["B2_BUCKET_NAME"]),

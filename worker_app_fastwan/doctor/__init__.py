@@ -47,7 +47,13 @@ def run_doctor(
 ) -> ExitCode:
     """Run every check, print one line each as it completes, and return the exit code."""
     stream = out or sys.stdout
-    secrets = tuple(s.get_secret_value() for s in (settings.INTERNAL_API_KEY, settings.B2_APP_KEY) if s)
+    hidden = (
+        settings.INTERNAL_API_KEY,
+        settings.B2_APP_KEY,
+        settings.AWS_SECRET_ACCESS_KEY,
+        settings.AWS_SESSION_TOKEN,
+    )
+    secrets = tuple(s.get_secret_value() for s in hidden if s)
     found: list[Check] = []
 
     def emit(*new: Check) -> None:

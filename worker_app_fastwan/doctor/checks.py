@@ -189,9 +189,32 @@ def _hub_size_gb(model_id: str) -> tuple[float, str | None]:
 
 
 def storage_check(settings: Settings, b2_api: Any = None) -> Check:
-    if settings.storage == "local":
+    kind = settings.storage
+    if kind == "local":
         return _local_storage_check(settings.LOCAL_OUTPUT_DIR)
+    if kind == "s3":
+        return _s3_check(settings)
+    if kind == "presigned":
+        return ok("storage", "presigned: no storage credentials here; videos go to the orchestrator's output targets")
     return _b2_check(settings, b2_api)
+
+
+def _s3_check(settings: Settings) -> Check:
+    """Write and delete a small object under S3_PREFIX: what an upload needs, and all a least-privilege key may do."""
+    from worker_app_fastwan.job.s3_storage import S3Storage, describe, probe
+    from worker_app_fastwan.job.storage import StorageError
+
+    key = f"{settings.S3_PREFIX}doctor/{uuid.uuid4().hex}.txt"
+    where = f"bucket {settings.S3_BUCKET}" + (f" at {_where(settings.s3_endpoint)}" if settings.s3_endpoint else "")
+    try:
+        storage = S3Storage.from_settings(settings, attempts=1)
+        probe(storage, key, b"fastwan doctor probe\n")
+    except StorageError as exc:
+        return fail("storage", f"s3: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any refusal is the finding
+        who = f"key {settings.AWS_ACCESS_KEY_ID}" if settings.AWS_ACCESS_KEY_ID else "the default AWS credentials"
+        return fail("storage", f"s3: {where}: {who} cannot write and delete {key}: {describe(exc)}")
+    return ok("storage", f"s3: {where}: wrote and deleted {key}")
 
 
 def _local_storage_check(folder: Path) -> Check:

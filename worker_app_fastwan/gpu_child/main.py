@@ -142,6 +142,7 @@ class _StageClock:
 
 def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, codec: str, msg: RunJob) -> None:
     from worker_app_fastwan.gpu_child.encoder import Mp4Writer
+    from worker_app_fastwan.gpu_child.poster import PosterFrame
 
     clock = _StageClock(conn, cancel, msg.job_id, backend)
     writer = None
@@ -159,12 +160,15 @@ def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, 
             crf=settings.ENCODER_CRF,
             codec=codec,
         )
+        poster = PosterFrame(job.num_frames)
         for chunk in generation.frames:
             clock.check_cancel()
             writer.write(chunk)
+            poster.offer(chunk)
         inference_s = time.perf_counter() - start
         clock(Stage.encoding_video)
         tail_s = writer.close()
+        poster_path, poster_s = _poster(poster, Path(msg.out_path).with_suffix(".jpg"))
         done = Done(
             job_id=msg.job_id,
             seed=generation.seed,
@@ -173,12 +177,31 @@ def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, 
             inference_s=inference_s,
             encode_tail_s=tail_s,
             stage_s=clock.finish(),
+            poster_path=poster_path,
+            poster_s=poster_s,
         )
         conn.send(done)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a typed message to the parent
         if writer is not None:
             writer.abort()
         _report_failure(conn, backend, msg.job_id, exc)
+
+
+def _poster(picked: Any, path: Path) -> tuple[str | None, float]:
+    """The poster from the frame kept while encoding: (its path, seconds), or (None, 0) if it failed."""
+    from worker_app_fastwan.gpu_child.poster import write_poster
+
+    start = time.perf_counter()
+    try:
+        if picked.frame is None:
+            return None, 0.0
+        size = write_poster(picked.frame, path)
+    except Exception:  # noqa: BLE001 - a poster is worth less than the video it goes with
+        log.exception("poster failed; the video goes without one")
+        return None, 0.0
+    seconds = time.perf_counter() - start
+    log.info("poster written", extra={"bytes": size, "poster_ms": round(seconds * 1000, 1)})
+    return str(path), seconds
 
 
 def _open_image(path: str | None) -> Any:
