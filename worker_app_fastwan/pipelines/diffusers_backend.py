@@ -185,5 +185,9 @@ class DiffusersBackend(Backend):
         return torch_device_info(self.name, self.model_name, offload_profile=self.profile)
 
     def free_memory(self) -> None:
+        """After a failed job: every offloaded component back to the CPU (a failure can leave one on the GPU,
+        past the generator's own `finally`: a decode abandoned half-way), then the cached blocks freed."""
+        if self.generator is not None:
+            self.generator.release_offloaded()
         if self.cuda:
             torch.cuda.empty_cache()
