@@ -39,12 +39,12 @@ KIB = 2**10
 
 # Weights. Transformer ≈ 5.0 B params, bf16 (facts file: ≈ 10 GB). UMT5-XXL encoder ≈ 5.7 B params, bf16
 # (11.4 GB): a 1.05 B-param token embedding (2.1 GB) and 24 blocks of 193 M params (0.39 GB each), counted
-# here from its config. Streamed block by block (`balanced`) the GPU holds the embedding and two blocks (the
-# one running, the next prefetched). The VAE, counted from the real config: encoder side 149.6 M params,
-# always float32 (0.6 GB); decoder side 555.1 M params in VAE_DTYPE (1.1 GB bf16, 2.2 GB float32).
+# here from its config. Streamed block by block (`balanced`) the GPU holds two blocks (the one running, the
+# next prefetched); the embedding is looked up in host memory (`pipelines/text_encoder_offload.py`). The
+# VAE, counted from the real config: encoder side 149.6 M params, always float32 (0.6 GB); decoder side
+# 555.1 M params in VAE_DTYPE (1.1 GB bf16, 2.2 GB float32).
 TRANSFORMER_BYTES = 10.0e9
 TEXT_ENCODER_BYTES = 11.4e9
-TEXT_ENCODER_EMBED_BYTES = 2.1e9
 TEXT_ENCODER_BLOCK_BYTES = 0.386e9
 STREAMED_BLOCKS_ON_GPU = 2
 VAE_ENCODER_PARAMS = 149.6e6
@@ -143,7 +143,7 @@ def _weights(profile: str, vae_dtype: str) -> tuple[float, float, float]:
         # One component per phase: the generator sends each back to the CPU at every phase boundary.
         return TEXT_ENCODER_BYTES, transformer, vae
     if plan.text_encoder_off_gpu_after_encode:
-        streamed = TEXT_ENCODER_EMBED_BYTES + STREAMED_BLOCKS_ON_GPU * TEXT_ENCODER_BLOCK_BYTES
+        streamed = STREAMED_BLOCKS_ON_GPU * TEXT_ENCODER_BLOCK_BYTES
         return transformer + vae + streamed, transformer + vae, transformer + vae
     everything = TEXT_ENCODER_BYTES + transformer + vae
     return everything, everything, everything

@@ -19,6 +19,7 @@ from worker_app_fastwan.core.devices import DeviceInfo
 from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.model.memory_budget import OffloadPlan
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
+from worker_app_fastwan.pipelines.text_encoder_offload import stream_text_encoder
 from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
 
@@ -68,29 +69,6 @@ def load_parts(source: str | Path, precision: Precision) -> WanParts:
             source, subfolder="transformer", torch_dtype=precision.transformer
         ).eval(),
         vae=vae,
-    )
-
-
-def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> None:
-    """Keep the 11 GB UMT5 in CPU memory and stream its blocks through the GPU one at a time.
-
-    Moving it whole to the GPU for each prompt would need transformer + VAE + text encoder at once
-    (≈ 23 GiB: too much for 24 GB cards); block by block it needs the embedding (≈ 2.1 GB) and two blocks
-    (≈ 0.4 GB each: the one running and the next, prefetched on a side stream). The host keeps a pinned
-    copy of the blocks (≈ 9.3 GB of page-locked RAM). The hook goes on the encoder stack, whose `block`
-    list diffusers' block-level offloading can see.
-    """
-    from diffusers.hooks import apply_group_offloading
-
-    cuda = device.type == "cuda"
-    apply_group_offloading(
-        text_encoder.encoder,
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
-        use_stream=cuda,
-        non_blocking=cuda,
     )
 
 

@@ -180,6 +180,54 @@ def test_streamed_decode_refuses_a_decoder_off_the_device():
         list(gen.decode_stream(torch.zeros(1, 48, 1, 8, 8)))
 
 
+# ---------------------------------------------------------------- balanced: the text encoder's embedding (item 7)
+
+
+def _offload_groups(module) -> list:
+    """Every diffusers group-offloading group hooked anywhere in `module`."""
+    groups = []
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        for hook in registry.hooks.values() if registry is not None else ():
+            if getattr(hook, "group", None) is not None:
+                groups.append(hook.group)
+    return groups
+
+
+def test_balanced_streams_the_blocks_and_keeps_the_token_embedding_out_of_every_group(model_folder):
+    """issue 24, item 7: in an offload group the 2.1 GB embedding would be copied to the GPU and back, from
+    pageable memory, at every prompt. It stays in host memory; the blocks are streamed."""
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(model_folder, "tiny", offload_profile="balanced", device=torch.device("cpu"))
+    backend.load()
+    text_encoder = backend.generator.t2v.text_encoder
+    moved = set()
+    for group in _offload_groups(text_encoder):
+        moved |= {id(p) for m in group.modules for p in m.parameters()} | {id(p) for p in group.parameters}
+    blocks = {id(p) for p in text_encoder.encoder.block.parameters()}
+    assert blocks and blocks <= moved, "the blocks are streamed"
+    embedding = text_encoder.encoder.embed_tokens
+    assert embedding.weight is text_encoder.shared.weight, "still the one (tied) embedding"
+    assert id(embedding.weight) not in moved
+    assert embedding.weight.device.type == "cpu"
+
+
+def test_the_host_embedding_looks_up_on_the_host_and_hands_the_rows_to_the_device():
+    import torch
+
+    from worker_app_fastwan.pipelines.text_encoder_offload import look_up_on_host
+
+    embedding = torch.nn.Embedding(64, 8)
+    expected = embedding(torch.tensor([[1, 2, 3]]))
+    look_up_on_host(embedding, torch.device("meta"))  # a device other than the host's, on a CPU machine
+    rows = embedding(torch.tensor([[1, 2, 3]]))
+    assert rows.device.type == "meta" and rows.shape == expected.shape
+    assert embedding.weight.device.type == "cpu"
+
+
 # ---------------------------------------------------------------- precision (defects 3 and 4)
 
 
