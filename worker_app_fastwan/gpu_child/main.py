@@ -47,6 +47,9 @@ def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
     # SIGTERM sent to the whole process group must not cut a job short behind the parent's back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from worker_app_fastwan.gpu_child.compile_cache import use_compile_caches
+
+    use_compile_caches(settings)
     backend, codec = _load_frozen(conn, settings)
     while True:
         try:

@@ -23,4 +23,4 @@ def check_capacity(settings: Settings, device: DeviceInfo | None, job: JobInput,
 
         memory_gib = device.memory_total_mb / 1024
         args = (job.width, job.height, job.num_frames, memory_gib, device.offload_profile)
-        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE)
+        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK)

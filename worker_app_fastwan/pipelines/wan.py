@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def require_on_device(modules: dict[str, torch.nn.Module], device: torch.device) -> None:
+def require_on_device(modules: dict[str, Any], device: torch.device) -> None:
     """Raise, naming the module, when one of `modules` has weights off `device`: decoding there would
     either fail on a device mismatch or run, slowly, on the CPU."""
     for name, module in modules.items():

@@ -414,6 +414,28 @@ def test_warmup_plan():
     assert all(i.image is None for i in warmup_plan(compiled=True, i2v=False))
 
 
+def test_the_diffusers_backend_warms_up_only_what_its_card_admits(model_folder, monkeypatch):
+    """issue 24, item 4: compiled, image-to-video on, a 15.6 GiB card under `low_vram`: the default size is
+    refused there, so the warm-up takes the most frames admitted at 1280×704 instead (plan only, no load)."""
+    import torch
+
+    from worker_app_fastwan.model.offload import check_job_fits, max_frames
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(
+        model_folder, "tiny", offload_profile="low_vram", compile_transformer=True, device=torch.device("cpu")
+    )
+    backend.cuda, backend.profile = True, "low_vram"  # as on that card once loaded
+    monkeypatch.setattr(backend, "admission_vram_gib", lambda: 15.6)
+    items = backend.warmup_items()
+    sizes = [(i.job.width, i.job.height, i.job.num_frames) for i in items]
+    assert (1280, 704, 121) not in sizes
+    assert (1280, 704, max_frames(1280, 704, 15.6, "low_vram")) in sizes
+    assert {i.image is not None for i in items} == {False, True}, "both modes"
+    for width, height, frames in sizes:
+        check_job_fits(width, height, frames, 15.6, "low_vram")
+
+
 def test_compiled_blocks_warmed_up_do_not_recompile_in_jobs(caplog):
     """Dynamo's real guards with the `eager` backend (no C++ toolchain needed): after the warm-up plan,
     jobs at a third size in both modes build no new graph; without it, the first job compiles."""
