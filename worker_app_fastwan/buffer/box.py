@@ -122,11 +122,13 @@ def build_slots(
     worker_id: str,
     plan: list[SlotDevice],
 ) -> list[BufferWorker]:
-    """One slot per device: its own GPU process (seeing only that device), runner and worker id."""
+    """One slot per device: its own GPU process (seeing only that device), runner and worker id. Their GPU
+    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 27 GiB of weights through host memory."""
     slots = []
+    gate = asyncio.Semaphore(settings.SLOT_LOAD_CONCURRENCY) if len(plan) > 1 else None
     for device in plan:
         spawn = functools.partial(ChildProcess, env=device.child_env())
-        runner = JobRunner(settings, storage, child=GpuChild(settings, spawn=spawn))
+        runner = JobRunner(settings, storage, child=GpuChild(settings, spawn=spawn, load_gate=gate))
         slot_id = slot_worker_id(worker_id, device.index, len(plan))
         slots.append(BufferWorker(settings, runner, client, outbox, slot_id, slot=device))
     return slots
