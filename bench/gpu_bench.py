@@ -74,16 +74,21 @@ TINY_VAE = dict(FULL_VAE, base_dim=3, decoder_base_dim=None, dim_mult=[1, 1, 1, 
 
 
 def build(scale: str, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
-    t_cfg, v_cfg = (FULL_TRANSFORMER, FULL_VAE) if scale == "full" else (TINY_TRANSFORMER, TINY_VAE)
-    v_cfg = {k: v for k, v in v_cfg.items() if v is not None}
+    t_cfg = FULL_TRANSFORMER if scale == "full" else TINY_TRANSFORMER
     torch.manual_seed(0)
     with torch.device(device), _default_dtype(dtype):  # never a transient fp32 copy (20 GB) of the 5 B transformer
         transformer = _keep_fp32_modules(WanTransformer3DModel(**t_cfg)).eval()
+    return transformer, build_vae(scale, device, vae_dtype), t_cfg["text_dim"]
+
+
+def build_vae(scale: str, device: torch.device, vae_dtype: torch.dtype):
+    from diffusers import AutoencoderKLWan
+
+    v_cfg = {k: v for k, v in (FULL_VAE if scale == "full" else TINY_VAE).items() if v is not None}
     with torch.device(device), _default_dtype(vae_dtype):
-        vae = AutoencoderKLWan(**v_cfg, latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
-    return transformer, vae, t_cfg["text_dim"]
+        return AutoencoderKLWan(**v_cfg, latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
 
 
 @contextmanager

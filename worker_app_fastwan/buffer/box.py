@@ -123,7 +123,7 @@ def build_slots(
     plan: list[SlotDevice],
 ) -> list[BufferWorker]:
     """One slot per device: its own GPU process (seeing only that device), runner and worker id. Their GPU
-    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 27 GiB of weights through host memory."""
+    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 25.5 GiB of weights through host memory."""
     slots = []
     gate = asyncio.Semaphore(settings.SLOT_LOAD_CONCURRENCY) if len(plan) > 1 else None
     for device in plan:

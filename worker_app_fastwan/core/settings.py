@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     BUFFER_EXIT_WHEN_IDLE: bool = False
     # Buffer mode: one slot (GPU process, claim loop, heartbeat) per device; see devices.py.
     GPU_DEVICES: str = "auto"
-    # Buffer mode: how many slots may load their model at once (each reads ≈ 27 GiB through host memory).
+    # Buffer mode: how many slots may load their model at once (each reads ≈ 25.5 GiB through host memory).
     SLOT_LOAD_CONCURRENCY: int = Field(default=1, ge=1, le=16)
     # Buffer mode: claim and start the next job while the last one uploads and reports (two jobs held at most).
     BUFFER_PIPELINING: bool = True

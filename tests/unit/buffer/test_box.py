@@ -144,7 +144,7 @@ def slow_loading(count: LoadCount, load_s: float):
 async def test_slots_load_their_models_at_most_slot_load_concurrency_at_once(
     tmp_path: Path, monkeypatch, at_once: int
 ) -> None:
-    """issue 24, item 3: each load reads every weight through host memory (≈ 27 GiB); eight at once would
+    """issue 24, item 3: each load reads every weight through host memory (≈ 25.5 GiB); eight at once would
     need eight times that. The real build_slots, over fake GPU processes that take 0.1 s to load."""
     from worker_app_fastwan.buffer import box as box_module
 

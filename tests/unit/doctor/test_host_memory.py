@@ -61,7 +61,7 @@ def _facts(total_gib: float, count: int) -> CudaFacts:
 
 
 def test_a_container_limit_below_the_hosts_ram_fails_a_box_that_ram_would_pass(tmp_path: Path) -> None:
-    """One 24 GB card (`balanced`): ≈ 27 GiB at load. 251 GiB of RAM, but the container may use 16."""
+    """One 24 GB card (`balanced`): ≈ 25.5 GiB at load. 251 GiB of RAM, but the container may use 16."""
     settings = load_settings(None, STATE_DIR=tmp_path)
     roomy = host_ram_check(settings, _facts(23.6, 1), HostMemory(251 * GIB))
     assert roomy.status is Status.ok, roomy.line()
@@ -72,7 +72,7 @@ def test_a_container_limit_below_the_hosts_ram_fails_a_box_that_ram_would_pass(t
 
 def test_every_slot_of_a_buffer_box_counts(tmp_path: Path) -> None:
     """Eight 80 GB cards (`none`: nothing kept on the host once loaded). 64 GiB fit one load at a time plus
-    seven loaded slots, not eight loads at once (≈ 220 GiB)."""
+    seven loaded slots, not eight loads at once (≈ 204 GiB)."""
     memory = HostMemory(1000 * GIB, 64 * GIB, "memory.max")
     one = load_settings(None, STATE_DIR=tmp_path, WORKER_MODE="buffer")
     check = host_ram_check(one, _facts(79.1, 8), memory)
