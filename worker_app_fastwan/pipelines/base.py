@@ -144,7 +144,8 @@ class Backend(abc.ABC):
         """Device name and memory, for /health and heartbeats."""
 
     def free_memory(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to free
-        """Release cached allocations after a failure (an OOM) so the next job can run."""
+        """After any failed job (cancelled, timed out, out of memory): release what it may have left on the GPU
+        (offloaded components, cached allocations) so that the next job starts from the budgeted state."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         """Release processes or memory the backend holds."""
