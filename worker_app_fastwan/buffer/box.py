@@ -123,9 +123,11 @@ def build_slots(
     plan: list[SlotDevice],
 ) -> list[BufferWorker]:
     """One slot per device: its own GPU process (seeing only that device), runner and worker id. Their GPU
-    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 25.5 GiB of weights through host memory."""
+    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 25.5 GiB of weights through host memory
+    (the tiny backend reads none: its slots, in tests and the demo, start together)."""
     slots = []
-    gate = asyncio.Semaphore(settings.SLOT_LOAD_CONCURRENCY) if len(plan) > 1 else None
+    staggered = len(plan) > 1 and settings.PIPELINE_BACKEND != "tiny"
+    gate = asyncio.Semaphore(settings.SLOT_LOAD_CONCURRENCY) if staggered else None
     for device in plan:
         spawn = functools.partial(ChildProcess, env=device.child_env())
         runner = JobRunner(settings, storage, child=GpuChild(settings, spawn=spawn, load_gate=gate))
