@@ -335,14 +335,14 @@ def test_a_queue_worker_with_its_own_s3_key_stores_there(world: World) -> None:
 def test_a_buffer_worker_with_b2_stores_there(world: World, tmp_path: Path) -> None:
     """In process: b2sdk's simulator lives in this process's memory. The GPU process is real."""
     import asyncio
+    import functools
 
     from support.b2 import download, new_api
 
     from worker_app_fastwan.buffer.outbox import Outbox
-    from worker_app_fastwan.buffer.slot import BufferWorker
+    from worker_app_fastwan.buffer.slot import Slot
     from worker_app_fastwan.core.settings import load_settings
-    from worker_app_fastwan.gpu_child.handle import GpuChild
-    from worker_app_fastwan.job.runner import JobRunner
+    from worker_app_fastwan.job.runner import build_runner
     from worker_app_fastwan.job.storage import B2Storage
     from worker_app_fastwan.orchestrator.client import OrchestratorClient
 
@@ -364,8 +364,8 @@ def test_a_buffer_worker_with_b2_stores_there(world: World, tmp_path: Path) -> N
     async def one_job() -> int:
         client = OrchestratorClient.from_settings(settings)
         assert client is not None
-        runner = JobRunner(settings, B2Storage(api, "b2-videos", prefix="b2/"), child=GpuChild(settings))
-        slot = BufferWorker(settings, runner, client, Outbox(tmp_path / "outbox"), "b2-worker", max_jobs=1)
+        make_runner = functools.partial(build_runner, settings, B2Storage(api, "b2-videos", prefix="b2/"))
+        slot = Slot(settings, make_runner, client, Outbox(tmp_path / "outbox"), "b2-worker", max_jobs=1)
         return await slot.run()
 
     assert asyncio.run(one_job()) == 0

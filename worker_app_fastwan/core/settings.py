@@ -52,6 +52,11 @@ class Settings(StorageSettings):
     MODEL_PATH: Path | None = None
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
+    # Where torch.compile keeps what it compiled (Inductor's and Triton's caches), so that a restarted
+    # container does not compile again; unset: `torch-compile` under HF_HOME, the model volume.
+    COMPILE_CACHE_DIR: Path | None = None
+    # cuDNN's autotuning of the VAE's convolutions (off: its heuristics pick; see pipelines/tuning.py).
+    CUDNN_BENCHMARK: bool = False
     # The VAE decoder's dtype on CUDA; the encoder (image-to-video) always runs in float32.
     VAE_DTYPE: Literal["float32", "bfloat16"] = "bfloat16"
     # The diffusers and fastvideo backends refuse to start without a CUDA device (a 5B model on the CPU
@@ -79,6 +84,8 @@ class Settings(StorageSettings):
     BUFFER_EXIT_WHEN_IDLE: bool = False
     # Buffer mode: one slot (GPU process, claim loop, heartbeat) per device; see devices.py.
     GPU_DEVICES: str = "auto"
+    # Buffer mode: how many slots may load their model at once (each reads ≈ 25.5 GiB through host memory).
+    SLOT_LOAD_CONCURRENCY: int = Field(default=1, ge=1, le=16)
     # Buffer mode: claim and start the next job while the last one uploads and reports (two jobs held at most).
     BUFFER_PIPELINING: bool = True
     # Buffer mode: Prometheus metrics of every slot on HOST:METRICS_PORT (0: off). Queue mode has /metrics.

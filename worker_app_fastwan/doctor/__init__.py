@@ -23,6 +23,7 @@ from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor import checks
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
+from worker_app_fastwan.doctor.host_memory import host_ram_check
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def run_doctor(
     # The tiny backend runs on the CPU: probing CUDA (a process that imports torch) would tell nothing it needs.
     facts = CudaFacts() if settings.PIPELINE_BACKEND == "tiny" else probe_in_child()
     emit(*checks.cuda_checks(settings, facts))
-    emit(checks.host_ram_check(settings, facts), checks.nvenc_check(settings), checks.model_check(settings))
+    emit(host_ram_check(settings, facts), checks.nvenc_check(settings), checks.model_check(settings))
     emit(checks.storage_check(settings, b2_api), checks.orchestrator_check(settings))
     if load or generate:
         emit(*asyncio.run(_load_and_generate(settings, facts, generate)))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor.gpu import CudaFacts, driver_needed
 from worker_app_fastwan.doctor.report import Check, fail, ok, skip, warn
-from worker_app_fastwan.model.memory_budget import FASTVIDEO, host_ram_gib
+from worker_app_fastwan.model.memory_budget import FASTVIDEO
 from worker_app_fastwan.model.offload import DEFAULT_JOB, choose_profile, max_frames
 
 GB = 1e9
@@ -93,31 +93,20 @@ def _gpu_check(settings: Settings, index: int, name: str, total: float, free: fl
     profile = (
         FASTVIDEO
         if settings.PIPELINE_BACKEND == "fastvideo"
-        else choose_profile(settings.OFFLOAD_PROFILE, total, vae_dtype=settings.VAE_DTYPE)
+        else choose_profile(
+            settings.OFFLOAD_PROFILE, total, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK
+        )
     )
     width, height, _ = DEFAULT_JOB
-    best = max_frames(width, height, total, profile, vae_dtype=settings.VAE_DTYPE)
+    best = max_frames(
+        width, height, total, profile, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK
+    )
     if best is None:
         return fail(label, f"{head}; profile {profile}: not even a {width}×{height}×5 job fits")
     line = f"{head}; profile {profile}; admits {width}×{height} up to {best} frames"
     if free < total * 0.9:
         return warn(label, f"{line}; {total - free:.1f} GiB already in use by another process")
     return ok(label, line)
-
-
-def host_ram_check(settings: Settings, facts: CudaFacts) -> Check:
-    if settings.PIPELINE_BACKEND == "tiny":
-        return skip("host ram", "PIPELINE_BACKEND=tiny needs no weights in RAM")
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    vram = facts.gpus[0].total_gib if facts.gpus else None
-    profile = (
-        FASTVIDEO
-        if settings.PIPELINE_BACKEND == "fastvideo"
-        else choose_profile(settings.OFFLOAD_PROFILE, vram, vae_dtype=settings.VAE_DTYPE)
-    )
-    need = host_ram_gib(profile, vae_dtype=settings.VAE_DTYPE)
-    line = f"{total:.0f} GiB, profile {profile} needs ≈ {need:.0f} GiB (the weights pass through host RAM at load)"
-    return ok("host ram", line) if total >= need else fail("host ram", line)
 
 
 def nvenc_check(settings: Settings) -> Check:

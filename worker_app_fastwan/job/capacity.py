@@ -40,7 +40,7 @@ def check_capacity(settings: Settings, device: DeviceInfo | None, job: JobInput,
 
         memory_gib = device.memory_total_mb / 1024
         args = (job.width, job.height, job.num_frames, memory_gib, device.offload_profile)
-        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE)
+        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK)
 
 
 def check_mode(mode: str, settings: Settings, device: DeviceInfo | None) -> None:

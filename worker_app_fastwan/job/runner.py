@@ -326,10 +326,12 @@ def build_runner(
     listeners: Sequence[ProgressListener] = (),
     metrics: Metrics | None = None,
     spawn: Callable[[Settings], ChildProcess] | None = None,
+    load_gate: asyncio.Semaphore | None = None,
 ) -> JobRunner:
     """A runner and its GPU process, which sees only `device` (a buffer slot's; None: the process's own view).
-    Every mode and command builds its runner here; a test passes `spawn` to put a fake process behind it."""
+    Every mode and command builds its runner here; a test passes `spawn` to put a fake process behind it.
+    `load_gate`, shared by a box's slots, bounds how many of their GPU processes load a model at once."""
     if spawn is None:
         spawn = functools.partial(ChildProcess, env=device.child_env() if device else None)
-    child = GpuChild(settings, spawn=spawn)
+    child = GpuChild(settings, spawn=spawn, load_gate=load_gate)
     return JobRunner(settings, storage, child=child, metrics=metrics, listeners=listeners)
