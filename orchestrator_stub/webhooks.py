@@ -3,7 +3,10 @@
 Delivery state lives in the jobs table (`webhook_state`: pending → delivered | gave_up) and every attempt
 in `webhook_attempts`, so a delivery interrupted by a restart resumes with the attempts it has left.
 Delivery runs in its own task, never inside a request: a slow receiver never delays a worker's call.
-Each delivery is at-least-once; receivers can de-duplicate on the `X-Stub-Job-Id` header.
+Each delivery is at-least-once; receivers can de-duplicate on the `X-Stub-Job-Id` header. With several
+replicas on one database, a replica claims a pending delivery before it starts (`Store.claim_webhooks`) and
+renews that claim while it delivers, so each delivery has one sender; one whose replica died is taken over by
+another once its lease (`LEASE_S`) runs out, with the attempts it has left.
 
 A `notify_url` comes from whoever can reach the public API, so the stub treats it as the worker treats an
 image URL (`worker_app_fastwan.edge.outbound`, one rule): only public addresses, pinned, no redirects, unless
@@ -14,12 +17,16 @@ shows only whether an attempt succeeded, or the stub would be a port and DNS sca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import os
+import secrets
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +44,12 @@ log = logging.getLogger("orchestrator_stub.webhooks")
 
 SIGNATURE_HEADER = "X-Stub-Signature"
 MAX_URL_CHARS = 2048
+LEASE_S = 15.0  # a delivery's claim: renewed every third of it; a dead replica's is taken over after it
+
+
+def replica_id() -> str:
+    """This process among the replicas: host, pid and a random part (a pid can come back after a restart)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -81,10 +94,12 @@ class WebhookFailed(Exception):
 
 
 class WebhookSender:
-    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup) -> None:
+    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup, *, lease_s: float = LEASE_S) -> None:
         self._store = store
         self._settings = settings
         self._wakeup = wakeup
+        self._owner = replica_id()
+        self._lease_s = lease_s
         self._inflight: dict[str, asyncio.Task[None]] = {}
         # Submissions with a notify_url are refused without a secret, so a pending webhook always has one;
         # an empty one here only signs what an older database still had pending.
@@ -92,6 +107,8 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Start a delivery task for every pending webhook; woken on each final job, and polls as a fallback."""
+        if not self._store.db.postgres:  # one process per file: a claim found at start is from before a restart
+            await asyncio.to_thread(self._store.release_webhooks, None)
         async with httpx.AsyncClient(timeout=self._settings.WEBHOOK_TIMEOUT_S) as client:
             try:
                 while True:
@@ -101,21 +118,46 @@ class WebhookSender:
                 for task in self._inflight.values():
                     task.cancel()
                 await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+                with contextlib.suppress(Exception):  # stopping: another replica takes them at once, not later
+                    await asyncio.to_thread(self._store.release_webhooks, self._owner)
 
     async def _start_pending(self, client: httpx.AsyncClient) -> None:
         try:
-            pending = await asyncio.to_thread(self._store.pending_webhooks)
+            pending = await asyncio.to_thread(self._store.claim_webhooks, self._owner, self._lease_s)
         except Exception:
-            log.exception("could not list pending webhooks")
+            log.exception("could not claim pending webhooks")
             return
         for job_id in pending:
             if job_id not in self._inflight:
-                task = asyncio.create_task(self._deliver(client, job_id))
+                task = asyncio.create_task(self._held(client, job_id))
                 self._inflight[job_id] = task
                 task.add_done_callback(functools.partial(self._forget, job_id))
 
     def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(job_id, None)
+
+    async def _held(self, client: httpx.AsyncClient, job_id: str) -> None:
+        """Deliver while renewing this replica's claim on the delivery; stop if the claim is lost."""
+        delivery = asyncio.create_task(self._deliver(client, job_id))
+        holding = asyncio.create_task(self._hold(job_id))
+        try:
+            await asyncio.wait({delivery, holding}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (delivery, holding):
+                task.cancel()
+            await asyncio.gather(delivery, holding, return_exceptions=True)
+
+    async def _hold(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                held = await asyncio.to_thread(self._store.hold_webhook, job_id, self._owner, self._lease_s)
+            except Exception:  # a hiccup: the lease still has two thirds left; the next renewal tries again
+                log.exception("could not renew a webhook delivery's claim", extra={"job_id": job_id})
+                continue
+            if not held:
+                log.warning("webhook delivery claimed elsewhere; stopping here", extra={"job_id": job_id})
+                return
 
     async def _deliver(self, client: httpx.AsyncClient, job_id: str) -> None:
         try:

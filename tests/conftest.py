@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["support.stubs", "support.procs"]
+pytest_plugins = ["support.databases", "support.stubs", "support.procs"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

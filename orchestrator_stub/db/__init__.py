@@ -1,23 +1,26 @@
-"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts, output targets. All SQL lives in this
-package.
+"""The stub's store: jobs, workers, attempts, webhook and dispatch attempts, output targets. All SQL lives in
+this package.
 
-One connection, guarded by a lock, in WAL mode with `synchronous=FULL`: a committed change survives a
-crash of the process or the machine. Every public method is one transaction (`BEGIN IMMEDIATE`, so
-even a second process on the same file cannot interleave), which makes a claim atomic: two workers
-never get the same job. Times are Unix seconds (wall clock, so leases survive a restart).
+One database, SQLite (a file: the embedded default) or PostgreSQL (any number of stub processes, "replicas",
+on one database), reached through SQLAlchemy Core (`engine.py`); the schema is Alembic's (`migrate.py`). Every
+public method is one transaction, which makes a claim atomic: two workers never get the same job, whether they
+asked one replica or two. Committed means durable on both. Times are Unix seconds from the database's clock
+(PostgreSQL) or the process's (SQLite), so leases survive a restart.
 
-`Store` is put together from one mixin per responsibility so that each module stays one job:
-`schema` (tables, file, connection), `base` (transactions and the shared transitions), `jobs` (the
-public API's side), `claims` (the worker's side: claims, leases, statuses), `records` (workers,
-webhook and dispatch attempts), `targets` (v1.2 output targets). Callers import everything from here.
+`Store` is put together from one mixin per responsibility so that each module stays one job: `base`
+(transactions, change notices and the shared transitions), `jobs` (the public API's side), `claims` (the
+worker's side: claims, leases, statuses), `records` (workers, webhook and dispatch attempts), `targets` (v1.2
+output targets), `fleet` (queue figures and quarantine). Callers import everything from here.
 """
 
 from __future__ import annotations
 
-from orchestrator_stub.db.claims import Claimed, ClaimsMixin, LeaseState, StatusOutcome
+from orchestrator_stub.db.claims import ClaimAnswer, Claimed, ClaimsMixin, LeaseState, StatusOutcome
+from orchestrator_stub.db.engine import BadDatabaseUrl, Database, mask_password
+from orchestrator_stub.db.fleet import FleetFigures, FleetMixin
 from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin, QueueFull
 from orchestrator_stub.db.records import RecordsMixin
-from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, UnencodableText
+from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, Queued, UnencodableText
 from orchestrator_stub.db.targets import TargetsMixin
 
 __all__ = [
@@ -25,16 +28,22 @@ __all__ = [
     "FINAL",
     "HELD",
     "STATUSES",
+    "BadDatabaseUrl",
     "CancelOutcome",
+    "ClaimAnswer",
     "Claimed",
+    "Database",
+    "FleetFigures",
     "IdempotencyConflict",
     "LeaseState",
     "QueueFull",
+    "Queued",
     "StatusOutcome",
     "Store",
     "UnencodableText",
+    "mask_password",
 ]
 
 
-class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin):
+class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin, FleetMixin):
     """The job store; thread-safe, each public method one transaction."""

@@ -1,23 +1,32 @@
-"""The store's connection, its transactions, and the state changes several operations share.
+"""The store's transactions, the change notices they send, and the state changes several operations share.
 
-Every public method of `Store` is one transaction (`BEGIN IMMEDIATE`, so even a second process on the
-same file cannot interleave). The helpers here run inside one: expiring leases, requeueing and
-finishing a job are reached from claims, heartbeats, status reports and cancels alike, so they are
-stated once, below the mixins that use them.
+Every public method of `Store` is one transaction (`engine.Database.transaction`). The helpers here run inside
+one: expiring leases, requeueing and finishing a job are reached from claims, heartbeats, status reports and
+cancels alike, so they are stated once, below the mixins that use them.
+
+Change notices: a job that became final (its webhook is due) and a job that became claimable (a waiting claim
+may take it) are announced once the transaction commits: to this process's listeners directly, and on
+PostgreSQL also with NOTIFY (sent at commit, so never for a change that was rolled back), which the other
+replicas' listeners (`notify.Listener`) pass to theirs.
+
+Every attempt is kept in `attempts` from its claim to its end (completed, failed, requeued, expired,
+cancelled), with whether the ending counts against the worker (`fault`): quarantine (`fleet.py`) and the
+claim and lease-expiry counters read it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator_stub.db.schema import HELD_SQL, connect, dumps, loads
+from sqlalchemy.engine import RowMapping
+
+from orchestrator_stub.db import migrate
+from orchestrator_stub.db.engine import Database, Tx
+from orchestrator_stub.db.schema import DISPATCHER_ID, HELD_SQL, Queued, dumps, loads
 from orchestrator_stub.leases import Expiry, expiry_error, expiry_outcome
 
 # The name the store logged under before it was split: log filters and tests keep working.
@@ -27,102 +36,160 @@ log = logging.getLogger("orchestrator_stub.db")
 MAX_GPU_CLASS_CHARS = 64
 MAX_GPU_NAME_CHARS = 128
 MAX_MESSAGE_CHARS = 2000  # a progress message or a worker's error message, as stored and shown
+ALL_ROWS = 2**62  # LIMIT for "no limit" with an OFFSET: SQLite needs a LIMIT there, PostgreSQL takes no -1
+FINAL_CHANNEL = "stub_final"
+QUEUED_CHANNEL = "stub_queued"
+SUBMIT_LOCK = 0x57_1B_DB_01  # PostgreSQL advisory lock: submissions one at a time (the queue cap, Idempotency-Key)
+# Error codes that count against the worker an attempt ran on: the box failed, not the job's input.
+SEEN_WINDOW_S = 60.0  # a worker heard from (a claim or a heartbeat) this recently counts as "seen"
+FAULT_CODES = frozenset({"out_of_memory", "generation_failed", "upload_failed", "timeout", "internal"})
 
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def is_fault(outcome: str, error: dict[str, Any] | None) -> bool:
+    """Whether an attempt's ending counts against its worker: a lease it let run out, or a failure of the box
+    (crash, out of memory, timeout, an upload or result that failed), never a cancel or a bad input."""
+    if outcome == "expired":
+        return True
+    return outcome in ("failed", "requeued") and (error or {}).get("code") in FAULT_CODES
+
+
 class StoreBase:
-    """The connection, its lock and the shared transitions; `Store` adds the operations."""
+    """The database, the change notices, and the shared transitions; `Store` adds the operations."""
 
     def __init__(
         self,
-        path: Path,
+        database: str | Path | Database,
         *,
         lease_seconds: float,
         max_attempts: int,
         on_final: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        on_queued: Callable[[Queued], None] | None = None,
+        clock: Callable[[], float] | None = None,
         max_queued_jobs: int | None = None,
         max_workers: int = 1000,
         worker_retention_s: float = 24 * 3600.0,
+        retry_elsewhere_s: float = 0.0,
+        quarantine_after: int = 3,
+        quarantine_s: float = 600.0,
     ) -> None:
+        self.db = database if isinstance(database, Database) else Database(database)
+        self.revision = migrate.upgrade(self.db)
         self.lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self.max_queued_jobs = max_queued_jobs
         self._max_workers = max_workers
         self._worker_retention_s = worker_retention_s
+        self.retry_elsewhere_s = retry_elsewhere_s
+        self.quarantine_after = quarantine_after
+        self.quarantine_s = quarantine_s
         self._on_final = on_final
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._conn = connect(path)
+        self._on_queued = on_queued
+        self._clock = clock  # None: the database's clock (PostgreSQL) or this process's (SQLite)
+
+    @property
+    def backend(self) -> str:
+        return self.db.backend
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.dispose()
+
+    def now(self) -> float:
+        """The time leases and `updated_at` are measured in (an injected clock, else the database's)."""
+        return self._clock() if self._clock is not None else self.db.now()
+
+    def subscribe(self, on_final: Callable[[str], None] | None, on_queued: Callable[[Queued], None] | None) -> None:
+        """Where change notices go (set once the app's loop runs)."""
+        self._on_final, self._on_queued = on_final, on_queued
+
+    def announce_final(self, job_id: str) -> None:
+        if self._on_final is not None:
+            self._on_final(job_id)
+
+    def announce_queued(self, queued: Queued | None) -> None:
+        """None: anything may have been queued (notices were missed while the listener reconnected)."""
+        if self._on_queued is not None:
+            self._on_queued(queued)  # type: ignore[arg-type]
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[tuple[sqlite3.Connection, list[str]]]:
-        """One write transaction; yields the connection and a list to append jobs that became final."""
-        finals: list[str] = []
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn, finals
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        # Outside the lock and after COMMIT, so the listener sees the committed row.
-        for job_id in finals:
-            if self._on_final:
-                self._on_final(job_id)
+    def _tx(self) -> Iterator[Tx]:
+        """One write transaction; the change notices it collected go out once it committed."""
+        with self.db.transaction(self._clock) as tx:
+            yield tx
+            if self.db.postgres:  # delivered at COMMIT, to every replica's listener (this one's skips its own)
+                for job_id in tx.finals:
+                    tx.run("SELECT pg_notify(:channel, :payload)", channel=FINAL_CHANNEL, payload=job_id)
+                for queued in tx.queued:
+                    tx.run("SELECT pg_notify(:channel, :payload)", channel=QUEUED_CHANNEL, payload=queued.payload())
+        # Outside the transaction: the listener sees the committed row.
+        for job_id in tx.finals:
+            self.announce_final(job_id)
+        for queued in tx.queued:
+            self.announce_queued(queued)
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    def _rows(self, sql: str, **params: Any) -> Sequence[RowMapping]:
+        with self.db.reading(self._clock) as tx:
+            return tx.rows(sql, **params)
 
     # ---- helpers (inside a transaction) ---------------------------------------------------------
 
-    def _touch_worker(self, db: sqlite3.Connection, worker_id: str, gpu_class: str, now: float) -> None:
-        known = db.execute("SELECT 1 FROM workers WHERE worker_id = ?", (worker_id,)).fetchone() is not None
-        db.execute(
-            "INSERT INTO workers (worker_id, gpu_class, first_seen, last_seen) VALUES (?, ?, ?, ?)"
+    def _touch_worker(self, tx: Tx, worker_id: str, gpu_class: str) -> None:
+        known = tx.row("SELECT 1 AS known FROM workers WHERE worker_id = :w", w=worker_id) is not None
+        tx.run(
+            "INSERT INTO workers (worker_id, gpu_class, first_seen, last_seen) VALUES (:w, :g, :now, :now)"
             " ON CONFLICT (worker_id) DO UPDATE SET gpu_class = excluded.gpu_class, last_seen = excluded.last_seen",
-            (worker_id, clip(gpu_class, MAX_GPU_CLASS_CHARS), now, now),
+            w=worker_id,
+            g=clip(gpu_class, MAX_GPU_CLASS_CHARS),
+            now=tx.now,
         )
         if not known:  # only a new worker can push the table past its cap: made-up ids cost no more than this
-            self._prune_workers(db, now)
+            self._prune_workers(tx)
 
-    def _prune_workers(self, db: sqlite3.Connection, now: float) -> None:
-        """Forget workers unheard of for `worker_retention_s`, then the least recently heard past `max_workers`."""
-        db.execute("DELETE FROM workers WHERE last_seen < ?", (now - self._worker_retention_s,))
-        db.execute(
-            "DELETE FROM workers WHERE worker_id IN"
-            " (SELECT worker_id FROM workers ORDER BY last_seen DESC, worker_id LIMIT -1 OFFSET ?)",
-            (self._max_workers,),
+    def _prune_workers(self, tx: Tx) -> None:
+        """Forget workers unheard of for `worker_retention_s`, then the least recently heard past `max_workers`.
+
+        Rows another replica's transaction holds are skipped, never waited for (no deadlock): the next prune
+        takes them."""
+        skip = self.db.skip_locked
+        tx.run(
+            f"DELETE FROM workers WHERE worker_id IN (SELECT worker_id FROM workers WHERE last_seen < :before{skip})",
+            before=tx.now - self._worker_retention_s,
+        )
+        tx.run(
+            "DELETE FROM workers WHERE worker_id IN (SELECT worker_id FROM workers"
+            f" ORDER BY last_seen DESC, worker_id LIMIT :all OFFSET :keep{skip})",
+            all=ALL_ROWS,
+            keep=self._max_workers,
         )
 
-    def _renew(self, db: sqlite3.Connection, job_id: str, worker_id: str, now: float) -> bool:
-        cur = db.execute(
-            f"UPDATE jobs SET lease_expires_at = ? WHERE job_id = ? AND worker_id = ? AND status IN {HELD_SQL}",
-            (now + self.lease_seconds, job_id, worker_id),
+    def _renew(self, tx: Tx, job_id: str, worker_id: str) -> bool:
+        return (
+            tx.count(
+                "UPDATE jobs SET lease_expires_at = :until"
+                f" WHERE job_id = :j AND worker_id = :w AND status IN {HELD_SQL}",
+                until=tx.now + self.lease_seconds,
+                j=job_id,
+                w=worker_id,
+            )
+            > 0
         )
-        return cur.rowcount > 0
 
-    def _lost(self, db: sqlite3.Connection, job_id: str, worker_id: str) -> bool:
+    def _lost(self, tx: Tx, job_id: str, worker_id: str) -> bool:
         """A job the worker still works on but no longer holds (its lease ran out): it should stop."""
-        row = db.execute("SELECT final_by FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = tx.row("SELECT final_by FROM jobs WHERE job_id = :j", j=job_id)
         # Not for a job this worker itself just finished: its heartbeat may simply predate its status call.
         return row is not None and row["final_by"] != worker_id
 
-    def _expire(self, db: sqlite3.Connection, finals: list[str], now: float) -> None:
-        rows = db.execute(
-            f"SELECT job_id, attempt, cancel_requested, worker_id FROM jobs"
-            f" WHERE status IN {HELD_SQL} AND lease_expires_at <= ?",
-            (now,),
-        ).fetchall()
+    def _expire(self, tx: Tx) -> None:
+        # SKIP LOCKED: a lease another replica is expiring (or a worker is renewing) right now is theirs.
+        rows = tx.rows(
+            "SELECT job_id, attempt, cancel_requested, worker_id FROM jobs"
+            f" WHERE status IN {HELD_SQL} AND lease_expires_at <= :now ORDER BY seq{self.db.skip_locked}",
+            now=tx.now,
+        )
         for row in rows:
             outcome = expiry_outcome(row["attempt"], bool(row["cancel_requested"]), self._max_attempts)
             log.warning(
@@ -135,30 +202,41 @@ class StoreBase:
                 },
             )
             error = expiry_error(outcome, row["attempt"], self.lease_seconds)
+            ended = "cancelled" if outcome is Expiry.cancelled else "expired"
+            self._end_attempt(tx, row["job_id"], row["attempt"], row["worker_id"], ended, error)
             if outcome is Expiry.requeue:
-                self._requeue(db, row["job_id"], row["attempt"], row["worker_id"], error, now)
+                self._requeue(tx, row["job_id"], row["attempt"], row["worker_id"], error)
             else:
-                self._finish(db, finals, row["job_id"], "failed", None, error, None, now)
+                self._finish(tx, row["job_id"], "failed", None, error, None)
 
-    def _requeue(
-        self,
-        db: sqlite3.Connection,
-        job_id: str,
-        attempt: int,
-        worker_id: str | None,
-        error: dict[str, Any],
-        now: float,
-    ) -> None:
-        """Back to the queue (the next claim is attempt + 1), keeping why this attempt ended. No webhook: not final."""
-        db.execute(
+    def _requeue(self, tx: Tx, job_id: str, attempt: int, worker_id: str | None, error: dict[str, Any]) -> None:
+        """Back to the queue (the next claim is attempt + 1), keeping why this attempt ended. No webhook: not final.
+
+        The worker it failed on is passed over for `retry_elsewhere_s`: another worker claiming meanwhile gets it
+        (a bad box must not take the same job straight back), and after that anyone may, that worker too."""
+        avoid = worker_id if worker_id not in (None, DISPATCHER_ID) and self.retry_elsewhere_s > 0 else None
+        if avoid is not None and not self._other_workers(tx, avoid):
+            avoid = None  # nobody else could take it: passing it over would only make the job wait
+        shape = tx.row(
             "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, stage = 'queued',"
-            " progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = ? WHERE job_id = ?",
-            (now, job_id),
+            " progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = :now,"
+            " avoid_worker_id = :avoid, avoid_until = :until WHERE job_id = :j"
+            " RETURNING mode, width, height, num_frames",
+            now=tx.now,
+            avoid=avoid,
+            until=tx.now + self.retry_elsewhere_s if avoid else None,
+            j=job_id,
         )
-        db.execute(
-            "INSERT INTO requeues (job_id, attempt, worker_id, at, error) VALUES (?, ?, ?, ?, ?)",
-            (job_id, attempt, worker_id, now, dumps(error)),
+        tx.run(
+            "INSERT INTO requeues (job_id, attempt, worker_id, at, error) VALUES (:j, :a, :w, :now, :e)",
+            j=job_id,
+            a=attempt,
+            w=worker_id,
+            now=tx.now,
+            e=dumps(error),
         )
+        if shape is not None:
+            tx.queued.append(Queued(job_id, shape["mode"], shape["width"], shape["height"], shape["num_frames"]))
         log.info(
             "job requeued",
             extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "error_code": error.get("code")},
@@ -166,28 +244,115 @@ class StoreBase:
 
     def _finish(
         self,
-        db: sqlite3.Connection,
-        finals: list[str],
+        tx: Tx,
         job_id: str,
         status: str,
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         final_by: str | None,
-        now: float,
     ) -> None:
         """Make a job final; a webhook becomes pending in the same transaction, so none is ever skipped."""
-        db.execute(
-            "UPDATE jobs SET status = ?, result = ?, error = ?, final_by = ?, lease_expires_at = NULL,"
-            " progress = CASE WHEN ? = 'completed' THEN 1.0 ELSE progress END,"
+        tx.run(
+            "UPDATE jobs SET status = :s, result = :r, error = :e, final_by = :by, lease_expires_at = NULL,"
+            " progress = CASE WHEN :done = 1 THEN 1.0 ELSE progress END,"
             " webhook_state = CASE WHEN notify_url IS NULL THEN NULL ELSE 'pending' END,"
-            " completed_at = ?, updated_at = ? WHERE job_id = ?",
-            (status, dumps(result), dumps(error), final_by, status, now, now, job_id),
+            " webhook_owner = NULL, webhook_lease_until = NULL, avoid_worker_id = NULL, avoid_until = NULL,"
+            " completed_at = :now, updated_at = :now WHERE job_id = :j",
+            s=status,
+            done=int(status == "completed"),
+            r=dumps(result),
+            e=dumps(error),
+            by=final_by,
+            now=tx.now,
+            j=job_id,
         )
-        finals.append(job_id)
+        tx.finals.append(job_id)
         log.info("job final", extra={"job_id": job_id, "status": status, "error_code": (error or {}).get("code")})
 
+    def _other_workers(self, tx: Tx, worker_id: str) -> bool:
+        """Whether a worker other than this one (and the dispatcher) was heard from in the last minute."""
+        row = tx.row(
+            "SELECT 1 AS other FROM workers WHERE worker_id <> :w AND worker_id <> :d AND last_seen >= :since LIMIT 1",
+            w=worker_id,
+            d=DISPATCHER_ID,
+            since=tx.now - SEEN_WINDOW_S,
+        )
+        return row is not None
+
+    def _start_attempt(self, tx: Tx, job_id: str, attempt: int, worker_id: str) -> None:
+        tx.run(
+            "INSERT INTO attempts (job_id, attempt, worker_id, claimed_at) VALUES (:j, :a, :w, :now)",
+            j=job_id,
+            a=attempt,
+            w=worker_id,
+            now=tx.now,
+        )
+
+    def _end_attempt(
+        self, tx: Tx, job_id: str, attempt: int, worker_id: str | None, outcome: str, error: dict[str, Any] | None
+    ) -> None:
+        """Record how an attempt ended (once: a later ending of the same attempt changes nothing)."""
+        fault = is_fault(outcome, error)
+        tx.run(
+            "UPDATE attempts SET ended_at = :now, outcome = :o, error_code = :code, fault = :fault"
+            " WHERE job_id = :j AND attempt = :a AND ended_at IS NULL",
+            now=tx.now,
+            o=outcome,
+            code=(error or {}).get("code"),
+            fault=int(fault),
+            j=job_id,
+            a=attempt,
+        )
+        if fault and worker_id and worker_id != DISPATCHER_ID:
+            self._check_quarantine(tx, worker_id)
+
+    def _check_quarantine(self, tx: Tx, worker_id: str) -> None:
+        """Log the moment a worker's failures put it (back) in quarantine."""
+        if (stuck := self._quarantine(tx, worker_id)) is not None:
+            log.warning(
+                "worker quarantined",
+                extra={"worker_id": worker_id, "failures_in_a_row": stuck[0], "for_s": self.quarantine_s},
+            )
+
+    def _quarantine(self, tx: Tx, worker_id: str) -> tuple[int, float] | None:
+        """(failures in a row, until when) while the worker is in quarantine, else None.
+
+        Its last `quarantine_after` ended attempts counted against it (no completed one since) and the latest
+        ended less than `quarantine_s` ago. It comes back by itself; a further failure then sends it straight
+        back (the streak is broken by a completed job only), so a box that fails everything costs one attempt
+        per `quarantine_s`, not every job's attempts."""
+        if self.quarantine_after <= 0:
+            return None
+        row = tx.row(
+            "SELECT COUNT(*) AS streak, MAX(ended_at) AS last_fault FROM attempts WHERE worker_id = :w AND fault = 1"
+            " AND id > COALESCE((SELECT MAX(id) FROM attempts WHERE worker_id = :w AND outcome = 'completed'), 0)",
+            w=worker_id,
+        )
+        if row is None or row["last_fault"] is None or int(row["streak"]) < self.quarantine_after:
+            return None
+        until = float(row["last_fault"]) + self.quarantine_s
+        return (int(row["streak"]), until) if until > tx.now else None
+
+    def _quarantined(self, tx: Tx) -> dict[str, float]:
+        """{worker id: until when} for every worker in quarantine (`_quarantine`'s rule, for all at once): only
+        workers with a fault in the last `quarantine_s` can be, so only theirs are counted."""
+        if self.quarantine_after <= 0:
+            return {}
+        since = tx.now - self.quarantine_s
+        rows = tx.rows(
+            "SELECT a.worker_id, MAX(a.ended_at) AS last_fault FROM attempts a"
+            " WHERE a.fault = 1 AND a.worker_id IN"
+            " (SELECT DISTINCT worker_id FROM attempts WHERE fault = 1 AND ended_at > :since)"
+            " AND a.id > COALESCE((SELECT MAX(b.id) FROM attempts b"
+            " WHERE b.worker_id = a.worker_id AND b.outcome = 'completed'), 0)"
+            " GROUP BY a.worker_id HAVING COUNT(*) >= :k AND MAX(a.ended_at) > :since",
+            since=since,
+            k=self.quarantine_after,
+        )
+        return {row["worker_id"]: float(row["last_fault"]) + self.quarantine_s for row in rows}
+
     @staticmethod
-    def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
+    def _job_dict(row: RowMapping) -> dict[str, Any]:
         job = dict(row)
         for key in ("input", "result", "error"):
             job[key] = loads(job[key])
