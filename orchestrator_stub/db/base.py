@@ -136,16 +136,18 @@ class StoreBase:
 
     # ---- helpers (inside a transaction) ---------------------------------------------------------
 
-    def _touch_worker(self, tx: Tx, worker_id: str, gpu_class: str) -> None:
-        known = tx.row("SELECT 1 AS known FROM workers WHERE worker_id = :w", w=worker_id) is not None
-        tx.run(
-            "INSERT INTO workers (worker_id, gpu_class, first_seen, last_seen) VALUES (:w, :g, :now, :now)"
-            " ON CONFLICT (worker_id) DO UPDATE SET gpu_class = excluded.gpu_class, last_seen = excluded.last_seen",
+    def _touch_worker(self, tx: Tx, worker_id: str, gpu_class: str, job_id: str | None = None) -> None:
+        """Record that the worker was heard from (and, after a claim, the job it took)."""
+        first_seen = tx.scalar(
+            "INSERT INTO workers (worker_id, gpu_class, first_seen, last_seen, job_id) VALUES (:w, :g, :now, :now, :j)"
+            " ON CONFLICT (worker_id) DO UPDATE SET gpu_class = excluded.gpu_class, last_seen = excluded.last_seen,"
+            " job_id = COALESCE(excluded.job_id, workers.job_id) RETURNING first_seen",
             w=worker_id,
             g=clip(gpu_class, MAX_GPU_CLASS_CHARS),
             now=tx.now,
+            j=job_id,
         )
-        if not known:  # only a new worker can push the table past its cap: made-up ids cost no more than this
+        if first_seen == tx.now:  # only a new worker can push the table past its cap: made-up ids cost no more
             self._prune_workers(tx)
 
     def _prune_workers(self, tx: Tx) -> None:
@@ -158,12 +160,19 @@ class StoreBase:
             f"DELETE FROM workers WHERE worker_id IN (SELECT worker_id FROM workers WHERE last_seen < :before{skip})",
             before=tx.now - self._worker_retention_s,
         )
-        tx.run(
-            "DELETE FROM workers WHERE worker_id IN (SELECT worker_id FROM workers"
-            f" ORDER BY last_seen DESC, worker_id LIMIT :all OFFSET :keep{skip})",
+        # The rows past the cap are chosen without locks, then those not held elsewhere are deleted: a locking
+        # subquery with an OFFSET would lock every row it passes, and every new worker's claim would wait on it.
+        over = tx.rows(
+            "SELECT worker_id FROM workers ORDER BY last_seen DESC, worker_id LIMIT :all OFFSET :keep",
             all=ALL_ROWS,
             keep=self._max_workers,
         )
+        if over:
+            tx.run(
+                "DELETE FROM workers WHERE worker_id IN"
+                f" (SELECT worker_id FROM workers WHERE worker_id IN :ids{skip})",
+                ids=[row["worker_id"] for row in over],
+            )
 
     def _renew(self, tx: Tx, job_id: str, worker_id: str) -> bool:
         return (

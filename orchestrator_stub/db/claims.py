@@ -90,13 +90,11 @@ class ClaimsMixin(StoreBase):
         modes = list(dict.fromkeys(caps.modes))
         with self._tx() as tx:
             self._expire(tx)
-            self._touch_worker(tx, worker_id, gpu_class)
             if worker_id != DISPATCHER_ID and (stuck := self._quarantine(tx, worker_id)) is not None:
+                self._touch_worker(tx, worker_id, gpu_class)
                 return ClaimAnswer(None, quarantined_until=stuck[1], streak=stuck[0])
-            if not modes:
-                return ClaimAnswer(None)
             fits = "mode IN :modes AND width <= :w AND height <= :h AND num_frames <= :f"
-            shape = {"modes": modes, "w": caps.max_width, "h": caps.max_height, "f": caps.max_frames}
+            shape = {"modes": modes or [""], "w": caps.max_width, "h": caps.max_height, "f": caps.max_frames}
             row = tx.row(
                 f"SELECT job_id, input, attempt FROM jobs WHERE status = 'queued' AND {fits}"
                 " AND (avoid_worker_id IS NULL OR avoid_worker_id <> :me OR avoid_until <= :now)"
@@ -105,6 +103,7 @@ class ClaimsMixin(StoreBase):
                 now=tx.now,
                 **shape,
             )
+            self._touch_worker(tx, worker_id, gpu_class, row["job_id"] if row else None)
             if row is None:
                 retry_at = tx.scalar(
                     f"SELECT MIN(avoid_until) FROM jobs WHERE status = 'queued' AND {fits}"
@@ -127,7 +126,6 @@ class ClaimsMixin(StoreBase):
                 hash=secret and secret_hash(secret),
                 j=row["job_id"],
             )
-            tx.run("UPDATE workers SET job_id = :j WHERE worker_id = :w", j=row["job_id"], w=worker_id)
             self._start_attempt(tx, row["job_id"], attempt, worker_id)
         log.info(
             "job claimed",
