@@ -169,8 +169,7 @@ class StoreBase:
         )
         if over:
             tx.run(
-                "DELETE FROM workers WHERE worker_id IN"
-                f" (SELECT worker_id FROM workers WHERE worker_id IN :ids{skip})",
+                f"DELETE FROM workers WHERE worker_id IN (SELECT worker_id FROM workers WHERE worker_id IN :ids{skip})",
                 ids=[row["worker_id"] for row in over],
             )
 

@@ -87,7 +87,7 @@ class ClaimsMixin(StoreBase):
 
         The oldest fitting job is taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL: two replicas' claims at
         the same moment each get another job (or none), never the same one."""
-        modes = list(dict.fromkeys(caps.modes))
+        modes: list[str] = list(dict.fromkeys(caps.modes))
         with self._tx() as tx:
             self._expire(tx)
             if worker_id != DISPATCHER_ID and (stuck := self._quarantine(tx, worker_id)) is not None:
