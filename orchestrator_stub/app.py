@@ -94,7 +94,7 @@ def create_app(settings: StubSettings) -> FastAPI:
     docs = settings.STUB_API_DOCS
     app = FastAPI(
         title="orchestrator_stub",
-        version="1.2",
+        version="1.3",
         lifespan=lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
