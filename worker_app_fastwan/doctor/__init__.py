@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from worker_app_fastwan.doctor import checks
+from worker_app_fastwan.doctor import checks, image
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
 from worker_app_fastwan.exit_codes import ExitCode
@@ -52,7 +52,8 @@ def run_doctor(
             found.append(check)
             print(check.line(secrets), file=stream, flush=True)
 
-    emit(checks.settings_check(settings), checks.state_dir_check(settings))
+    emit(checks.settings_check(settings), checks.state_dir_check(settings), image.folders_check(settings))
+    emit(image.driver_check(settings, *image.torch_build(), image.host_driver()))
     # The tiny backend runs on the CPU: probing CUDA (a process that imports torch) would tell nothing it needs.
     facts = CudaFacts() if settings.PIPELINE_BACKEND == "tiny" else probe_in_child()
     emit(*checks.cuda_checks(settings, facts))
