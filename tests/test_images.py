@@ -107,15 +107,15 @@ def test_the_default_image_compiles_nothing_and_carries_no_fastvideo():
     """Its stages take wheels only, at constraints.txt's pins; fastvideo and the CUDA devel image are elsewhere."""
     all_stages = stages("Dockerfile.fastwan")
     default = chain(all_stages, "worker")
-    assert set(default) == {"worker", "runtime", "image", "os", "model", "extras", "builder", "deps"}
+    assert set(default) == {"worker", "runtime", "image", "os", "model", "app", "deps"}
     text = "".join(code(all_stages[name]) for name in default)
     installs = text.replace("FastVideo/FastWan2.2", "")  # the model's hub name is not the package
     assert "fastvideo" not in installs.lower() and "DEVEL_IMAGE" not in text and "build-essential" not in text
     assert "PIP_ONLY_BINARY=:all:" in all_stages["deps"] and "PIP_CONSTRAINT=/src/constraints.txt" in all_stages["deps"]
-    assert "--no-deps" in all_stages["builder"], "the project goes in without resolving anything again"
+    assert "fastwan.pth" in all_stages["app"], "the project's code joins the virtualenv without pip"
     # fastvideo's target: its own virtualenv over the same runtime, from the devel builder.
     fastvideo = chain(all_stages, "fastvideo")
-    assert "fastvideo-builder" in fastvideo and "deps" not in fastvideo and "builder" not in fastvideo
+    assert "fastvideo-builder" in fastvideo and "deps" not in fastvideo
     stub = stages("Dockerfile.stub")
     assert "--only-binary=:all:" in stub["builder"] and "PIP_CONSTRAINT=/src/constraints.txt" in stub["builder"]
 
