@@ -561,11 +561,16 @@ def step_buffer(run: Run) -> str:
     wait(lambda: _ok(f"{run.stub_url}/health"), 60, "the stub's /health")
     run.figures["stub_start_to_ready_s"] = round(time.monotonic() - began, 1)
     state = run.volume("state")
-    first = run.submit()
     began = time.monotonic()
     name = run.worker("buffer-1", "-v", f"{state}:/var/lib/fastwan")
+    wait(lambda: "claiming jobs" in logs_tail(name, 200) or not container_state(name)["Running"], 240,
+         "the worker's `claiming jobs`", interval_s=1)  # fmt: skip
+    if not container_state(name)["Running"]:
+        raise StepFailed(f"the worker exited: {logs_tail(name)}")
+    run.figures["buffer_start_to_ready_s"] = round(time.monotonic() - began, 1)
+    first = run.submit()
     view = run.wait_status(first, {"completed", "failed"}, 240, f" (worker log: {logs_tail(name)})")
-    run.figures["worker_start_to_first_job_s"] = round(time.monotonic() - began, 1)
+    run.figures["buffer_first_job_s"] = round(time.monotonic() - began, 1)
     if view["status"] != "completed":
         raise StepFailed(f"the first job failed: {view['error']}")
     second = run.submit(PACED)
@@ -587,7 +592,8 @@ def step_buffer(run: Run) -> str:
             raise StepFailed(f"the job stopped mid-run ended {view['status']}: {view['error']}")
         how += f", completed by the next container (attempts {view['attempts']})"
     return (
-        f"first job completed {run.figures['worker_start_to_first_job_s']} s after docker run; docker stop mid-job: "
+        f"ready (claiming) {run.figures['buffer_start_to_ready_s']} s after docker run, first job completed at "
+        f"{run.figures['buffer_first_job_s']} s; docker stop mid-job: "
         f"exit 0 in {took:.1f} s; that job {how}"
     )
 
@@ -670,10 +676,10 @@ def step_zombies(run: Run) -> str:
     before = processes(name)
     if "tini" not in before.get("1", {}).get("cmd", ""):
         raise StepFailed(f"PID 1 is not tini: {before.get('1')}")
-    children = [pid for pid, p in before.items() if "spawn_main" in p["cmd"] or "gpu_child" in p["cmd"]]
+    children = [pid for pid, p in before.items() if "spawn_main" in p["cmd"]]  # multiprocessing's spawn
     if not children:
         raise StepFailed(f"no GPU process found among {[p['cmd'] for p in before.values()]}")
-    docker("exec", name, "kill", "-KILL", *children)
+    docker("exec", name, "bash", "-c", f"kill -KILL {' '.join(children)}")
     # An orphan: the exec'd shell exits at once, its `sleep` is re-parented to PID 1 and exits 1 s later.
     docker("exec", name, "bash", "-c", "sleep 1 & exit 0")
     time.sleep(4)

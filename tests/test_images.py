@@ -107,7 +107,7 @@ def test_the_default_image_compiles_nothing_and_carries_no_fastvideo():
     """Its stages take wheels only, at constraints.txt's pins; fastvideo and the CUDA devel image are elsewhere."""
     all_stages = stages("Dockerfile.fastwan")
     default = chain(all_stages, "worker")
-    assert set(default) == {"worker", "runtime", "image", "os", "model", "app", "deps"}
+    assert set(default) == {"worker", "runtime", "image", "os", "model", "app", "deps", "requirements"}
     text = "".join(code(all_stages[name]) for name in default)
     installs = text.replace("FastVideo/FastWan2.2", "")  # the model's hub name is not the package
     assert "fastvideo" not in installs.lower() and "DEVEL_IMAGE" not in text and "build-essential" not in text
