@@ -5,16 +5,16 @@
 #    LOCAL_OUTPUT_DIR and gives them to that user (Docker creates a missing bind-mount folder as root), then
 #    runs again as that user, as the official database images do. Nothing else ever runs as root.
 # 1. Checks the environment before anything starts (`python -m worker_app_fastwan check-settings`): one
-#    line per bad or missing variable on stderr, then exit 2. Values of secrets are never printed.
+#    line per bad or missing variable on stderr, then exit 2. Values of secrets are never printed. Then the
+#    folders the worker writes: one it cannot write (a read-only mount, another user's folder root could not
+#    take) is named, with the fix, in one line.
 # 2. WORKER_MODE=queue (SaladCloud): runs `python -m worker_app_fastwan serve` and, when it is on PATH,
 #    SaladCloud's job-queue worker binary, which POSTs jobs to http://localhost:$PORT/generate. The two are
 #    supervised together: if either exits, the other is stopped and this script exits non-zero, so the
 #    container restarts instead of idling half-alive. SIGTERM/SIGINT is forwarded to both; the app drains
 #    (DRAIN_TIMEOUT_S) and the script exits 0 when the app did.
 # 3. WORKER_MODE=buffer (Vast.ai, local box): execs `python -m worker_app_fastwan buffer`, which then gets
-#    the container's signals directly. The check of step 1 includes the folders the worker writes: one it
-#    cannot write (a read-only mount, a folder of another user that root could not take) is named, with the
-#    fix, in one line.
+#    the container's signals directly.
 # 4. `run_fastwan_worker.sh doctor [--load] [--generate]` (e.g. `docker run … IMAGE doctor`): execs
 #    `python -m worker_app_fastwan doctor`, which checks whether this box can serve as configured.
 #
