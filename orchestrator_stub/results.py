@@ -107,7 +107,7 @@ class ResultRules:
             self._check_own_route(parsed.video_url, f"/v1/jobs/{job_id}/video", "video_url")
             if parsed.poster_url is not None:
                 self._check_own_route(parsed.poster_url, f"/v1/jobs/{job_id}/poster", "poster_url")
-            return parsed.model_dump(mode="json")
+            return parsed.model_dump(mode="json", exclude_none=True)  # no poster: as a v1.1 result
         own_key = f"{self.key_prefix}videos/{job_id}/{parsed.sha256}.mp4"
         if parsed.storage_key != own_key:
             raise ResultRefused(f"result.storage_key: must be this job's own object, {own_key}")
@@ -117,7 +117,7 @@ class ResultRules:
             if parsed.poster_key != own_poster or parsed.poster_url is None:
                 raise ResultRefused(f"result.poster_key: must be the video's poster, {own_poster}, with its poster_url")
             self._check_url(parsed.poster_url, own_poster, "poster_url")
-        return parsed.model_dump(mode="json")
+        return parsed.model_dump(mode="json", exclude_none=True)  # no poster: as a v1.1 result
 
     def _check_own_route(self, url: str, path: str, field: str) -> None:
         """A URL on the stub's own origin (the first of `storage.origins`), at exactly `path`."""

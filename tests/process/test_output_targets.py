@@ -75,6 +75,9 @@ class World:
     queue_s3_url: str
 
 
+B2_ORIGINS = "https://*.backblazeb2.com,http://download.example.com"
+
+
 @pytest.fixture(scope="module")
 def world(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:  # noqa: F811
     s3_server.client().create_bucket(Bucket=BUCKET)
@@ -84,9 +87,12 @@ def world(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     queue_s3_port = free_port()
     try:
         stub = stubs.start(**storage_env)
-        plain = stubs.start()
+        # A worker storing with its own key reports URLs on its store: the operator lists that origin.
+        plain = stubs.start(STORAGE_ORIGINS=s3_server.url)
         dispatching = stubs.start("--dispatch-to", f"http://127.0.0.1:{queue_s3_port}/generate", **storage_env)
-        quiet, quiet_plain = stubs.start(**storage_env), stubs.start()
+        # quiet_plain: workers with their own B2 key, prefix "b2/" (b2sdk's simulator serves download.example.com).
+        quiet = stubs.start(**storage_env)
+        quiet_plain = stubs.start(STORAGE_ORIGINS=B2_ORIGINS, STORAGE_PREFIX="b2/")
         started = [
             NoCredentialsWorker.buffer(
                 root / "presigned", stub.url, BUFFER_WORKER_ID="rented-box", STORAGE_BACKEND="presigned"
@@ -203,6 +209,12 @@ def _result(job_id: str, key: str, data: bytes, url: str) -> dict[str, Any]:
     }
 
 
+def _own_result(job_id: str, data: bytes, prefix: str = "") -> dict[str, Any]:
+    """A result on a worker's own B2 bucket: its content-addressed key, on an origin the stub allows."""
+    key = f"{prefix}videos/{job_id}/{hashlib.sha256(data).hexdigest()}.mp4"
+    return _result(job_id, key, data, f"https://f000.backblazeb2.com/file/bucket/{key}")
+
+
 def _claim(stub: StubProcess, worker_id: str, job_id: str, **caps: Any) -> dict[str, Any]:
     for _ in range(50):
         answer = stub.claim(worker_id, capabilities={"modes": ["t2v"], "max_frames": 5, **caps})
@@ -262,12 +274,12 @@ def test_v11_and_v12_together_both_ways(world: World) -> None:
     job_id = world.quiet.submit("an old worker", width=256, height=256, num_frames=5)
     claimed = _claim(world.quiet, "old-worker", job_id)
     assert claimed.get("output") is None
-    body = _result(job_id, f"videos/{job_id}/{'a' * 64}.mp4", b"x", "https://cdn.example.com/v.mp4")
+    body = _own_result(job_id, b"x")
     assert world.quiet.status(job_id, "old-worker", "completed", result=body, attempt=1).status_code == 200
     # A v1.2 worker from a stub without storage (as a v1.1 orchestrator): no target, it stores on its own.
     job_id = world.quiet_plain.submit("an old orchestrator", width=256, height=256, num_frames=5)
     assert _claim(world.quiet_plain, "new-worker", job_id, **CAN_TARGET).get("output") is None
-    body = _result(job_id, f"videos/{job_id}/{'b' * 64}.mp4", b"y", "https://cdn.example.com/w.mp4")
+    body = _own_result(job_id, b"y", prefix="b2/")
     assert world.quiet_plain.status(job_id, "new-worker", "completed", result=body, attempt=1).status_code == 200
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import Settings
-from worker_app_fastwan.doctor import checks
+from worker_app_fastwan.doctor import checks, image
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
 from worker_app_fastwan.doctor.host_memory import host_ram_check
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
@@ -62,7 +62,8 @@ def run_doctor(
             found.append(check)
             print(check.line(secrets), file=stream, flush=True)
 
-    emit(checks.settings_check(settings), checks.state_dir_check(settings))
+    emit(checks.settings_check(settings), checks.state_dir_check(settings), image.folders_check(settings))
+    emit(image.driver_check(settings, *image.torch_build(), image.host_driver()))
     # The tiny backend runs on the CPU: probing CUDA (a process that imports torch) would tell nothing it needs.
     facts = CudaFacts() if settings.PIPELINE_BACKEND == "tiny" else probe_in_child()
     emit(*checks.cuda_checks(settings, facts))

@@ -109,14 +109,33 @@ def _gpu_check(settings: Settings, index: int, name: str, total: float, free: fl
     return ok(label, line)
 
 
-def nvenc_check(settings: Settings) -> Check:
+def nvenc_check(
+    settings: Settings,
+    *,
+    works: bool | None = None,
+    env: dict[str, str] | None = None,
+    library_loads: bool | None = None,
+) -> Check:
+    """Whether ffmpeg encodes with NVENC here; when not, whether the container (not the card) is the reason.
+    `works`, `env` (for NVIDIA_DRIVER_CAPABILITIES) and `library_loads` are this box's facts unless given."""
+    from worker_app_fastwan.doctor.image import granted_capabilities, nvenc_library_loads, nvenc_missing_why
     from worker_app_fastwan.gpu_child.encoder import nvenc_works
 
-    if nvenc_works():
+    if works is None:
+        works = nvenc_works()
+    if works:
         return ok("nvenc", "available: ENCODER=auto encodes on the GPU")
-    if settings.ENCODER == "h264_nvenc":
+    if library_loads is None:
+        library_loads = nvenc_library_loads()
+    why_not = nvenc_missing_why(granted_capabilities(env), library_loads)
+    explicit = settings.ENCODER == "h264_nvenc"
+    if why_not is not None:
+        # A container set-up the operator can fix: a warning (encodes still work, on the CPU), a failure only
+        # where NVENC was asked for explicitly.
+        return (fail if explicit else warn)("nvenc", f"not available: {why_not}; ENCODER={settings.ENCODER}")
+    if explicit:
         return fail("nvenc", "ENCODER=h264_nvenc but this box cannot encode with NVENC; use ENCODER=auto")
-    return skip("nvenc", f"not available here (not every GPU has it); ENCODER={settings.ENCODER} uses libx264")
+    return skip("nvenc", f"not available on this GPU (not every GPU has it); ENCODER={settings.ENCODER} uses libx264")
 
 
 def model_check(settings: Settings) -> Check:
