@@ -9,9 +9,9 @@ may take it) are announced once the transaction commits: to this process's liste
 PostgreSQL also with NOTIFY (sent at commit, so never for a change that was rolled back), which the other
 replicas' listeners (`notify.Listener`) pass to theirs.
 
-Every attempt is kept in `attempts` from its claim to its end (completed, failed, requeued, expired,
-cancelled), with whether the ending counts against the worker (`fault`): quarantine (`fleet.py`) and the
-claim and lease-expiry counters read it.
+Every attempt is kept in `attempts` from its claim to its end (`attempts.py`: completed, failed, requeued,
+expired, cancelled), with whether the ending counts against the worker: quarantine and the claim and
+lease-expiry counters read it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from orchestrator_stub.db import migrate
+from orchestrator_stub.db import attempts, migrate
+from orchestrator_stub.db.attempts import Quarantine
 from orchestrator_stub.db.engine import Database, Tx
 from orchestrator_stub.db.schema import DISPATCHER_ID, HELD_SQL, Queued, dumps, loads
 from orchestrator_stub.leases import Expiry, expiry_error, expiry_outcome
@@ -40,21 +41,10 @@ ALL_ROWS = 2**62  # LIMIT for "no limit" with an OFFSET: SQLite needs a LIMIT th
 FINAL_CHANNEL = "stub_final"
 QUEUED_CHANNEL = "stub_queued"
 SUBMIT_LOCK = 0x57_1B_DB_01  # PostgreSQL advisory lock: submissions one at a time (the queue cap, Idempotency-Key)
-# Error codes that count against the worker an attempt ran on: the box failed, not the job's input.
-SEEN_WINDOW_S = 60.0  # a worker heard from (a claim or a heartbeat) this recently counts as "seen"
-FAULT_CODES = frozenset({"out_of_memory", "generation_failed", "upload_failed", "timeout", "internal"})
 
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def is_fault(outcome: str, error: dict[str, Any] | None) -> bool:
-    """Whether an attempt's ending counts against its worker: a lease it let run out, or a failure of the box
-    (crash, out of memory, timeout, an upload or result that failed), never a cancel or a bad input."""
-    if outcome == "expired":
-        return True
-    return outcome in ("failed", "requeued") and (error or {}).get("code") in FAULT_CODES
 
 
 class StoreBase:
@@ -84,8 +74,7 @@ class StoreBase:
         self._max_workers = max_workers
         self._worker_retention_s = worker_retention_s
         self.retry_elsewhere_s = retry_elsewhere_s
-        self.quarantine_after = quarantine_after
-        self.quarantine_s = quarantine_s
+        self.quarantine = Quarantine(quarantine_after, quarantine_s)
         self._on_final = on_final
         self._on_queued = on_queued
         self._clock = clock  # None: the database's clock (PostgreSQL) or this process's (SQLite)
@@ -223,7 +212,7 @@ class StoreBase:
         The worker it failed on is passed over for `retry_elsewhere_s`: another worker claiming meanwhile gets it
         (a bad box must not take the same job straight back), and after that anyone may, that worker too."""
         avoid = worker_id if worker_id not in (None, DISPATCHER_ID) and self.retry_elsewhere_s > 0 else None
-        if avoid is not None and not self._other_workers(tx, avoid):
+        if avoid is not None and not attempts.others_seen(tx, avoid):
             avoid = None  # nobody else could take it: passing it over would only make the job wait
         shape = tx.row(
             "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, stage = 'queued',"
@@ -277,87 +266,16 @@ class StoreBase:
         tx.finals.append(job_id)
         log.info("job final", extra={"job_id": job_id, "status": status, "error_code": (error or {}).get("code")})
 
-    def _other_workers(self, tx: Tx, worker_id: str) -> bool:
-        """Whether a worker other than this one (and the dispatcher) was heard from in the last minute."""
-        row = tx.row(
-            "SELECT 1 AS other FROM workers WHERE worker_id <> :w AND worker_id <> :d AND last_seen >= :since LIMIT 1",
-            w=worker_id,
-            d=DISPATCHER_ID,
-            since=tx.now - SEEN_WINDOW_S,
-        )
-        return row is not None
-
-    def _start_attempt(self, tx: Tx, job_id: str, attempt: int, worker_id: str) -> None:
-        tx.run(
-            "INSERT INTO attempts (job_id, attempt, worker_id, claimed_at) VALUES (:j, :a, :w, :now)",
-            j=job_id,
-            a=attempt,
-            w=worker_id,
-            now=tx.now,
-        )
-
     def _end_attempt(
         self, tx: Tx, job_id: str, attempt: int, worker_id: str | None, outcome: str, error: dict[str, Any] | None
     ) -> None:
-        """Record how an attempt ended (once: a later ending of the same attempt changes nothing)."""
-        fault = is_fault(outcome, error)
-        tx.run(
-            "UPDATE attempts SET ended_at = :now, outcome = :o, error_code = :code, fault = :fault"
-            " WHERE job_id = :j AND attempt = :a AND ended_at IS NULL",
-            now=tx.now,
-            o=outcome,
-            code=(error or {}).get("code"),
-            fault=int(fault),
-            j=job_id,
-            a=attempt,
-        )
-        if fault and worker_id and worker_id != DISPATCHER_ID:
-            self._check_quarantine(tx, worker_id)
-
-    def _check_quarantine(self, tx: Tx, worker_id: str) -> None:
-        """Log the moment a worker's failures put it (back) in quarantine."""
-        if (stuck := self._quarantine(tx, worker_id)) is not None:
-            log.warning(
-                "worker quarantined",
-                extra={"worker_id": worker_id, "failures_in_a_row": stuck[0], "for_s": self.quarantine_s},
-            )
-
-    def _quarantine(self, tx: Tx, worker_id: str) -> tuple[int, float] | None:
-        """(failures in a row, until when) while the worker is in quarantine, else None.
-
-        Its last `quarantine_after` ended attempts counted against it (no completed one since) and the latest
-        ended less than `quarantine_s` ago. It comes back by itself; a further failure then sends it straight
-        back (the streak is broken by a completed job only), so a box that fails everything costs one attempt
-        per `quarantine_s`, not every job's attempts."""
-        if self.quarantine_after <= 0:
-            return None
-        row = tx.row(
-            "SELECT COUNT(*) AS streak, MAX(ended_at) AS last_fault FROM attempts WHERE worker_id = :w AND fault = 1"
-            " AND id > COALESCE((SELECT MAX(id) FROM attempts WHERE worker_id = :w AND outcome = 'completed'), 0)",
-            w=worker_id,
-        )
-        if row is None or row["last_fault"] is None or int(row["streak"]) < self.quarantine_after:
-            return None
-        until = float(row["last_fault"]) + self.quarantine_s
-        return (int(row["streak"]), until) if until > tx.now else None
-
-    def _quarantined(self, tx: Tx) -> dict[str, float]:
-        """{worker id: until when} for every worker in quarantine (`_quarantine`'s rule, for all at once): only
-        workers with a fault in the last `quarantine_s` can be, so only theirs are counted."""
-        if self.quarantine_after <= 0:
-            return {}
-        since = tx.now - self.quarantine_s
-        rows = tx.rows(
-            "SELECT a.worker_id, MAX(a.ended_at) AS last_fault FROM attempts a"
-            " WHERE a.fault = 1 AND a.worker_id IN"
-            " (SELECT DISTINCT worker_id FROM attempts WHERE fault = 1 AND ended_at > :since)"
-            " AND a.id > COALESCE((SELECT MAX(b.id) FROM attempts b"
-            " WHERE b.worker_id = a.worker_id AND b.outcome = 'completed'), 0)"
-            " GROUP BY a.worker_id HAVING COUNT(*) >= :k AND MAX(a.ended_at) > :since",
-            since=since,
-            k=self.quarantine_after,
-        )
-        return {row["worker_id"]: float(row["last_fault"]) + self.quarantine_s for row in rows}
+        """Record how an attempt ended; a failure of the box that puts its worker in quarantine is logged."""
+        if attempts.end(tx, job_id, attempt, outcome, error) and worker_id and worker_id != DISPATCHER_ID:
+            if (stuck := self.quarantine.of(tx, worker_id)) is not None:
+                log.warning(
+                    "worker quarantined",
+                    extra={"worker_id": worker_id, "failures_in_a_row": stuck[0], "for_s": self.quarantine.seconds},
+                )
 
     @staticmethod
     def _job_dict(row: RowMapping) -> dict[str, Any]:

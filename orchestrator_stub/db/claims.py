@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from orchestrator_stub.db import attempts
 from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, MAX_MESSAGE_CHARS, StoreBase, clip, log
 from orchestrator_stub.db.engine import Tx
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, Queued, dumps
@@ -90,7 +91,7 @@ class ClaimsMixin(StoreBase):
         modes: list[str] = list(dict.fromkeys(caps.modes))
         with self._tx() as tx:
             self._expire(tx)
-            if worker_id != DISPATCHER_ID and (stuck := self._quarantine(tx, worker_id)) is not None:
+            if worker_id != DISPATCHER_ID and (stuck := self.quarantine.of(tx, worker_id)) is not None:
                 self._touch_worker(tx, worker_id, gpu_class)
                 return ClaimAnswer(None, quarantined_until=stuck[1], streak=stuck[0])
             fits = "mode IN :modes AND width <= :w AND height <= :h AND num_frames <= :f"
@@ -126,7 +127,7 @@ class ClaimsMixin(StoreBase):
                 hash=secret and secret_hash(secret),
                 j=row["job_id"],
             )
-            self._start_attempt(tx, row["job_id"], attempt, worker_id)
+            attempts.start(tx, row["job_id"], attempt, worker_id)
         log.info(
             "job claimed",
             extra={

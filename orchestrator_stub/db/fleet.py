@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator_stub.db.attempts import SEEN_WINDOW_S
 from orchestrator_stub.db.base import StoreBase
-
-SEEN_WINDOW_S = 60.0  # "workers seen": heard from (a claim or a heartbeat) within the last minute
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class FleetMixin(StoreBase):
             claims = tx.scalar("SELECT COUNT(*) FROM attempts")
             expiries = tx.scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'")
             seen = tx.scalar("SELECT COUNT(*) FROM workers WHERE last_seen >= :since", since=now - SEEN_WINDOW_S)
-            quarantined = self._quarantined(tx)
+            quarantined = self.quarantine.all(tx)
         return FleetFigures(
             queued_by_mode={row["mode"]: int(row["n"]) for row in by_mode},
             statuses={row["status"]: int(row["n"]) for row in statuses},
@@ -47,4 +46,4 @@ class FleetMixin(StoreBase):
     def quarantined(self) -> dict[str, float]:
         """{worker id: until when} for every worker in quarantine now."""
         with self.db.reading(self._clock) as tx:
-            return self._quarantined(tx)
+            return self.quarantine.all(tx)

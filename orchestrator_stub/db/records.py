@@ -22,7 +22,7 @@ class RecordsMixin(StoreBase):
         with self.db.reading(self._clock) as tx:
             total = tx.scalar("SELECT COUNT(*) FROM workers")
             rows = tx.rows("SELECT * FROM workers ORDER BY last_seen DESC LIMIT :limit", limit=limit)
-            stuck = self._quarantined(tx) if rows else {}
+            stuck = self.quarantine.all(tx) if rows else {}
         workers = [
             dict(row) | {"gpu": loads(row["gpu"]), "quarantined_until": stuck.get(row["worker_id"])} for row in rows
         ]
