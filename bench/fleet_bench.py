@@ -90,15 +90,20 @@ def fill(database: str, n: int, **job: Any) -> None:
 # ---- 1. claims under 200 workers ------------------------------------------------------------------------------
 
 
-async def _claim_storm(urls: list[str], claimers: int) -> tuple[list[float], float, int]:
+async def _claim_storm(urls: list[str], claimers: int) -> tuple[list[float], float, int, int]:
     latencies: list[float] = []
     handed: list[str] = []
+    errors: list[int] = []
 
     async def claimer(n: int, http: httpx.AsyncClient) -> None:
         url = f"{urls[n % len(urls)]}/internal/buffer/jobs/claim"
         while True:
             started = time.perf_counter()
-            response = await http.post(url, json={"worker_id": f"bench-{n}", "gpu_class": "bench"})
+            try:
+                response = await http.post(url, json={"worker_id": f"bench-{n}", "gpu_class": "bench"})
+            except httpx.TransportError:
+                errors.append(n)  # as a worker would: again (a job handed out on a lost answer is not counted)
+                continue
             if response.status_code == 204:
                 return
             response.raise_for_status()
@@ -110,14 +115,14 @@ async def _claim_storm(urls: list[str], claimers: int) -> tuple[list[float], flo
         started = time.perf_counter()
         await asyncio.gather(*(claimer(n, http) for n in range(claimers)))
         wall = time.perf_counter() - started
-    return latencies, wall, len(handed) - len(set(handed))
+    return latencies, wall, len(handed) - len(set(handed)), len(errors)
 
 
 def claims(stubs: Stubs, backend: str, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     first = stubs.start(**STUB_ENV)
     started = [first] + [stubs.start(database=first.database, **STUB_ENV) for _ in range(replicas - 1)]
     fill(first.database, args.jobs, **JOB)
-    latencies, wall, twice = asyncio.run(_claim_storm([s.url for s in started], args.claimers))
+    latencies, wall, twice, errors = asyncio.run(_claim_storm([s.url for s in started], args.claimers))
     for stub in started:
         stub.kill()
     assert twice == 0, f"{twice} jobs handed out twice"
@@ -129,6 +134,7 @@ def claims(stubs: Stubs, backend: str, replicas: int, args: argparse.Namespace) 
         "claims_per_s": round(len(latencies) / wall, 1),
         "p50_ms": ms(pct(latencies, 0.50)),
         "p99_ms": ms(pct(latencies, 0.99)),
+        "transport_errors": errors,
     }
 
 

@@ -43,7 +43,9 @@ def test_two_replicas_never_hand_out_a_job_twice_to_200_claimers(replicas: tuple
 
     async def all_claimers() -> list[str]:
         got: list[str] = []
-        limits = httpx.Limits(max_connections=CLAIMERS)
+        # A new connection per request: one kept alive can be closed by the stub just as it is reused (a race a
+        # real worker's retry covers), and a claim answered on a connection that then fails would go unseen here.
+        limits = httpx.Limits(max_connections=CLAIMERS, max_keepalive_connections=0)
         async with httpx.AsyncClient(headers={"X-Internal-Api-Key": API_KEY}, timeout=60, limits=limits) as http:
             await asyncio.gather(*(claimer(n, http, got) for n in range(CLAIMERS)))
         return got
