@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator_stub.db import Store
+from orchestrator_stub.db import Store, engine
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest
 from worker_app_fastwan.core.schema import JobInput
 
@@ -166,3 +166,22 @@ def test_the_figures_count_what_the_database_holds(store: Store, clock: Clock) -
     assert store.figures().statuses == {"completed": 1, "queued": 1}
     clock.now += 61
     assert store.figures().workers_seen == 0
+
+
+@pytest.mark.backends("postgresql")
+def test_leases_are_judged_by_the_database_clock_not_the_process_clock(
+    store_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This replica's clock is an hour fast; PostgreSQL's is right: leases must not notice.
+    real = engine._wall
+    monkeypatch.setattr(engine, "_wall", lambda: real() + 3600)
+    store: Store = store_factory(lease_seconds=30, max_attempts=3)
+    job_id = submit(store)
+    assert store.claim("w1", "gpu", CAPS) is not None
+    with store.db.engine.connect() as conn:
+        db_now = conn.exec_driver_sql("SELECT CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)").scalar_one()
+    lease_left = store.get_job(job_id)["lease_expires_at"] - db_now  # type: ignore[index]
+    assert 25 < lease_left <= 31, lease_left
+    store.expire_leases()
+    assert store.get_job(job_id)["status"] == "claimed"  # type: ignore[index]
+    assert abs(store.now() - db_now) < 60
