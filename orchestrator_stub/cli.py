@@ -15,6 +15,7 @@ import uvicorn
 from orchestrator_stub.app import create_app
 from orchestrator_stub.password import warn_if_open
 from orchestrator_stub.settings import StubSettingsError, load_settings
+from orchestrator_stub.streams import StreamConnections
 from worker_app_fastwan.core.logs import setup_logging
 
 log = logging.getLogger("orchestrator_stub")
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", extra={"settings": settings.summary()})
     warn_if_open(settings.STUB_HOST, settings.password())
     config = uvicorn.Config(
-        create_app(settings), host=settings.STUB_HOST, port=settings.STUB_PORT, log_config=None, access_log=False
+        StreamConnections(create_app(settings)),
+        host=settings.STUB_HOST,
+        port=settings.STUB_PORT,
+        log_config=None,
+        access_log=False,
     )
     _Server(config).run()  # a failed start-up (busy port, lifespan error) leaves through uvicorn's sys.exit(3)
     return 0
