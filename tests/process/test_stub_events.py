@@ -53,10 +53,17 @@ def stream(stub: StubProcess, path: str, **headers: str) -> Iterator[SseReader]:
         yield SseReader(response)
 
 
+def answer(client: httpx.Client, path: str, **headers: str) -> httpx.Response:
+    """The answer to a GET that may open a stream, without reading the stream: an opened one is closed at once."""
+    with client.stream("GET", path, headers={k: v.encode() for k, v in headers.items()}) as response:
+        if response.status_code != 200:
+            response.read()
+        return response
+
+
 def opens(stub: StubProcess, path: str) -> bool:
     """Whether a stream opens (then closed at once)."""
-    with stub.http.stream("GET", path) as response:
-        return response.status_code == 200
+    return answer(stub.http, path).status_code == 200
 
 
 def progress(stub: StubProcess, job_id: str, step: int, total: int = 3, message: str = "", worker: str = "w1") -> None:
@@ -141,28 +148,29 @@ def test_refusals_are_4xx_never_5xx(stub: StubProcess) -> None:
         final = events.rest()[-1]
     assert final.event == "cancelled" and final.json()["error"]["code"] == "cancelled"
     # It has the final event: 204, which tells a browser's EventSource to stop reconnecting.
-    assert stub.http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": final.id or ""}).status_code == 204
-    assert stub.get("/v1/jobs/nope-not-a-job/events").status_code == 404
+    assert answer(stub.http, f"/v1/jobs/{job_id}/events", **{"Last-Event-ID": final.id or ""}).status_code == 204
+    assert answer(stub.http, "/v1/jobs/nope-not-a-job/events").status_code == 404
     for bad in ("abc", "-1", "1.5", "0x10", "１２", "9" * 40, "1 2"):
         for path, headers, name in (
             (f"/v1/jobs/{job_id}/events", {"Last-Event-ID": bad}, "Last-Event-ID"),
             ("/v1/events", {"Last-Event-ID": bad}, "Last-Event-ID"),
             (f"/v1/events?last_event_id={bad}", {}, "last_event_id"),
         ):
-            answer = stub.http.get(path, headers={k: v.encode() for k, v in headers.items()})
-            assert answer.status_code == 400, (bad, path, answer.text)
-            assert answer.json()["error"]["message"].startswith(f"{name}: "), answer.text
-    past = stub.http.get("/v1/events", headers={"Last-Event-ID": str(10**12)})
+            refused = answer(stub.http, path, **headers)
+            assert refused.status_code == 400, (bad, path, refused.text)
+            assert refused.json()["error"]["message"].startswith(f"{name}: "), refused.text
+    past = answer(stub.http, "/v1/events", **{"Last-Event-ID": str(10**12)})
     assert past.status_code == 400 and "past this stub's newest event" in past.json()["error"]["message"]
 
 
 def test_streams_need_the_password_and_an_allowed_host(stub: StubProcess) -> None:
     job_id = stub.submit("auth")
     for path in (f"/v1/jobs/{job_id}/events", "/v1/events"):
-        assert httpx.get(stub.url + path, timeout=5).status_code == 401
-        assert httpx.get(stub.url + path, auth=("me", "wrong"), timeout=5).status_code == 401
-        rebound = httpx.get(stub.url + path, auth=("me", PASSWORD), headers={"Host": "evil.example"}, timeout=5)
-        assert rebound.status_code == 421
+        for auth in (None, ("me", "wrong")):
+            with httpx.Client(base_url=stub.url, auth=auth, timeout=5) as client:
+                assert answer(client, path).status_code == 401
+        with httpx.Client(base_url=stub.url, auth=("me", PASSWORD), timeout=5) as client:
+            assert answer(client, path, Host="evil.example").status_code == 421
     stub.post(f"/v1/jobs/{job_id}/cancel", key=None)
 
 
@@ -207,7 +215,7 @@ def test_past_the_per_client_cap_a_stream_is_429(stub: StubProcess) -> None:
     with contextlib.ExitStack() as open_streams:
         for _ in range(CAP):
             open_streams.enter_context(stream(stub, f"/v1/jobs/{job_id}/events"))
-        refused = stub.http.get("/v1/events")
+        refused = answer(stub.http, "/v1/events")
         assert refused.status_code == 429 and refused.headers["retry-after"]
         error = refused.json()["error"]
         assert error["code"] == "too_many_streams" and "STREAMS_PER_CLIENT" in error["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class SseReader:
         self.response = response
         self._lines = response.iter_lines()
         self.comments: list[str] = []  # every comment line so far
+        self.deadline = float("inf")  # keep-alives keep a stream that never ends busy: `rest` bounds it
 
     def __iter__(self) -> Iterator[Sse]:
         return self
@@ -36,6 +38,8 @@ class SseReader:
         fields: dict[str, list[str]] = {}
         comments: list[str] = []
         for line in self._lines:
+            if time.monotonic() > self.deadline:
+                raise TimeoutError("the stream did not end in time")
             if line == "":
                 if fields:
                     data = "\n".join(fields.get("data", []))
@@ -53,6 +57,10 @@ class SseReader:
     def take(self, n: int) -> list[Sse]:
         return [next(self) for _ in range(n)]
 
-    def rest(self) -> list[Sse]:
-        """Every event until the stream ends."""
-        return list(self)
+    def rest(self, timeout_s: float = 5.0) -> list[Sse]:
+        """Every event until the stream ends, which must be within `timeout_s`."""
+        self.deadline = time.monotonic() + timeout_s
+        try:
+            return list(self)
+        finally:
+            self.deadline = float("inf")
