@@ -123,13 +123,14 @@ class EventHub:
         events = self._ring[bisect.bisect_right(self._ids, after) :]
         return events if job_id is None else [e for e in events if e.job_id == job_id]
 
-    async def wait(self, job_id: str | None, timeout_s: float) -> None:
-        """Until an event of `job_id` (None: of any job) is read, or `timeout_s` passes."""
+    async def wait(self, job_id: str | None, timeout_s: float) -> bool:
+        """Until an event of `job_id` (None: of any job) is read (True), or `timeout_s` passes (False)."""
         event, count = self._waiters.get(job_id, (asyncio.Event(), 0))
         self._waiters[job_id] = (event, count + 1)
         try:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout_s)
+            return event.is_set()
         finally:
             current = self._waiters.get(job_id)
             if current is not None and current[0] is event:  # not fired meanwhile: one waiter fewer
@@ -155,10 +156,8 @@ class EventHub:
             for event in events:
                 yield event
             covered = reached
-            if not events:
-                await self.wait(job_id, idle_s)
-                if not self.cached_after(covered, job_id):
-                    yield None
+            if not events and not await self.wait(job_id, idle_s):
+                yield None
 
 
 async def run_event_pruner(store: Store, retention_s: float, every_s: float = 600.0) -> None:
