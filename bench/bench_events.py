@@ -136,9 +136,10 @@ def event_latencies(stub: StubProcess, client: httpx.Client, n: int) -> list[flo
     seen = threading.Condition()
 
     def follow() -> None:
-        with httpx.Client(base_url=stub.url, timeout=30) as reader, reader.stream(
-            "GET", f"/v1/jobs/{job_id}/events"
-        ) as response:
+        with (
+            httpx.Client(base_url=stub.url, timeout=30) as reader,
+            reader.stream("GET", f"/v1/jobs/{job_id}/events") as response,
+        ):
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     data = json.loads(line[5:])
