@@ -43,7 +43,7 @@ from worker_app_fastwan.core.schema import ID_PATTERN
 log = logging.getLogger("orchestrator_stub.streams")
 
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
-QUEUE_EVERY_S = 2.0  # the page's workers and counts: a fresh `queue` event at most this often
+QUEUE_EVERY_S = 1.0  # the page's workers and counts: a fresh `queue` event at most this often (as it polled)
 JOB_IDLE_S = 30.0  # a quiet job's stream looks at the ring this often even unwoken (a lost wake-up)
 MAX_EVENT_ID = 2**63 - 1
 # The connection's asyncio transport, put into the scope by `StreamConnections`.
