@@ -4,17 +4,34 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo studio bench lint clean
+TORCH_VERSION := 2.13.0
+# One set of versions for `make setup`, CI and the image (Dockerfile.fastwan, Dockerfile.stub); `make lock`
+# rewrites it.
+CONSTRAINTS := constraints.txt
+
+.PHONY: setup test demo studio bench lint lock container-test clean
 
 setup: $(STAMP)
 
 # CPU torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
+
+# The newest versions pyproject.toml's ranges allow, resolved in a fresh virtualenv, written to constraints.txt
+# (torch without its local tag, so that the CPU wheel here and the CUDA build in the image both match). Then:
+# review the diff, `make test`, `make container-test`, commit.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip setuptools
+	.lock-venv/bin/pip install -q torch==$(TORCH_VERSION) '.[test,stub]'
+	{ echo '# Every package `make setup`, CI and the images install, at one version each. Written by `make lock`.'; \
+	  .lock-venv/bin/pip freeze --all --exclude worker-app-fastwan | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 # Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time on 2 cores:
 # 201-218 s; up to 255 s for a slightly heavier version while this shared machine ran 1.7x slower. -n 4
@@ -40,8 +57,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run tests/support/fixtures/*.sh
-	$(VENV)/bin/hadolint Dockerfile.fastwan
+	$(VENV)/bin/shellcheck run_fastwan_worker.sh .ci/run tests/support/fixtures/*.sh container_test/*.sh
+	$(VENV)/bin/hadolint Dockerfile.fastwan Dockerfile.stub
+
+# Builds both images on this machine's Docker engine (started here when none runs) and runs them as users do:
+# container_test/run.py lists the checks. Needs root (or a running engine) and debootstrap; not part of `test`.
+container-test: setup
+	$(PY) -m container_test.run
 
 clean:
-	rm -rf $(VENV) .demo .studio outputs test-artifacts
+	rm -rf $(VENV) .demo .studio outputs test-artifacts .docker-ci .lock-venv

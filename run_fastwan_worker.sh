@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Container entrypoint of the FastWan worker (Dockerfile.fastwan).
 #
+# 0. Started as root with RUN_AS_USER set (the image sets `worker`): creates STATE_DIR, HF_HOME and
+#    LOCAL_OUTPUT_DIR and gives them to that user (Docker creates a missing bind-mount folder as root), then
+#    runs again as that user, as the official database images do. Nothing else ever runs as root.
 # 1. Checks the environment before anything starts (`python -m worker_app_fastwan check-settings`): one
-#    line per bad or missing variable on stderr, then exit 2. Values of secrets are never printed.
+#    line per bad or missing variable on stderr, then exit 2. Values of secrets are never printed. Then the
+#    folders the worker writes: one it cannot write (a read-only mount, another user's folder root could not
+#    take) is named, with the fix, in one line.
 # 2. WORKER_MODE=queue (SaladCloud): runs `python -m worker_app_fastwan serve` and, when it is on PATH,
 #    SaladCloud's job-queue worker binary, which POSTs jobs to http://localhost:$PORT/generate. The two are
 #    supervised together: if either exits, the other is stopped and this script exits non-zero, so the
@@ -16,10 +21,12 @@
 # Variables of the script itself (not worker settings): PYTHON (interpreter, default python),
 # SALAD_QUEUE_WORKER_BIN (default salad-http-job-queue-worker), STOP_MARGIN_S (seconds allowed past
 # DRAIN_TIMEOUT_S before a process that ignores TERM gets KILL, default 15), BAKED_MODEL_PATH (a model
-# folder built into the image; becomes MODEL_PATH when that is unset).
+# folder built into the image; becomes MODEL_PATH when that is unset), RUN_AS_USER (step 0; unset: no switch).
 set -euo pipefail
 
 readonly SELF="run_fastwan_worker.sh"
+SELF_PATH="$(readlink -f "${BASH_SOURCE[0]}")"
+readonly SELF_PATH
 PY="${PYTHON:-python}"
 SALAD_BIN="${SALAD_QUEUE_WORKER_BIN:-salad-http-job-queue-worker}"
 
@@ -158,15 +165,42 @@ use_baked_model() {
     fi
 }
 
+# Step 0. Only what is not the user's already is changed (a model cache of thousands of files is not walked
+# again at every start), links themselves and not what they point at (-h: a link in a mounted folder must not
+# hand a file elsewhere to the user), and never across into another mount (-xdev). A folder that cannot be
+# created or changed (read-only, root-squashed NFS) is left as it is: the settings check names it.
+run_as_user() {
+    local user="${RUN_AS_USER:-}" uid gid home dir
+    if [[ -z "$user" || "$(id -u)" != 0 || "$user" == root ]]; then
+        return 0
+    fi
+    if ! uid="$(id -u "$user" 2>/dev/null)"; then
+        log "RUN_AS_USER=$(printf '%q' "${user:0:60}"): no such user in this image"
+        exit 2
+    fi
+    gid="$(id -g "$user")"
+    home="$(getent passwd "$user" | cut -d: -f6)"
+    for dir in "${STATE_DIR:-}" "${HF_HOME:-}" "${LOCAL_OUTPUT_DIR:-}"; do
+        if [[ -z "$dir" ]] || ! mkdir -p -- "$dir" 2>/dev/null; then
+            continue
+        fi
+        find "$dir" -xdev \! -user "$uid" -exec chown -h "$uid:$gid" {} + 2>/dev/null || true
+    done
+    export HOME="${home:-/}" USER="$user" LOGNAME="$user"
+    exec setpriv --reuid="$uid" --regid="$gid" --init-groups -- "$SELF_PATH" "$@"
+}
+
 main() {
+    run_as_user "$@"
     # `doctor` reports every problem itself, one line each, so it runs before (instead of) the checks below.
     if [[ "${1:-}" == doctor ]]; then
         shift
         use_baked_model
         exec "$PY" -m worker_app_fastwan doctor "$@"
     fi
-    validate_env || exit 2
+    # The baked model first: with it, the settings check does not ask for a writable model cache.
     use_baked_model
+    validate_env || exit 2
     if [[ "${WORKER_MODE:-queue}" == buffer ]]; then
         exec "$PY" -m worker_app_fastwan buffer
     fi

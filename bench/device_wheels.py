@@ -1,4 +1,4 @@
-"""Pack what bench/gpu_bench.py needs on the lent H100/H200 beyond what that machine's image holds.
+"""Pack what bench/gpu_bench.py and bench/gpu_checks.py need on the lent H100/H200 beyond that machine's image.
 
 The image has torch, transformers, accelerate, huggingface_hub, safetensors, numpy and pillow, and nothing
 can be fetched there. This downloads the rest as wheels for its Python 3.12 into `.whl/` (git-ignored;
@@ -33,6 +33,27 @@ WHEELS = [
     "python-dotenv==1.2.4",
     "importlib-metadata==10.2.0",
     "zipp==4.1.2",
+    # bench/gpu_checks.py runs the worker itself (doctor, buffer mode) and the orchestrator stub:
+    "httpx==0.29.0",
+    "httpcore==1.0.9",
+    "h11==0.16.0",
+    "anyio==4.16.0",
+    "idna==3.21",
+    "certifi==2026.10.19.post1",
+    "typing-extensions==4.16.0",
+    "tenacity==9.2.1",
+    "prometheus-client==0.26.0",
+    "nvidia-ml-py==13.615.71",
+    "rich==15.0.0",
+    "markdown-it-py==4.3.0",
+    "mdurl==0.1.2",
+    "pygments==2.21.0",
+    "fastapi==0.165.0",
+    "starlette==1.10.0",
+    "annotated-doc==0.0.7",
+    "opentelemetry-api==1.45.3",
+    "uvicorn==0.55.0",
+    "click==8.5.1",
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"]
 

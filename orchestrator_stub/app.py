@@ -18,9 +18,10 @@ from orchestrator_stub.db import Store, UnencodableText
 from orchestrator_stub.dispatcher import Dispatcher
 from orchestrator_stub.event_hub import EventHub, run_event_pruner
 from orchestrator_stub.leases import run_lease_sweeper
+from orchestrator_stub.outputs import OutputStore
 from orchestrator_stub.password import PasswordMiddleware
 from orchestrator_stub.results import rules_from_settings
-from orchestrator_stub.settings import SECRET_PREFIX, StubSettings
+from orchestrator_stub.settings import SECRET_PREFIX, StubSettings, StubSettingsError
 from orchestrator_stub.throttle import GuessThrottle
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
@@ -30,7 +31,9 @@ log = logging.getLogger("orchestrator_stub.app")
 
 
 def create_app(settings: StubSettings) -> FastAPI:
-    """Open the database and build the app; the loops start and stop with the app's lifespan."""
+    """Open the database and build the app; the loops start and stop with the app's lifespan. Storage
+    credentials that do not work are a `StubSettingsError`."""
+    outputs = _output_store(settings)
     event_wakeup, webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup(), Wakeup()
     store = Store(
         settings.STUB_DB,
@@ -71,7 +74,7 @@ def create_app(settings: StubSettings) -> FastAPI:
         if settings.WEBHOOK_SECRET:  # without one no job can ask for webhooks: they could not be signed
             loops.append(WebhookSender(store, settings, webhook_wakeup).run())
         if settings.DISPATCH_TO:
-            loops.append(Dispatcher(store, settings, dispatch_wakeup, rules).run())
+            loops.append(Dispatcher(store, settings, dispatch_wakeup, rules, outputs).run())
         tasks = [asyncio.create_task(coro) for coro in loops]
         try:
             yield
@@ -103,10 +106,12 @@ def create_app(settings: StubSettings) -> FastAPI:
         app.add_middleware(PasswordMiddleware, password=password, throttle=throttle())
     app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts(), raw_body_paths=(uploads.UPLOAD_PATH,))
     app.add_exception_handler(UnencodableText, _unencodable)
-    app.include_router(internal_api.build_router(store, rules, secret_required=settings.ATTEMPT_SECRET_REQUIRED))
+    app.include_router(
+        internal_api.build_router(store, rules, outputs, secret_required=settings.ATTEMPT_SECRET_REQUIRED)
+    )
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
     app.include_router(streams.build_router(store, hub, settings))
-    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage))
+    app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage, outputs))
     limits = uploads.UploadLimits(
         max_bytes=settings.UPLOAD_MAX_BYTES,
         total_max_bytes=settings.UPLOAD_TOTAL_MAX_BYTES,
@@ -116,7 +121,8 @@ def create_app(settings: StubSettings) -> FastAPI:
         timeout_s=settings.UPLOAD_TIMEOUT_S,
     )
     app.include_router(uploads.build_router(settings.UPLOAD_DIR, limits, settings.public_url()))
-    page.mount(app, store, media_origins=settings.storage_origins())
+    own_storage = (outputs.origin(),) if outputs is not None else ()
+    page.mount(app, store, media_origins=(*settings.storage_origins(), *own_storage))
     return app
 
 
@@ -124,3 +130,16 @@ async def _unencodable(_: Request, exc: Exception) -> JSONResponse:
     """The store refused a text it cannot write as UTF-8: the sender's fault, never a 500."""
     error = {"code": "invalid_input", "message": f"body: {exc}", "retryable": False}
     return JSONResponse({"error": error}, status_code=422)
+
+
+def _output_store(settings: StubSettings) -> OutputStore | None:
+    """v1.2 output targets, when the stub has S3 or B2 credentials (else None: workers store themselves)."""
+    try:
+        outputs = OutputStore.from_settings(
+            settings, public_url=settings.public_url(), ttl_s=settings.OUTPUT_TARGET_TTL_S
+        )
+    except Exception as exc:  # b2sdk and boto3 raise many types; their messages carry no secret
+        raise StubSettingsError(f"storage: {settings.storage} set-up failed: {type(exc).__name__}: {exc}") from None
+    if outputs is not None:
+        log.info("issuing output targets", extra={"bucket": outputs.bucket, "prefix": outputs.prefix})
+    return outputs

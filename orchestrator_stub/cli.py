@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.LOG_LEVEL, process="orchestrator_stub", fmt=settings.LOG_FORMAT)
     log.info("starting", extra={"settings": settings.summary()})
     warn_if_open(settings.STUB_HOST, settings.password())
+    try:
+        app = create_app(settings)
+    except StubSettingsError as exc:  # storage credentials that do not work (B2's authorization refused them)
+        print(f"orchestrator_stub: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
-        StreamConnections(create_app(settings)),
+        StreamConnections(app),
         host=settings.STUB_HOST,
         port=settings.STUB_PORT,
         log_config=None,

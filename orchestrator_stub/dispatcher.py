@@ -11,6 +11,9 @@ runs out. A cancel aborts the request in flight.
 The queue-mode worker's answer is read up to the protocol's body cap only (64 KiB; a longer one fails the job
 unread) and checked as a buffer worker's report is: a body with invalid Unicode, a non-finite number or too
 deep a nesting is no result, and a result must pass `results.ResultRules`.
+
+With an output store (v1.2), each delivery carries an output target of its own in the body's `output`, and a
+result on one is checked against the stored object before the job completes (`output_check.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from orchestrator_stub.db import DISPATCHER_ID, Claimed, LeaseState, Store
 from orchestrator_stub.leases import cancelled_error
+from orchestrator_stub.output_check import OutputMismatch, check_reported, hand_out
+from orchestrator_stub.outputs import OutputStore, StorageUnavailable
 from orchestrator_stub.results import ResultRefused, ResultRules
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.wakeup import Wakeup
@@ -75,10 +80,18 @@ class RetryableAnswer(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup, rules: ResultRules) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: StubSettings,
+        wakeup: Wakeup,
+        rules: ResultRules,
+        outputs: OutputStore | None = None,
+    ) -> None:
         assert settings.DISPATCH_TO, "DISPATCH_TO is required"
         self._store = store
         self._rules = rules
+        self._outputs = outputs
         self._settings = settings
         self._url = settings.DISPATCH_TO
         self._wakeup = wakeup
@@ -120,6 +133,8 @@ class Dispatcher:
             await asyncio.gather(delivery, watch, return_exceptions=True)
         if not delivery.cancelled():
             status, result, error = delivery.result()
+            if result is not None:
+                status, result, error = await asyncio.to_thread(self._checked, job, result)
         elif not watch.cancelled() and watch.result() is LeaseState.cancel:
             status, result, error = "failed", None, cancelled_error()
         else:
@@ -137,6 +152,18 @@ class Dispatcher:
             requeue_retryable=False,
         )
         log.info("dispatch finished", extra={"status": status, "outcome": outcome.value})
+
+    def _checked(self, job: Claimed, result: dict[str, Any]) -> Outcome:
+        """The worker's answer as a result (`output_check.check_reported`), else the job's failure."""
+        try:
+            checked = check_reported(self._store, self._rules, self._outputs, job.job_id, job.attempt, result)
+        except ResultRefused as exc:
+            message = f"the worker's answer was refused: {exc}"
+            return "failed", None, _error(ErrorCode.internal, message[:MAX_MESSAGE_CHARS], retryable=False)
+        except (OutputMismatch, StorageUnavailable) as exc:
+            message = f"the result could not be checked against its output target: {exc}"
+            return "failed", None, _error(ErrorCode.upload_failed, message[:MAX_MESSAGE_CHARS], retryable=True)
+        return "completed", checked, None
 
     async def _watch_lease(self, job_id: str) -> LeaseState:
         """Renew the lease while the request is in flight; returns when cancelled or lost."""
@@ -161,11 +188,14 @@ class Dispatcher:
                     response = await self._post(client, job, attempt.retry_state.attempt_number)
         except RetryableAnswer as exc:
             return "failed", None, exc.error
-        return _final_outcome(response, job.job_id, self._rules)
+        return _final_outcome(response)
 
     async def _post(self, client: httpx.AsyncClient, job: Claimed, number: int) -> Answer:
         """One attempt; raises RetryableAnswer on what Salad would retry."""
         body = {**job.input, "job_id": job.job_id}
+        if self._outputs is not None:  # a target per delivery: a late delivery's upload lands beside, not over
+            target = await asyncio.to_thread(hand_out, self._store, self._outputs, job.job_id, job.attempt, number)
+            body["output"] = target.model_dump(mode="json")
         try:
             async with client.stream("POST", self._url, json=body, headers={"Salad-Job-Id": job.job_id}) as streamed:
                 response = Answer(streamed.status_code, await _read_capped(streamed, MAX_BODY_BYTES))
@@ -195,17 +225,18 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes | None
     return bytes(body)
 
 
-def _final_outcome(response: Answer, job_id: str, rules: ResultRules) -> Outcome:
+def _final_outcome(response: Answer) -> Outcome:
+    """The answer as the job's outcome; a completed one's result is checked afterwards (`Dispatcher._checked`)."""
     if not response.is_success:
         return "failed", None, _error_from_body(response, retryable=False)
     try:
-        result = rules.check(job_id, response.json())
-    except ResultRefused as exc:
-        message = f"the worker's answer (HTTP {response.status_code}) was refused: {exc}"
-        return "failed", None, _error(ErrorCode.internal, message[:MAX_MESSAGE_CHARS], retryable=False)
+        result = response.json()
     except ValueError as exc:
         message = f"worker answered HTTP {response.status_code} with a body that is not a result: {exc}"
         return "failed", None, _error(ErrorCode.internal, message[:MAX_MESSAGE_CHARS], retryable=False)
+    if not isinstance(result, dict):
+        message = f"worker answered HTTP {response.status_code} with a body that is not a JSON object"
+        return "failed", None, _error(ErrorCode.internal, message, retryable=False)
     return "completed", result, None
 
 

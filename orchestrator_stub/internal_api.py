@@ -1,9 +1,11 @@
 """The worker-facing routes of docs/protocol.md (v1.2): claim, heartbeat, status, progress.
 
 The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
-thread pool and SQLite work never blocks the event loop. Every worker holds the same key, so the key proves
-only "a worker": a claim's attempt secret (v1.2) proves "the worker holding this attempt", and a completed
-job's result is checked (`results.py`) before anyone else gets to see it.
+thread pool and SQLite work (and the output store's checks) never block the event loop. Every worker holds
+the same key, so the key proves only "a worker": a claim's attempt secret (v1.2) proves "the worker holding
+this attempt", and a completed job's result is checked (`results.py`) before anyone else gets to see it. With
+an output store (`outputs.py`), a claim from a worker that can use one carries an output target, and a
+completed status whose result is on one is accepted only once the stored object matches it (`output_check.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from fastapi.responses import JSONResponse
 
 from orchestrator_stub.db import StatusOutcome, Store
 from orchestrator_stub.db.base import MAX_MESSAGE_CHARS, clip
+from orchestrator_stub.output_check import OutputMismatch, check_reported, hand_out
+from orchestrator_stub.outputs import OutputStore, StorageUnavailable
 from orchestrator_stub.results import ResultRefused, ResultRules, refused_error
 from worker_app_fastwan.core.protocol import (
     ClaimedJob,
@@ -40,7 +44,9 @@ SECRET_NEEDED = (
 )
 
 
-def build_router(store: Store, rules: ResultRules, *, secret_required: bool = False) -> APIRouter:
+def build_router(
+    store: Store, rules: ResultRules, outputs: OutputStore | None = None, *, secret_required: bool = False
+) -> APIRouter:
     router = APIRouter(prefix="/internal", tags=["internal (X-Internal-Api-Key)"])
 
     @router.post(
@@ -54,14 +60,18 @@ def build_router(store: Store, rules: ResultRules, *, secret_required: bool = Fa
         job = store.claim(body.worker_id, body.gpu_class, body.capabilities, with_secret=body.wants_attempt_secret)
         if job is None:
             return Response(status_code=204)
+        output = None
+        if outputs is not None and body.capabilities.output_target:
+            output = hand_out(store, outputs, job.job_id, job.attempt)
         claimed = ClaimedJob(
             job_id=job.job_id,
             input=job.input,
             attempt=job.attempt,
             lease_seconds=store.lease_seconds,
             attempt_secret=job.attempt_secret,
+            output=output,
         )
-        # exclude_none: a claim without a secret looks exactly like v1.1's.
+        # exclude_none: a claim without a secret or a target looks exactly like v1.1's.
         return JSONResponse(ClaimResponse(job=claimed).model_dump(mode="json", exclude_none=True))
 
     @router.post("/buffer/workers/{worker_id}/heartbeat", responses={403: {}})
@@ -78,11 +88,14 @@ def build_router(store: Store, rules: ResultRules, *, secret_required: bool = Fa
         refused: str | None = None
         if result is not None:
             try:
-                result = rules.check(job_id, result)
-            except ResultRefused as exc:
+                result = check_reported(store, rules, outputs, job_id, body.attempt, result)
+            except StorageUnavailable as exc:
+                raise HTTPException(503, f"the output store cannot be checked now: {exc}") from None
+            except (ResultRefused, OutputMismatch) as exc:
                 # Reported by the holder, it ends this attempt as a retryable failure (another worker may store
                 # the video properly); a report that proves nothing is refused below like any other.
-                refused, result, error = str(exc), None, refused_error(str(exc))
+                code = "upload_failed" if isinstance(exc, OutputMismatch) else "internal"
+                refused, result, error = str(exc), None, refused_error(str(exc), code)
         status = "failed" if refused else body.status
         outcome = store.apply_status(
             job_id, body.worker_id, status, result, error, attempt=body.attempt, secret=body.attempt_secret

@@ -99,11 +99,11 @@ def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter
 
 def page_headers(media_origins: tuple[str, ...] = ()) -> dict[str, str]:
     """The page's scripts, styles, images and data come from this origin only: nothing inline, nothing from
-    elsewhere. Videos too, except where the video route redirects the player: the configured storage."""
+    elsewhere. Videos and posters too, except where their routes redirect: the configured storage."""
     media = " ".join(("'self'", *media_origins))
     return {
         "Content-Security-Policy": (
-            f"default-src 'self'; img-src 'self' data: blob:; media-src {media}; "
+            f"default-src 'self'; img-src {media} data: blob:; media-src {media}; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
         ),
         "X-Content-Type-Options": "nosniff",

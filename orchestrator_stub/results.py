@@ -23,7 +23,15 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 
-from worker_app_fastwan.core.schema import MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FRAMES, MIN_SIDE, JobResult
+from worker_app_fastwan.core.schema import (
+    MAX_FRAMES,
+    MAX_SEED,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    JobResult,
+    poster_key,
+)
 from worker_app_fastwan.edge.body_guard import BodyRejected, check_json_value
 
 MAX_URL_CHARS = 4096
@@ -73,8 +81,11 @@ class ResultRules:
     storage: StorageOrigins
     key_prefix: str = ""
 
-    def check(self, job_id: str, result: Any) -> dict[str, Any]:
-        """The result as it is stored (the protocol's fields only); raises `ResultRefused` naming the field."""
+    def check(self, job_id: str, result: Any, *, on_target: bool = False) -> dict[str, Any]:
+        """The result as it is stored (the protocol's fields only); raises `ResultRefused` naming the field.
+
+        `on_target`: its `storage_key` is one of the stub's own output targets for this job (v1.2), whose
+        object the stub reads back itself (`output_check.py`); its URLs must then be the stub's own routes."""
         if not isinstance(result, dict):
             raise ResultRefused("result: must be a JSON object")
         try:
@@ -92,30 +103,47 @@ class ResultRules:
         _check_numbers(parsed)
         if not SHA256.match(parsed.sha256):
             raise ResultRefused("result.sha256: must be 64 lowercase hexadecimal digits")
+        if on_target:
+            self._check_own_route(parsed.video_url, f"/v1/jobs/{job_id}/video", "video_url")
+            if parsed.poster_url is not None:
+                self._check_own_route(parsed.poster_url, f"/v1/jobs/{job_id}/poster", "poster_url")
+            return parsed.model_dump(mode="json", exclude_none=True)  # no poster: as a v1.1 result
         own_key = f"{self.key_prefix}videos/{job_id}/{parsed.sha256}.mp4"
         if parsed.storage_key != own_key:
             raise ResultRefused(f"result.storage_key: must be this job's own object, {own_key}")
-        self._check_url(parsed.video_url, own_key)
-        return parsed.model_dump(mode="json")
+        self._check_url(parsed.video_url, own_key, "video_url")
+        if parsed.poster_key is not None or parsed.poster_url is not None:
+            own_poster = poster_key(own_key)
+            if parsed.poster_key != own_poster or parsed.poster_url is None:
+                raise ResultRefused(f"result.poster_key: must be the video's poster, {own_poster}, with its poster_url")
+            self._check_url(parsed.poster_url, own_poster, "poster_url")
+        return parsed.model_dump(mode="json", exclude_none=True)  # no poster: as a v1.1 result
 
-    def _check_url(self, url: str, key: str) -> None:
+    def _check_own_route(self, url: str, path: str, field: str) -> None:
+        """A URL on the stub's own origin (the first of `storage.origins`), at exactly `path`."""
+        parts = urlsplit(url)
+        if len(url) > MAX_URL_CHARS or not StorageOrigins(self.storage.origins[:1]).allows(url) or parts.path != path:
+            raise ResultRefused(f"result.{field}: must be the stub's own {path} (the output target's serve_url)")
+
+    def _check_url(self, url: str, key: str, field: str) -> None:
         if len(url) > MAX_URL_CHARS:
-            raise ResultRefused(f"result.video_url: longer than {MAX_URL_CHARS} characters")
+            raise ResultRefused(f"result.{field}: longer than {MAX_URL_CHARS} characters")
         parts = urlsplit(url)
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost"):
-                raise ResultRefused("result.video_url: a file URL must name no host")
+                raise ResultRefused(f"result.{field}: a file URL must name no host")
         elif parts.scheme in ("http", "https"):
             if not self.storage.allows(url):
                 # The origin is the sender's to know; a query string may hold a token, so it is never echoed.
                 shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
                 raise ResultRefused(
-                    f"result.video_url: {shown} is not an allowed storage origin (STORAGE_ORIGINS or the stub's own)"
+                    f"result.{field}: {shown} is not an allowed storage origin (STORAGE_ORIGINS or the stub's own)"
                 )
         else:
-            raise ResultRefused("result.video_url: must be an http(s) or file URL")
+            raise ResultRefused(f"result.{field}: must be an http(s) or file URL")
         if not unquote(parts.path).endswith("/" + key):
-            raise ResultRefused("result.video_url: must point at the result's storage_key")
+            key_field = "storage_key" if field == "video_url" else "poster_key"
+            raise ResultRefused(f"result.{field}: must point at the result's {key_field}")
 
 
 def _check_numbers(result: JobResult) -> None:
@@ -136,10 +164,10 @@ def _check_numbers(result: JobResult) -> None:
             raise ResultRefused(f"result.timings.{name}: must be 0-{MAX_TIMING_S:g} seconds (got {value})")
 
 
-def refused_error(reason: str) -> dict[str, Any]:
+def refused_error(reason: str, code: str = "internal") -> dict[str, Any]:
     """The job error a refused result becomes: retryable, since another worker may well store it properly."""
     message = f"the worker's result was refused by the orchestrator: {reason}"
-    return {"code": "internal", "message": message[:2000], "retryable": True}
+    return {"code": code, "message": message[:2000], "retryable": True}
 
 
 def rules_from_settings(public_url: str, storage_origins: tuple[str, ...], key_prefix: str) -> ResultRules:

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from worker_app_fastwan.core.storage_settings import MAX_PRESIGN_S, STORAGE_SECRETS, StorageSettings
+
+SECRETS = ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET", *STORAGE_SECRETS)
 
 
 class StubSettingsError(ValueError):
@@ -47,7 +51,10 @@ def webhook_key(secret: str) -> bytes:
     return key
 
 
-class StubSettings(BaseSettings):
+class StubSettings(StorageSettings):
+    """The stub's own settings, and the workers' storage variables (`StorageSettings`): with S3 or B2
+    credentials the stub hands out presigned output targets (`outputs.py`); `LOCAL_OUTPUT_DIR` is there too."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
 
     STUB_HOST: str = "127.0.0.1"
@@ -88,9 +95,20 @@ class StubSettings(BaseSettings):
     # The page (orchestrator_stub/page.py and friends).
     STUB_PASSWORD: SecretStr | None = None
     STUB_PUBLIC_URL: str | None = None
-    LOCAL_OUTPUT_DIR: Path = Path("outputs")
     UPLOAD_DIR: Path = Path("stub_uploads")
     UPLOAD_MAX_BYTES: int = Field(default=20 * 1024 * 1024, ge=1)
+    # v1.2 output targets: how long a target's upload URLs work. An attempt uploads after it generated (up to
+    # the worker's JOB_TIMEOUT_S, 900 s) and maybe after waiting for the job before it (pipelining).
+    OUTPUT_TARGET_TTL_S: int = Field(default=3600, ge=60, le=MAX_PRESIGN_S)
+
+    @model_validator(mode="after")
+    def _storage(self) -> StubSettings:
+        problems = self.storage_problems()
+        if self.STORAGE_BACKEND == "presigned":
+            problems.insert(0, "STORAGE_BACKEND: presigned is a worker's setting; the stub takes b2, s3, local or auto")
+        if problems:
+            raise ValueError(problems[0])
+        return self
 
     # Limits against strangers (orchestrator_stub/README.md, "Hardening"): every one bounds memory, disk or time.
     STUB_ALLOWED_HOSTS: str = ""  # more Host names the page and /v1 answer to, besides loopback and STUB_PUBLIC_URL's
@@ -209,6 +227,7 @@ def load_settings(env_file: str | None = ".env", **overrides: Any) -> StubSettin
             hint = " (the key workers send in X-Internal-Api-Key)" if name == "INTERNAL_API_KEY" else ""
             raise StubSettingsError(f"{name} is required{hint}") from None
         msg = err["msg"].removeprefix("Value error, ")
-        secret = name in ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET")
-        shown = "" if secret else f" (got {err.get('input')!r})"
+        if not name:  # the storage rules: the line names its variable first
+            raise StubSettingsError(f"invalid setting {msg}") from None
+        shown = "" if name in SECRETS else f" (got {err.get('input')!r})"
         raise StubSettingsError(f"invalid setting {name}: {msg}{shown}") from None

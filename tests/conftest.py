@@ -34,6 +34,7 @@ LONGEST_FIRST = (
     "process/test_buffer_mode.py",
     "process/test_queue_mode.py",
     "process/test_cli.py",
+    "process/test_output_targets.py",
     "process/test_doctor.py",
     "process/test_slots.py",
     "process/test_runner.py",

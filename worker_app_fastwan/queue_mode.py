@@ -21,11 +21,12 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from worker_app_fastwan.core.devices import SlotDevice, plan_slots
 from worker_app_fastwan.core.errors import JobFailure, hide_local_paths
 from worker_app_fastwan.core.metrics import Metrics
+from worker_app_fastwan.core.protocol import OutputTarget
 from worker_app_fastwan.core.schema import ID_RULE, ErrorCode, JobError, JobId, JobInput, JobResult
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.edge.body_guard import BodyGuard, BodyRejected, check_json_body
@@ -43,9 +44,11 @@ class ErrorBody(BaseModel):
 
 
 class GenerateRequest(JobInput):
-    """The job input, plus an optional `job_id` (else the `Salad-Job-Id` header, else a new UUID)."""
+    """The job input, plus an optional `job_id` (else the `Salad-Job-Id` header, else a new UUID) and, v1.2,
+    an optional output target (the orchestrator's presigned upload, used instead of this worker's storage)."""
 
     job_id: str | None = None
+    output: dict[str, Any] | None = Field(default=None, description="an OutputTarget: docs/protocol.md, 10.1")
 
 
 class QueueWorker:
@@ -101,8 +104,8 @@ def _failure_status(exc: JobFailure) -> int:
     return 503 if exc.code in RETRY_LATER_CODES else 500
 
 
-async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, dict[str, Any]]:
-    """The job id and the body; raises `BodyRejected` or `JobFailure`.
+async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, dict[str, Any], OutputTarget | None]:
+    """The job id, the body and its output target (v1.2); raises `BodyRejected` or `JobFailure`.
 
     `BodyGuard` has capped the body (413) and checked it, whatever its type; the checks run again here so
     that this parse never depends on a middleware being installed in front of it.
@@ -117,9 +120,21 @@ async def _read_job(request: Request, salad_job_id: str | None) -> tuple[str, di
         raise JobFailure(ErrorCode.invalid_input, "body: the job input must be a JSON object")
     job_id = body.get("job_id") or salad_job_id or str(uuid.uuid4())
     try:
-        return _job_id_adapter.validate_python(job_id), body
+        job_id = _job_id_adapter.validate_python(job_id)
     except ValidationError:
         raise JobFailure(ErrorCode.invalid_input, f"job_id: must be {ID_RULE}") from None
+    return job_id, body, _output_target(body.get("output"))
+
+
+def _output_target(raw: Any) -> OutputTarget | None:
+    """The body's `output` (v1.2), checked before any GPU work; a bad one is `invalid_input` naming its field."""
+    if raw is None:
+        return None
+    try:
+        return OutputTarget.model_validate(raw)
+    except ValidationError as exc:
+        err, where = exc.errors()[0], ".".join(str(p) for p in ("output", *exc.errors()[0]["loc"]))
+        raise JobFailure(ErrorCode.invalid_input, f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def build_router(worker: QueueWorker, metrics: Metrics) -> APIRouter:
@@ -172,8 +187,8 @@ async def _generate(worker: QueueWorker, request: Request, salad_job_id: str | N
     if worker.draining:
         return _error(503, ErrorCode.internal, "the worker is shutting down; retry elsewhere", True)
     try:
-        job_id, body = await _read_job(request, salad_job_id)
-        result = await worker.runner.run(job_id, body)
+        job_id, body, target = await _read_job(request, salad_job_id)
+        result = await worker.runner.run(job_id, body, target=target)
     except Busy as exc:
         return _error(429, ErrorCode.internal, f"busy: {exc}", True)
     except NotReady as exc:

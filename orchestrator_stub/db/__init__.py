@@ -1,4 +1,5 @@
-"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts. All SQL lives in this package.
+"""The stub's SQLite store: jobs, workers, webhook and dispatch attempts, output targets. All SQL lives in this
+package.
 
 One connection, guarded by a lock, in WAL mode with `synchronous=FULL`: a committed change survives a
 crash of the process or the machine. Every public method is one transaction (`BEGIN IMMEDIATE`, so
@@ -8,8 +9,9 @@ never get the same job. Times are Unix seconds (wall clock, so leases survive a 
 `Store` is put together from one mixin per responsibility so that each module stays one job:
 `schema` (tables, file, connection), `base` (transactions and the shared transitions), `jobs` (the
 public API's side), `claims` (the worker's side: claims, leases, statuses), `records` (workers,
-webhook and dispatch attempts), `events` + `event_log` (the log of every change, which streams and webhooks
-are made from), `deliveries` (which webhook is due). Callers import everything from here.
+webhook and dispatch attempts), `targets` (v1.2 output targets), `events` + `event_log` (the log of every
+change, which streams and webhooks are made from), `deliveries` (which webhook is due). Callers import everything
+from here.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from orchestrator_stub.db.events import (
 from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin, QueueFull
 from orchestrator_stub.db.records import RecordsMixin
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, UnencodableText
+from orchestrator_stub.db.targets import TargetsMixin
 
 __all__ = [
     "DEFAULT_NOTIFY_EVENTS",
@@ -50,5 +53,5 @@ __all__ = [
 ]
 
 
-class Store(JobsMixin, ClaimsMixin, RecordsMixin, EventLogMixin, DeliveriesMixin):
+class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin, EventLogMixin, DeliveriesMixin):
     """The job store; thread-safe, each public method one transaction."""

@@ -98,6 +98,18 @@ CREATE TABLE IF NOT EXISTS requeues (
     error TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requeues_by_job ON requeues (job_id, id);
+-- v1.2 output targets: one row per target handed out (a claim, or a dispatcher's delivery). A table of its
+-- own, created if missing, so a database from before it opens unchanged.
+CREATE TABLE IF NOT EXISTS output_targets (
+    video_key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    poster_key TEXT,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    verified_at REAL
+);
+CREATE INDEX IF NOT EXISTS output_targets_by_job ON output_targets (job_id, attempt);
 -- The event log: every state change of a job, written in the transaction that makes the change. `id` only
 -- grows, so a stream resumes after the last id it sent (SSE's Last-Event-ID).
 CREATE TABLE IF NOT EXISTS job_events (

@@ -421,6 +421,8 @@ function showVideo(el, job) {
   // Always the stub's own route, never the result's URL: the stub serves the file, or redirects to the
   // configured storage only (a worker's report cannot point the page anywhere else).
   video.dataset.src = `/v1/jobs/${encodeURIComponent(job.job_id)}/video`;
+  // The poster (v1.2 workers store one beside each video): the tile shows a frame before anything plays.
+  if (result.poster_url) video.poster = `/v1/jobs/${encodeURIComponent(job.job_id)}/poster`;
   video.setAttribute("aria-label", `video of job ${job.job_id.slice(0, 8)}`);
   const link = box.querySelector(".download");
   link.href = `${video.dataset.src}?download=1`;

@@ -141,8 +141,8 @@ def _gone_soon(pid: int, timeout: float = 5) -> bool:
             ["WORKER_MODE", "PORT", "PIPELINE_BACKEND"],
         ),
         (
-            {"PORT": "70000", "STORAGE_BACKEND": "s3", "DRAIN_TIMEOUT_S": "soon"},
-            ["PORT", "STORAGE_BACKEND", "DRAIN_TIMEOUT_S"],
+            {"PORT": "70000", "STORAGE_BACKEND": "gcs", "DRAIN_TIMEOUT_S": "soon"},
+            ["STORAGE_BACKEND", "PORT", "DRAIN_TIMEOUT_S"],  # the storage variables are read first (a shared class)
         ),
         ({"WORKER_MODE": "buffer"}, ["ORCHESTRATOR_BASE_URL", "INTERNAL_API_KEY"]),
         ({"B2_KEY_ID": "key-id-value-1234", "B2_APP_KEY": "app-key-secret-5678"}, ["B2_BUCKET_NAME"]),
@@ -327,7 +327,9 @@ def test_compose_wiring():
     # A buffer worker takes every GPU of the box (one slot each); a queue worker, one GPU (issue 13).
     for name, count in (("worker", "all"), ("queue-worker", 1)):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices == [{"driver": "nvidia", "count": count, "capabilities": ["gpu"]}], name
+        assert devices == [
+            {"driver": "nvidia", "count": count, "capabilities": ["gpu", "compute", "utility", "video"]}
+        ], name
         assert "models:/models/hf" in services[name]["volumes"]
         assert services[name]["environment"]["STORAGE_BACKEND"].endswith(":-local}")
     worker, queue = services["worker"]["environment"], services["queue-worker"]["environment"]
@@ -336,12 +338,12 @@ def test_compose_wiring():
     assert services["worker"]["ports"] == [f"127.0.0.1:{worker['METRICS_PORT']}:{worker['METRICS_PORT']}"]
     assert queue["WORKER_MODE"] == "queue" and queue["PORT"] == "8000"
     stub = services["stub"]
-    assert stub["entrypoint"] == ["python", "-m", "orchestrator_stub"]
+    assert "entrypoint" not in stub, "the stub image's own entrypoint (tini + python -m orchestrator_stub)"
     assert stub["environment"]["STUB_PORT"] == "8080" and stub["environment"]["STUB_DB"].endswith(".sqlite3")
     assert any(v.startswith("stub-data:") for v in stub["volumes"])
     assert "${INTERNAL_API_KEY" in stub["environment"]["INTERNAL_API_KEY"]
-    dispatch = services["stub-queue"]["entrypoint"]
-    assert dispatch[-2:] == ["--dispatch-to", "http://queue-worker:8000/generate"]
+    dispatch = services["stub-queue"]["command"]
+    assert dispatch == ["--dispatch-to", "http://queue-worker:8000/generate"]
     assert services["stub-queue"]["profiles"] == ["queue"] and services["queue-worker"]["profiles"] == ["queue"]
     assert "profiles" not in services["worker"] and "profiles" not in services["stub"]
     assert set(compose["volumes"]) >= {"models", "worker-state", "stub-data"}
@@ -455,11 +457,14 @@ def test_shellcheck_clean():
 def test_the_container_runs_under_an_init():
     """PID 1 reaps orphans and forwards signals: tini in the image, Docker's init where compose replaces it."""
     dockerfile = (REPO / "Dockerfile.fastwan").read_text(encoding="utf-8")
-    runtime = dockerfile.split(" AS runtime")[1]
-    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", runtime, re.M)
+    image = dockerfile.split(" AS image")[1].split(" AS runtime")[0]  # what runtime and fastvideo share
+    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", image, re.M)
     assert entrypoint == ['["/usr/bin/tini", "--", "/app/run_fastwan_worker.sh"]']
-    installs = re.search(r"apt-get install[^&]*", runtime)
+    system = dockerfile.split(" AS os")[1].split("\nFROM ")[0]  # the image's FROM os
+    installs = re.search(r"apt-get install[^&]*", system)
     assert installs is not None and re.search(r"\btini\b", installs.group(0))
+    stub = (REPO / "Dockerfile.stub").read_text(encoding="utf-8")
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--", ', stub, re.M)
     for name, service in _compose()["services"].items():
         if "entrypoint" in service:  # the image's tini is bypassed: Docker's init takes its place
             assert service.get("init") is True, name
@@ -467,6 +472,9 @@ def test_the_container_runs_under_an_init():
 
 def test_hadolint_clean():
     proc = subprocess.run(
-        [_tool("hadolint"), str(REPO / "Dockerfile.fastwan")], capture_output=True, text=True, cwd=REPO
+        [_tool("hadolint"), str(REPO / "Dockerfile.fastwan"), str(REPO / "Dockerfile.stub")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -329,6 +329,14 @@ def test_a_lone_surrogate_in_a_key_is_a_422(worker):
     assert resp.status_code == 422 and "field name is not valid Unicode" in resp.json()["error"]["message"]
 
 
+def test_a_bad_output_target_is_a_422_naming_its_field_before_any_work(worker):
+    target = {"url": "ftp://bucket.example/k", "storage_key": "k", "serve_url": "https://o.example/v"}
+    resp = post(worker["base"], {"prompt": "somewhere odd", **SMALL, "output": {"video": target}})
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_input" and error["message"].startswith("output.video.url: must be an http(s)")
+
+
 def test_a_50_mb_prompt_is_a_413_before_it_is_read(worker):
     prompt = b"a" * (50 << 20)
     resp = raw_post(worker["base"], b'{"prompt": "' + prompt + b'"}')

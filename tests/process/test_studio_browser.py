@@ -270,6 +270,13 @@ def test_submit_watch_the_progress_and_play_the_video(page: Page, studio: Studio
     )
     assert ranged.status == 206 and len(ranged.body()) == 100
 
+    # The tile's poster: the JPEG the worker stored beside the video, served by the stub.
+    poster = video.evaluate("v => v.getAttribute('poster')")
+    assert poster == f"/v1/jobs/{card.get_attribute('data-id')}/poster"
+    image = page.request.get(studio.url + poster)
+    assert image.status == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.body()[:2] == b"\xff\xd8" and job["result"]["poster_url"]
+
 
 def test_the_page_follows_the_event_stream_without_polling(context: BrowserContext, studio: Studio) -> None:
     # Every request the page makes, from its first: once its event stream is up, nothing may poll.

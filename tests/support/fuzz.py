@@ -86,11 +86,12 @@ def no_server_error(case: Any, response: Any) -> str | None:
 
 # ---- the worker's queue-mode /generate ----------------------------------------------------------------------
 
-RETRY_LATER = {"image_download_failed"}  # the one 5xx the protocol allows for an input: the image host failed
+# The 5xx the protocol allows for an input: the image host failed, or (v1.2) the output target refused the upload.
+RETRY_LATER = {"image_download_failed", "upload_failed"}
 
 
 def generate_check(case: Any, response: Any) -> str | None:
-    """No 5xx, except a 503 with a retryable `image_download_failed` (the image host's fault, not the input's)."""
+    """No 5xx, except a 503 with a retryable `image_download_failed` or `upload_failed` (another host's fault)."""
     if response.status_code < 500:
         return None
     try:

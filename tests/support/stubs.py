@@ -118,12 +118,25 @@ class StubProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+    _started_once: bool = False  # a restart keeps its port: workers know it
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> StubProcess:
+        """Start on `port`; on a first start, another free port if that one was taken meanwhile (the kernel
+        also hands ports of its ephemeral range to outgoing connections, and tests run side by side)."""
+        for _ in range(3):
+            if self._start() or self.proc is None or self.proc.returncode is None:
+                return self
+            if "address already in use" not in self.log_text() or self._started_once:
+                break
+            self.port = free_port()
+        pytest.fail(f"the stub exited with {self.proc.returncode if self.proc else None}:\n{self.log_text()}")
+
+    def _start(self) -> bool:
+        """True once the stub answers; False when it exited (the log says why)."""
         self.http.close()  # a fresh connection pool: the old one may hold sockets of a killed process
         self.http = httpx.Client(base_url=self.url, timeout=10)
         env = {
@@ -144,12 +157,15 @@ class StubProcess:
                 stderr=subprocess.STDOUT,
             )
         wait_for(self._ready, timeout_s=20, what=f"the stub on port {self.port} ({self.log_path})")
-        return self
+        if self.proc.returncode is None:
+            self._started_once = True
+            return True
+        return False
 
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            pytest.fail(f"the stub exited with {self.proc.returncode}:\n{self.log_text()}")
+            return True  # exited: start() reads the log
         try:
             return self.http.get("/health", timeout=1).status_code == 200
         except httpx.TransportError:

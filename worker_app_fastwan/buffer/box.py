@@ -119,10 +119,14 @@ def build_slots(
     worker_id: str,
     plan: list[SlotDevice],
 ) -> list[Slot]:
-    """One slot per device: its own GPU process (seeing only that device), runner and worker id."""
+    """One slot per device: its own GPU process (seeing only that device), runner and worker id. Their GPU
+    processes load SLOT_LOAD_CONCURRENCY at a time: each reads ≈ 25.5 GiB of weights through host memory
+    (the tiny backend reads none: its slots, in tests and the demo, start together)."""
     slots = []
+    staggered = len(plan) > 1 and settings.PIPELINE_BACKEND != "tiny"
+    gate = asyncio.Semaphore(settings.SLOT_LOAD_CONCURRENCY) if staggered else None
     for device in plan:
-        make_runner = functools.partial(build_runner, settings, storage, device=device)
+        make_runner = functools.partial(build_runner, settings, storage, device=device, load_gate=gate)
         slot_id = slot_worker_id(worker_id, device.index, len(plan))
         slots.append(Slot(settings, make_runner, client, outbox, slot_id, device=device))
     return slots

@@ -150,7 +150,9 @@ class JobLifecycle:
         if held.cancel_requested or held.dropped:
             return self._failed(held, JobFailure(ErrorCode.cancelled, "cancelled before it started"))
         try:
-            return await self.runner.generate(held.job_id, held.claimed.input, queued_s=0.0)
+            generated = await self.runner.generate(held.job_id, held.claimed.input, queued_s=0.0)
+            generated.target = held.claimed.output  # v1.2: the upload goes there, not to this worker's storage
+            return generated
         except JobFailure as exc:
             return self._failed(held, exc)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job is reported, and retried

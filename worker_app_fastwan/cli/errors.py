@@ -97,10 +97,15 @@ def run_command(command: Callable[[], int], *, fmt: str = "auto", debug: bool = 
 
 
 def check_settings(mode: str | None = None) -> int:
-    """`check-settings`: every setting checked, one line per problem on stderr, exit 2 if any."""
-    from worker_app_fastwan.core.settings import settings_problems
+    """`check-settings`: every setting checked, one line per problem on stderr, exit 2 if any; when the
+    settings hold, the folders the worker writes must be writable (`core/folders.py`): a read-only or
+    foreign-owned mount stops the container here, in one line, instead of failing the first job."""
+    from worker_app_fastwan.core.folders import folder_problems
+    from worker_app_fastwan.core.settings import Settings, settings_problems
 
     problems = settings_problems(mode)
+    if not problems:
+        problems = folder_problems(Settings())
     for line in problems:
         print(f"{PROGRAM}: {line}", file=sys.stderr)
     return ExitCode.BAD_INPUT if problems else ExitCode.OK

@@ -80,12 +80,12 @@ def _dispatch(command: str, settings: Settings, args: argparse.Namespace, *, dis
 
 
 class _OnePathStorage:
-    """The one-shot CLI's storage: the video goes exactly where --out says."""
+    """The one-shot CLI's storage: the video goes exactly where --out says (the poster nowhere: one file asked)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def upload(self, local_path: Path, job_id: str, sha256: str):
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None):
         from worker_app_fastwan.job.storage import StoredObject
 
         self.out.parent.mkdir(parents=True, exist_ok=True)

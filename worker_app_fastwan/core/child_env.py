@@ -73,7 +73,17 @@ ALLOWED_PREFIXES = (
     "OPENBLAS_",
 )
 # Settings the GPU child never uses; blanked in its copy.
-SECRET_SETTINGS = ("INTERNAL_API_KEY", "ORCHESTRATOR_BASE_URL", "B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
+SECRET_SETTINGS = (
+    "INTERNAL_API_KEY",
+    "ORCHESTRATOR_BASE_URL",
+    "B2_KEY_ID",
+    "B2_APP_KEY",
+    "B2_BUCKET_NAME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "S3_BUCKET",
+)
 
 
 def minimal_env(environ: Mapping[str, str]) -> dict[str, str]:

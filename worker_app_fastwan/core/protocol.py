@@ -5,9 +5,11 @@ Shared by the worker (sender) and orchestrator_stub (receiver). Receivers ignore
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from worker_app_fastwan.core.schema import JobError, JobId, JobResult, Stage, WorkerId
 
@@ -41,6 +43,49 @@ class Capabilities(_Body):
     max_width: Count = 1280
     max_height: Count = 1280
     max_frames: Count = 241
+    # v1.2: this worker uploads to an output target when its claim carries one (absent: a v1.1 worker).
+    output_target: bool = False
+
+
+# A header an output target may ask for: an HTTP token for a name, printable ASCII for a value (no CR/LF).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,2000}")
+MAX_TARGET_URL = 8192  # a presigned URL is ~1-2 KB; a session token makes it longer
+
+
+class UploadTarget(_Body):
+    """v1.2: where the worker PUTs one file, and what the orchestrator will call it (docs/protocol.md)."""
+
+    method: Literal["PUT"] = "PUT"
+    # A presigned URL is a bearer credential until it expires: kept out of reprs (and so out of logs).
+    url: str = Field(max_length=MAX_TARGET_URL, repr=False)
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20, repr=False)
+    storage_key: str = Field(min_length=1, max_length=1024)
+    serve_url: str = Field(max_length=MAX_TARGET_URL)
+
+    @field_validator("url", "serve_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("must be an http(s) URL with a host and no user:password")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"header {name[:100]!r}: a token for a name, printable ASCII for a value")
+        return value
+
+
+class OutputTarget(_Body):
+    """v1.2: an attempt's output target: the MP4's upload, and the poster's (a worker that makes none skips it)."""
+
+    video: UploadTarget
+    poster: UploadTarget | None = None
+    expires_at: str | None = Field(default=None, max_length=40)  # informative: when the upload URLs stop working
 
 
 class ClaimRequest(_Body):
@@ -60,6 +105,7 @@ class ClaimedJob(_Body):
     # v1.2: proof of holding this attempt, to send back with its statuses and heartbeats; None from a v1.1
     # orchestrator (or one that hands none out), and then nothing is sent. Never logged, never shown (repr=False).
     attempt_secret: AttemptSecret | None = Field(default=None, repr=False)
+    output: OutputTarget | None = None  # v1.2: where this attempt uploads (else the worker's own storage)
 
 
 class ClaimResponse(_Body):

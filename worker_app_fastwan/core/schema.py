@@ -6,6 +6,7 @@ It imports nothing heavy so that every process can afford it.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -156,9 +157,28 @@ class JobResult(BaseModel):
     bytes: int
     sha256: str
     timings: Timings
+    # v1.2: a JPEG of a frame from the middle of the video, stored beside it (absent from v1.1 workers).
+    poster_url: str | None = None
+    poster_key: str | None = None
 
 
 class JobError(BaseModel):
     code: ErrorCode
     message: str
     retryable: bool
+
+
+# The keys are content-addressed (docs/protocol.md, "The result"): the worker stores under them and the
+# orchestrator checks a result against them.
+def storage_key(job_id: str, sha256: str, prefix: str) -> str:
+    """`<prefix>videos/<job_id>/<sha256>.mp4`; both are checked because they become file names."""
+    if not re.fullmatch(ID_PATTERN, job_id):
+        raise ValueError(f"job_id {job_id!r} does not match {ID_PATTERN}")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return f"{prefix}videos/{job_id}/{sha256}.mp4"
+
+
+def poster_key(video_key: str) -> str:
+    """The poster's key: the video's, with `.jpg` for `.mp4`."""
+    return video_key.removesuffix(".mp4") + ".jpg"

@@ -13,13 +13,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from worker_app_fastwan.core.devices import parse_gpu_devices
 from worker_app_fastwan.core.schema import ID_PATTERN, ID_RULE
+from worker_app_fastwan.core.storage_settings import STORAGE_SECRETS, StorageSettings
 
-B2_VARS = ("B2_KEY_ID", "B2_APP_KEY", "B2_BUCKET_NAME")
-HIDDEN_VALUES = ("B2_APP_KEY", "INTERNAL_API_KEY", "ORCHESTRATOR_BASE_URL")
+HIDDEN_VALUES = (*STORAGE_SECRETS, "INTERNAL_API_KEY", "ORCHESTRATOR_BASE_URL")
 # The name the model hub's FastWan collection lists (DMD with full attention); the other published name,
 # FastVideo/FastWan2.2-TI2V-5B-Diffusers, is the first upload of the same model and works as well.
 DEFAULT_MODEL_ID = "FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers"
@@ -29,7 +29,9 @@ class SettingsError(ValueError):
     """A bad or contradictory setting; str() is one line naming the variable."""
 
 
-class Settings(BaseSettings):
+class Settings(StorageSettings):
+    """Every worker setting; the storage variables are `StorageSettings`' (shared with the stub)."""
+
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True, populate_by_name=True
     )
@@ -41,14 +43,6 @@ class Settings(BaseSettings):
     ORCHESTRATOR_BASE_URL: str | None = None
     INTERNAL_API_KEY: SecretStr | None = None
 
-    STORAGE_BACKEND: Literal["auto", "b2", "local"] = "auto"
-    B2_KEY_ID: str | None = None
-    B2_APP_KEY: SecretStr | None = None
-    B2_BUCKET_NAME: str | None = None
-    B2_PREFIX: str = ""
-    B2_URL_TTL_S: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
-    LOCAL_OUTPUT_DIR: Path = Path("outputs")
-
     BUFFER_WORKER_ID: str | None = None
     GPU_CLASS: str | None = None
     STATE_DIR: Path = Field(default_factory=lambda: Path.home() / ".local" / "state" / "fastwan-worker")
@@ -58,6 +52,11 @@ class Settings(BaseSettings):
     MODEL_PATH: Path | None = None
     OFFLOAD_PROFILE: Literal["auto", "none", "balanced", "low_vram"] = "auto"
     TORCH_COMPILE: bool = False
+    # Where torch.compile keeps what it compiled (Inductor's and Triton's caches), so that a restarted
+    # container does not compile again; unset: `torch-compile` under HF_HOME, the model volume.
+    COMPILE_CACHE_DIR: Path | None = None
+    # cuDNN's autotuning of the VAE's convolutions (off: its heuristics pick; see pipelines/tuning.py).
+    CUDNN_BENCHMARK: bool = False
     # The VAE decoder's dtype on CUDA; the encoder (image-to-video) always runs in float32.
     VAE_DTYPE: Literal["float32", "bfloat16"] = "bfloat16"
     # The diffusers and fastvideo backends refuse to start without a CUDA device (a 5B model on the CPU
@@ -85,6 +84,8 @@ class Settings(BaseSettings):
     BUFFER_EXIT_WHEN_IDLE: bool = False
     # Buffer mode: one slot (GPU process, claim loop, heartbeat) per device; see devices.py.
     GPU_DEVICES: str = "auto"
+    # Buffer mode: how many slots may load their model at once (each reads ≈ 25.5 GiB through host memory).
+    SLOT_LOAD_CONCURRENCY: int = Field(default=1, ge=1, le=16)
     # Buffer mode: claim and start the next job while the last one uploads and reports (two jobs held at most).
     BUFFER_PIPELINING: bool = True
     # Buffer mode: Prometheus metrics of every slot on HOST:METRICS_PORT (0: off). Queue mode has /metrics.
@@ -119,16 +120,7 @@ class Settings(BaseSettings):
 
     def _conflicts(self) -> list[str]:
         """Settings that are fine one by one but not together; each line starts with the variable's name."""
-        problems = []
-        b2_set = [name for name in B2_VARS if getattr(self, name)]
-        if b2_set and len(b2_set) < len(B2_VARS):
-            problems += [
-                f"{name}: is required because {' '.join(b2_set)} is set (B2 needs all of {' '.join(B2_VARS)})"
-                for name in B2_VARS
-                if name not in b2_set
-            ]
-        elif self.STORAGE_BACKEND == "b2" and not b2_set:
-            problems += [f"{name}: is required because STORAGE_BACKEND=b2" for name in B2_VARS]
+        problems = self.storage_problems()
         if self.ORCHESTRATOR_BASE_URL and not self.ORCHESTRATOR_BASE_URL.startswith(("http://", "https://")):
             problems.append("ORCHESTRATOR_BASE_URL: must start with http:// or https://")
         if self.ORCHESTRATOR_BASE_URL and not self.INTERNAL_API_KEY:
@@ -143,13 +135,6 @@ class Settings(BaseSettings):
             return []
         needed = {"ORCHESTRATOR_BASE_URL": self.ORCHESTRATOR_BASE_URL, "INTERNAL_API_KEY": self.INTERNAL_API_KEY}
         return [f"{name}: is required in buffer mode" for name, value in needed.items() if not value]
-
-    @property
-    def storage(self) -> Literal["b2", "local"]:
-        """`auto` means B2 when its credentials are set, else the local folder."""
-        if self.STORAGE_BACKEND == "auto":
-            return "b2" if self.B2_KEY_ID else "local"
-        return self.STORAGE_BACKEND
 
     @property
     def orchestrator_url(self) -> str | None:

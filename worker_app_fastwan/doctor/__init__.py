@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import Settings
-from worker_app_fastwan.doctor import checks
+from worker_app_fastwan.doctor import checks, image
 from worker_app_fastwan.doctor.gpu import CudaFacts, probe_in_child
+from worker_app_fastwan.doctor.host_memory import host_ram_check
 from worker_app_fastwan.doctor.report import Check, exit_code, fail, ok, skip, summary
 
 if TYPE_CHECKING:
@@ -47,7 +48,13 @@ def run_doctor(
 ) -> ExitCode:
     """Run every check, print one line each as it completes, and return the exit code."""
     stream = out or sys.stdout
-    secrets = tuple(s.get_secret_value() for s in (settings.INTERNAL_API_KEY, settings.B2_APP_KEY) if s)
+    hidden = (
+        settings.INTERNAL_API_KEY,
+        settings.B2_APP_KEY,
+        settings.AWS_SECRET_ACCESS_KEY,
+        settings.AWS_SESSION_TOKEN,
+    )
+    secrets = tuple(s.get_secret_value() for s in hidden if s)
     found: list[Check] = []
 
     def emit(*new: Check) -> None:
@@ -55,11 +62,12 @@ def run_doctor(
             found.append(check)
             print(check.line(secrets), file=stream, flush=True)
 
-    emit(checks.settings_check(settings), checks.state_dir_check(settings))
+    emit(checks.settings_check(settings), checks.state_dir_check(settings), image.folders_check(settings))
+    emit(image.driver_check(settings, *image.torch_build(), image.host_driver()))
     # The tiny backend runs on the CPU: probing CUDA (a process that imports torch) would tell nothing it needs.
     facts = CudaFacts() if settings.PIPELINE_BACKEND == "tiny" else probe_in_child()
     emit(*checks.cuda_checks(settings, facts))
-    emit(checks.host_ram_check(settings, facts), checks.nvenc_check(settings), checks.model_check(settings))
+    emit(host_ram_check(settings, facts), checks.nvenc_check(settings), checks.model_check(settings))
     emit(checks.storage_check(settings, b2_api), checks.orchestrator_check(settings))
     if load or generate:
         emit(*asyncio.run(_load_and_generate(settings, facts, generate)))

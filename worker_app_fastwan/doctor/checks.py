@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.doctor.gpu import CudaFacts, driver_needed
 from worker_app_fastwan.doctor.report import Check, fail, ok, skip, warn
-from worker_app_fastwan.model.memory_budget import FASTVIDEO, host_ram_gib
+from worker_app_fastwan.model.memory_budget import FASTVIDEO
 from worker_app_fastwan.model.offload import DEFAULT_JOB, choose_profile, max_frames
 
 GB = 1e9
@@ -93,10 +93,14 @@ def _gpu_check(settings: Settings, index: int, name: str, total: float, free: fl
     profile = (
         FASTVIDEO
         if settings.PIPELINE_BACKEND == "fastvideo"
-        else choose_profile(settings.OFFLOAD_PROFILE, total, vae_dtype=settings.VAE_DTYPE)
+        else choose_profile(
+            settings.OFFLOAD_PROFILE, total, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK
+        )
     )
     width, height, _ = DEFAULT_JOB
-    best = max_frames(width, height, total, profile, vae_dtype=settings.VAE_DTYPE)
+    best = max_frames(
+        width, height, total, profile, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK
+    )
     if best is None:
         return fail(label, f"{head}; profile {profile}: not even a {width}×{height}×5 job fits")
     line = f"{head}; profile {profile}; admits {width}×{height} up to {best} frames"
@@ -105,29 +109,33 @@ def _gpu_check(settings: Settings, index: int, name: str, total: float, free: fl
     return ok(label, line)
 
 
-def host_ram_check(settings: Settings, facts: CudaFacts) -> Check:
-    if settings.PIPELINE_BACKEND == "tiny":
-        return skip("host ram", "PIPELINE_BACKEND=tiny needs no weights in RAM")
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    vram = facts.gpus[0].total_gib if facts.gpus else None
-    profile = (
-        FASTVIDEO
-        if settings.PIPELINE_BACKEND == "fastvideo"
-        else choose_profile(settings.OFFLOAD_PROFILE, vram, vae_dtype=settings.VAE_DTYPE)
-    )
-    need = host_ram_gib(profile, vae_dtype=settings.VAE_DTYPE)
-    line = f"{total:.0f} GiB, profile {profile} needs ≈ {need:.0f} GiB (the weights pass through host RAM at load)"
-    return ok("host ram", line) if total >= need else fail("host ram", line)
-
-
-def nvenc_check(settings: Settings) -> Check:
+def nvenc_check(
+    settings: Settings,
+    *,
+    works: bool | None = None,
+    env: dict[str, str] | None = None,
+    library_loads: bool | None = None,
+) -> Check:
+    """Whether ffmpeg encodes with NVENC here; when not, whether the container (not the card) is the reason.
+    `works`, `env` (for NVIDIA_DRIVER_CAPABILITIES) and `library_loads` are this box's facts unless given."""
+    from worker_app_fastwan.doctor.image import granted_capabilities, nvenc_library_loads, nvenc_missing_why
     from worker_app_fastwan.gpu_child.encoder import nvenc_works
 
-    if nvenc_works():
+    if works is None:
+        works = nvenc_works()
+    if works:
         return ok("nvenc", "available: ENCODER=auto encodes on the GPU")
-    if settings.ENCODER == "h264_nvenc":
+    if library_loads is None:
+        library_loads = nvenc_library_loads()
+    why_not = nvenc_missing_why(granted_capabilities(env), library_loads)
+    explicit = settings.ENCODER == "h264_nvenc"
+    if why_not is not None:
+        # A container set-up the operator can fix: a warning (encodes still work, on the CPU), a failure only
+        # where NVENC was asked for explicitly.
+        return (fail if explicit else warn)("nvenc", f"not available: {why_not}; ENCODER={settings.ENCODER}")
+    if explicit:
         return fail("nvenc", "ENCODER=h264_nvenc but this box cannot encode with NVENC; use ENCODER=auto")
-    return skip("nvenc", f"not available here (not every GPU has it); ENCODER={settings.ENCODER} uses libx264")
+    return skip("nvenc", f"not available on this GPU (not every GPU has it); ENCODER={settings.ENCODER} uses libx264")
 
 
 def model_check(settings: Settings) -> Check:
@@ -189,9 +197,32 @@ def _hub_size_gb(model_id: str) -> tuple[float, str | None]:
 
 
 def storage_check(settings: Settings, b2_api: Any = None) -> Check:
-    if settings.storage == "local":
+    kind = settings.storage
+    if kind == "local":
         return _local_storage_check(settings.LOCAL_OUTPUT_DIR)
+    if kind == "s3":
+        return _s3_check(settings)
+    if kind == "presigned":
+        return ok("storage", "presigned: no storage credentials here; videos go to the orchestrator's output targets")
     return _b2_check(settings, b2_api)
+
+
+def _s3_check(settings: Settings) -> Check:
+    """Write and delete a small object under S3_PREFIX: what an upload needs, and all a least-privilege key may do."""
+    from worker_app_fastwan.job.s3_storage import S3Storage, describe, probe
+    from worker_app_fastwan.job.storage import StorageError
+
+    key = f"{settings.S3_PREFIX}doctor/{uuid.uuid4().hex}.txt"
+    where = f"bucket {settings.S3_BUCKET}" + (f" at {_where(settings.s3_endpoint)}" if settings.s3_endpoint else "")
+    try:
+        storage = S3Storage.from_settings(settings, attempts=1)
+        probe(storage, key, b"fastwan doctor probe\n")
+    except StorageError as exc:
+        return fail("storage", f"s3: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any refusal is the finding
+        who = f"key {settings.AWS_ACCESS_KEY_ID}" if settings.AWS_ACCESS_KEY_ID else "the default AWS credentials"
+        return fail("storage", f"s3: {where}: {who} cannot write and delete {key}: {describe(exc)}")
+    return ok("storage", f"s3: {where}: wrote and deleted {key}")
 
 
 def _local_storage_check(folder: Path) -> Check:

@@ -71,11 +71,20 @@ class ChildJobFailure(JobFailure):
 
 
 class GpuChild:
-    """Methods are called from the event loop. `spawn(settings)` makes the (not yet started) process."""
+    """Methods are called from the event loop. `spawn(settings)` makes the (not yet started) process.
+    `load_gate`, shared by a box's slots, bounds how many of their processes load a model at once (a load
+    reads every weight through host memory); a restart's load passes through it too."""
 
-    def __init__(self, settings: Settings, *, spawn: Callable[[Settings], ChildProcess] = ChildProcess) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        spawn: Callable[[Settings], ChildProcess] = ChildProcess,
+        load_gate: asyncio.Semaphore | None = None,
+    ) -> None:
         self.settings = settings
         self._spawn = spawn
+        self._load_gate = load_gate
         self._proc: ChildProcess | None = None
         self._state = ChildState.starting
         self._changed = asyncio.Event()
@@ -118,9 +127,11 @@ class GpuChild:
         if self._state is ChildState.stopped:
             self._to(ChildState.starting)
         self._exit_expected = False
-        self._proc = proc = self._spawn(self.settings)
-        proc.start()
-        msg = await proc.events.get()
+        gate = self._load_gate
+        if gate is not None and gate.locked():
+            log.info("waiting for other slots' model loads to end (SLOT_LOAD_CONCURRENCY)")
+        async with gate or contextlib.nullcontext():
+            proc, msg = await self._spawn_and_load()
         if isinstance(msg, Ready):
             self.device, self.load_s = msg.device, msg.load_s
             self._to(ChildState.ready)
@@ -137,6 +148,12 @@ class GpuChild:
         reason = msg.message if isinstance(msg, Failed) else f"the GPU process exited with code {exited}"
         await self._end(proc, STOP_TIMEOUT_S)
         self._give_up(reason)
+
+    async def _spawn_and_load(self) -> tuple[ChildProcess, object]:
+        """The process, and its first message: `Ready` once its model is loaded and warm, else why not."""
+        self._proc = proc = self._spawn(self.settings)
+        proc.start()
+        return proc, await proc.events.get()
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the child to exit (Shutdown); kill it if it has not within `timeout_s`."""

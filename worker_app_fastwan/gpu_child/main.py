@@ -47,6 +47,9 @@ def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
     # SIGTERM sent to the whole process group must not cut a job short behind the parent's back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from worker_app_fastwan.gpu_child.compile_cache import use_compile_caches
+
+    use_compile_caches(settings)
     backend, codec = _load_frozen(conn, settings)
     while True:
         try:
@@ -142,9 +145,11 @@ class _StageClock:
 
 def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, codec: str, msg: RunJob) -> None:
     from worker_app_fastwan.gpu_child.encoder import Mp4Writer
+    from worker_app_fastwan.gpu_child.poster import PosterFrame
 
     clock = _StageClock(conn, cancel, msg.job_id, backend)
     writer = None
+    generation = None
     try:
         job = JobInput.model_validate(msg.input).model_copy(update={"seed": msg.seed})
         image = _open_image(msg.image_path)
@@ -159,12 +164,15 @@ def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, 
             crf=settings.ENCODER_CRF,
             codec=codec,
         )
+        poster = PosterFrame(job.num_frames)
         for chunk in generation.frames:
             clock.check_cancel()
             writer.write(chunk)
+            poster.offer(chunk)
         inference_s = time.perf_counter() - start
         clock(Stage.encoding_video)
         tail_s = writer.close()
+        poster_path, poster_s = _poster(poster, Path(msg.out_path).with_suffix(".jpg"))
         done = Done(
             job_id=msg.job_id,
             seed=generation.seed,
@@ -173,12 +181,33 @@ def _run_job(conn: Connection, cancel: Event, backend: Any, settings: Settings, 
             inference_s=inference_s,
             encode_tail_s=tail_s,
             stage_s=clock.finish(),
+            poster_path=poster_path,
+            poster_s=poster_s,
         )
         conn.send(done)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a typed message to the parent
         if writer is not None:
             writer.abort()
+        if generation is not None and hasattr(generation.frames, "close"):
+            generation.frames.close()  # a decode stopped half-way runs its own clean-up now, not at collection
         _report_failure(conn, backend, msg.job_id, exc)
+
+
+def _poster(picked: Any, path: Path) -> tuple[str | None, float]:
+    """The poster from the frame kept while encoding: (its path, seconds), or (None, 0) if it failed."""
+    from worker_app_fastwan.gpu_child.poster import write_poster
+
+    start = time.perf_counter()
+    try:
+        if picked.frame is None:
+            return None, 0.0
+        size = write_poster(picked.frame, path)
+    except Exception:  # noqa: BLE001 - a poster is worth less than the video it goes with
+        log.exception("poster failed; the video goes without one")
+        return None, 0.0
+    seconds = time.perf_counter() - start
+    log.info("poster written", extra={"bytes": size, "poster_ms": round(seconds * 1000, 1)})
+    return str(path), seconds
 
 
 def _open_image(path: str | None) -> Any:
@@ -193,14 +222,18 @@ def _open_image(path: str | None) -> Any:
 def _report_failure(conn: Connection, backend: Any, job_id: str, exc: BaseException) -> None:
     import torch
 
+    oom = isinstance(exc, torch.OutOfMemoryError)
+    fatal = not isinstance(exc, JobFailure) and not oom and any(s in str(exc) for s in FATAL_GPU_ERRORS)
+    if not fatal:
+        # Every job that ends early (cancelled, timed out, out of memory, any error) may leave a component
+        # on the GPU; the process serves the next job, so it is released before the failure is reported.
+        _free_memory(backend, collect=oom)
     if isinstance(exc, JobFailure):
         conn.send(Failed(job_id=job_id, code=exc.code, message=exc.message, retryable=exc.retryable))
-    elif isinstance(exc, torch.OutOfMemoryError):
-        backend.free_memory()
-        gc.collect()
+    elif oom:
         message = f"the GPU ran out of memory: {str(exc).splitlines()[0][:300]}"
         conn.send(Failed(job_id=job_id, code=ErrorCode.out_of_memory, message=message, retryable=True))
-    elif any(s in str(exc) for s in FATAL_GPU_ERRORS):
+    elif fatal:
         log.exception("fatal GPU error; the GPU process exits and is restarted")
         message = f"fatal GPU error: {exc}"[:1000]
         conn.send(Failed(job_id=job_id, code=ErrorCode.generation_failed, message=message, retryable=True, fatal=True))
@@ -209,3 +242,12 @@ def _report_failure(conn: Connection, backend: Any, job_id: str, exc: BaseExcept
         log.exception("generation failed")
         message = f"{type(exc).__name__}: {exc}"[:1000]
         conn.send(Failed(job_id=job_id, code=ErrorCode.generation_failed, message=message, retryable=True))
+
+
+def _free_memory(backend: Any, *, collect: bool) -> None:
+    if collect:
+        gc.collect()  # an OOM's traceback held the job's tensors: drop them before the cache is emptied
+    try:
+        backend.free_memory()
+    except Exception:  # noqa: BLE001 - the failure is still reported; a broken device fails the next job
+        log.exception("releasing GPU memory after a failed job failed")

@@ -53,6 +53,8 @@ class Done:
     inference_s: float
     encode_tail_s: float  # the encoder's flush after the last frame: what encoding adds to a job
     stage_s: dict[str, float] = field(default_factory=dict)
+    poster_path: str | None = None  # the JPEG beside the MP4 (None: making it failed; the video stands)
+    poster_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def enabled_modes(settings: Settings, device: DeviceInfo | None) -> list[Mode]:
 
 def capabilities(settings: Settings, device: DeviceInfo | None) -> Capabilities:
     modes = enabled_modes(settings, device)
-    return Capabilities(modes=modes, max_width=MAX_SIDE, max_height=MAX_SIDE, max_frames=MAX_FRAMES)
+    # v1.2: every worker can upload to an output target it is handed (job/target_upload.py).
+    return Capabilities(modes=modes, max_width=MAX_SIDE, max_height=MAX_SIDE, max_frames=MAX_FRAMES, output_target=True)
 
 
 def check_capacity(settings: Settings, device: DeviceInfo | None, job: JobInput, mode: str) -> None:
@@ -39,7 +40,7 @@ def check_capacity(settings: Settings, device: DeviceInfo | None, job: JobInput,
 
         memory_gib = device.memory_total_mb / 1024
         args = (job.width, job.height, job.num_frames, memory_gib, device.offload_profile)
-        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE)
+        check_job_fits(*args, vae_dtype=settings.VAE_DTYPE, cudnn_benchmark=settings.CUDNN_BENCHMARK)
 
 
 def check_mode(mode: str, settings: Settings, device: DeviceInfo | None) -> None:

@@ -25,14 +25,8 @@ from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.job_progress import JobProgress, ProgressListener
 from worker_app_fastwan.core.logs import job_context
 from worker_app_fastwan.core.metrics import Metrics
-from worker_app_fastwan.core.protocol import Capabilities, GpuInfo
-from worker_app_fastwan.core.schema import (
-    MAX_SEED,
-    ErrorCode,
-    JobInput,
-    JobResult,
-    Stage,
-)
+from worker_app_fastwan.core.protocol import Capabilities, GpuInfo, OutputTarget
+from worker_app_fastwan.core.schema import MAX_SEED, ErrorCode, JobInput, JobResult, Stage
 from worker_app_fastwan.core.settings import Settings
 from worker_app_fastwan.edge.job_input import parse_job_input
 from worker_app_fastwan.gpu_child.handle import CANCEL_GRACE_S, ChildJobFailure, ChildState, GpuChild
@@ -171,12 +165,19 @@ class JobRunner:
     # ------------------------------------------------------------ the job
 
     async def run(
-        self, job_id: str, raw_input: Any, *, queued_s: float = 0.0, image_file: Path | None = None
+        self,
+        job_id: str,
+        raw_input: Any,
+        *,
+        queued_s: float = 0.0,
+        image_file: Path | None = None,
+        target: OutputTarget | None = None,
     ) -> JobResult:
         """Run one job to a result, or raise JobFailure. Raises Busy / NotReady without starting it. The runner
         is busy until the upload is done (queue mode's /health); `generate` + `finish` free it earlier."""
         async with self._holding(job_id):
             generated = await self._generate_observed(job_id, raw_input, queued_s, image_file)
+            generated.target = target
             return await self.finish(generated)
 
     async def generate(
@@ -255,7 +256,7 @@ class JobRunner:
         self._set_stage(Stage.uploading, progress=generated.progress)
         upload_start = time.monotonic()
         video = Path(generated.done.out_path)
-        digest, stored = await asyncio.to_thread(hash_and_upload, self.storage, video, generated.job_id)
+        digest, stored = await asyncio.to_thread(hash_and_upload, self.storage, video, generated)
         upload_s = time.monotonic() - upload_start
         observe_stages(self.metrics, generated, upload_s)
         return build_result(generated, digest, stored, upload_s)
@@ -325,10 +326,12 @@ def build_runner(
     listeners: Sequence[ProgressListener] = (),
     metrics: Metrics | None = None,
     spawn: Callable[[Settings], ChildProcess] | None = None,
+    load_gate: asyncio.Semaphore | None = None,
 ) -> JobRunner:
     """A runner and its GPU process, which sees only `device` (a buffer slot's; None: the process's own view).
-    Every mode and command builds its runner here; a test passes `spawn` to put a fake process behind it."""
+    Every mode and command builds its runner here; a test passes `spawn` to put a fake process behind it.
+    `load_gate`, shared by a box's slots, bounds how many of their GPU processes load a model at once."""
     if spawn is None:
         spawn = functools.partial(ChildProcess, env=device.child_env() if device else None)
-    child = GpuChild(settings, spawn=spawn)
+    child = GpuChild(settings, spawn=spawn, load_gate=load_gate)
     return JobRunner(settings, storage, child=child, metrics=metrics, listeners=listeners)

@@ -1,28 +1,39 @@
-"""Where finished videos go: a Backblaze B2 bucket (b2sdk) or a local folder, behind one `Storage` protocol.
+"""Where finished videos go: a Backblaze B2 bucket (b2sdk), any S3-compatible bucket (`s3_storage.py`,
+boto3), a local folder, or an orchestrator's presigned output target (`target_upload.py`), behind one
+`Storage` protocol.
 
 The object key is `<prefix>videos/<job_id>/<sha256>.mp4`: an attempt that lost its lease and finishes
 late writes beside, never over, the video that another attempt reported, so a reported `storage_key`,
-`bytes` and `sha256` always describe what is stored. A local video is fsynced, with its folders, before
-`upload` returns: it is reported `completed` only once durable. `upload` blocks (b2sdk is synchronous,
-fsync waits for the disk); the caller runs it in a thread.
+`bytes` and `sha256` always describe what is stored. The poster goes beside it, `<sha256>.jpg`. A local
+video is fsynced, with its folders, before `upload` returns: it is reported `completed` only once durable.
+`upload` blocks (b2sdk and boto3 are synchronous, fsync waits for the disk); the caller runs it in a thread.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from worker_app_fastwan.core.durable import fsync_dir, replace_durably
 from worker_app_fastwan.core.errors import JobFailure
-from worker_app_fastwan.core.schema import ID_PATTERN, ErrorCode
+from worker_app_fastwan.core.schema import ErrorCode
+from worker_app_fastwan.job.stored import (
+    CONTENT_TYPE,
+    POSTER_TYPE,
+    Storage,
+    StorageError,
+    StoredObject,
+    poster_key,
+    storage_key,
+)
+
+__all__ = ["CONTENT_TYPE", "POSTER_TYPE", "Storage", "StorageError", "StoredObject", "poster_key", "storage_key"]
 
 if TYPE_CHECKING:
     from b2sdk.v2 import B2Api
@@ -31,35 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "video/mp4"
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    url: str
-    bytes: int
-
-
-class StorageError(RuntimeError):
-    """Storage could not be set up (bad credentials, missing bucket); the message holds no secrets."""
-
-
-class Storage(Protocol):
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
-        """Store the file (whose SHA-256 is `sha256`) under its key and return a URL a client can fetch;
-        never consumes the file."""
-        ...
-
-
-def storage_key(job_id: str, sha256: str, prefix: str) -> str:
-    """`<prefix>videos/<job_id>/<sha256>.mp4`; both are checked because they become file names."""
-    if not re.fullmatch(ID_PATTERN, job_id):
-        raise ValueError(f"job_id {job_id!r} does not match {ID_PATTERN}")
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise ValueError("sha256 must be 64 lowercase hex digits")
-    return f"{prefix}videos/{job_id}/{sha256}.mp4"
 
 
 class LocalStorage:
@@ -71,18 +54,31 @@ class LocalStorage:
     def __repr__(self) -> str:
         return f"LocalStorage(out_dir={str(self.out_dir)!r})"
 
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
         key = storage_key(job_id, sha256, "")
         dest = self.out_dir / key
         new_dirs = [d for d in (dest.parent.parent, dest.parent) if not d.exists()]
         dest.parent.mkdir(parents=True, exist_ok=True)
         # A reader never sees a half-written video; the rename, and any folder made for it, last only once
         # their folders are on disk too.
-        with open(local_path, "rb") as src:
-            replace_durably(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+        if poster is not None:  # first: a reported video always has its poster
+            _copy_durably(poster, self.out_dir / poster_key(key))
+        _copy_durably(Path(local_path), dest)
         for folder in (d.parent for d in new_dirs):
             fsync_dir(folder)
-        return StoredObject(key=key, url=dest.resolve().as_uri(), bytes=dest.stat().st_size)
+        shown = poster_key(key) if poster is not None else None
+        return StoredObject(
+            key=key,
+            url=dest.resolve().as_uri(),
+            bytes=dest.stat().st_size,
+            poster_key=shown,
+            poster_url=(self.out_dir / shown).resolve().as_uri() if shown else None,
+        )
+
+
+def _copy_durably(src_path: Path, dest: Path) -> None:
+    with open(src_path, "rb") as src:
+        replace_durably(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -163,10 +159,15 @@ class B2Storage:
     def __repr__(self) -> str:
         return f"B2Storage(bucket={self.bucket_name!r}, prefix={self.prefix!r}, public={self.public})"
 
-    def upload(self, local_path: Path, job_id: str, sha256: str) -> StoredObject:
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
         key = storage_key(job_id, sha256, self.prefix)
         size = Path(local_path).stat().st_size
+        shown = poster_key(key) if poster is not None else None
         try:
+            if poster is not None:  # first: a reported video always has its poster
+                self._call(
+                    self._bucket.upload_local_file, local_file=str(poster), file_name=shown, content_type=POSTER_TYPE
+                )
             # Files above the account's recommended part size go multipart inside b2sdk, which also
             # resumes a matching unfinished large file, so a retry here does not resend finished parts.
             self._call(
@@ -177,6 +178,7 @@ class B2Storage:
                 file_info={"job_id": job_id, "sha256": sha256},
             )
             url = self._call(self._url_for, key)
+            poster_url = self._call(self._url_for, shown) if shown else None
         except Exception as exc:
             raise JobFailure(
                 ErrorCode.upload_failed,
@@ -184,7 +186,7 @@ class B2Storage:
                 retryable=True,
             ) from exc
         log.info("uploaded video", extra={"key": key, "bytes": size, "bucket": self.bucket_name})
-        return StoredObject(key=key, url=url, bytes=size)
+        return StoredObject(key=key, url=url, bytes=size, poster_key=shown, poster_url=poster_url)
 
     def _call(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         return self._retrying.copy()(fn, *args, **kwargs)
@@ -197,7 +199,31 @@ class B2Storage:
         return f"{url}?Authorization={quote(token, safe='')}"
 
 
+class TargetsOnly:
+    """`STORAGE_BACKEND=presigned`: no storage credentials on this box; every video goes to the output target
+    the orchestrator hands out with its job (protocol v1.2), and a job without one cannot be stored here."""
+
+    def __repr__(self) -> str:
+        return "TargetsOnly()"
+
+    def upload(self, local_path: Path, job_id: str, sha256: str, poster: Path | None = None) -> StoredObject:
+        raise JobFailure(
+            ErrorCode.upload_failed,
+            "this worker keeps no storage credentials (STORAGE_BACKEND=presigned) and the job came without an "
+            "output target; its orchestrator must hand one out (protocol v1.2)",
+            retryable=True,
+        )
+
+
 def make_storage(settings: Settings) -> Storage:
-    if settings.storage == "b2":
+    """The storage `settings` select; B2 and S3 check their bucket over the network (StorageError)."""
+    kind = settings.storage
+    if kind == "b2":
         return B2Storage.from_settings(settings)
+    if kind == "s3":
+        from worker_app_fastwan.job.s3_storage import S3Storage
+
+        return S3Storage.from_settings(settings)
+    if kind == "presigned":
+        return TargetsOnly()
     return LocalStorage(settings.LOCAL_OUTPUT_DIR)

@@ -39,12 +39,12 @@ KIB = 2**10
 
 # Weights. Transformer ≈ 5.0 B params, bf16 (facts file: ≈ 10 GB). UMT5-XXL encoder ≈ 5.7 B params, bf16
 # (11.4 GB): a 1.05 B-param token embedding (2.1 GB) and 24 blocks of 193 M params (0.39 GB each), counted
-# here from its config. Streamed block by block (`balanced`) the GPU holds the embedding and two blocks (the
-# one running, the next prefetched). The VAE, counted from the real config: encoder side 149.6 M params,
-# always float32 (0.6 GB); decoder side 555.1 M params in VAE_DTYPE (1.1 GB bf16, 2.2 GB float32).
+# here from its config. Streamed block by block (`balanced`) the GPU holds two blocks (the one running, the
+# next prefetched); the embedding is looked up in host memory (`pipelines/text_encoder_offload.py`). The
+# VAE, counted from the real config: encoder side 149.6 M params, always float32 (0.6 GB); decoder side
+# 555.1 M params in VAE_DTYPE (1.1 GB bf16, 2.2 GB float32).
 TRANSFORMER_BYTES = 10.0e9
 TEXT_ENCODER_BYTES = 11.4e9
-TEXT_ENCODER_EMBED_BYTES = 2.1e9
 TEXT_ENCODER_BLOCK_BYTES = 0.386e9
 STREAMED_BLOCKS_ON_GPU = 2
 VAE_ENCODER_PARAMS = 149.6e6
@@ -81,6 +81,12 @@ HOST_RUNTIME_BYTES = 4 * GIB
 # CUDA context, cuBLAS/cuDNN workspaces and allocator fragmentation: a fixed part plus a share of the card.
 RESERVE_FIXED_BYTES = 0.75 * GIB
 RESERVE_SHARE = 0.03
+# CUDNN_BENCHMARK=true: cuDNN times several algorithms for each new convolution shape and keeps the fastest,
+# which may want a larger workspace than the one its heuristics pick (the reserve's share). PyTorch skips an
+# algorithm whose workspace it cannot allocate, so the extra is bounded by what is free when a size is first
+# seen; the decode phase counts this much of it. Not measured on a GPU (bench/gpu_checks.py measures the
+# decode's peak both ways): change it when a GPU run shows another figure.
+CUDNN_BENCHMARK_WORKSPACE_BYTES = 2 * GIB
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ def _weights(profile: str, vae_dtype: str) -> tuple[float, float, float]:
     """Bytes of weights on the GPU while (encoding the prompt, denoising, decoding) under `profile`."""
     plan = plan_for(profile)
     transformer = TRANSFORMER_BYTES
-    vae = VAE_ENCODER_PARAMS * 4 + VAE_DECODER_PARAMS * DTYPE_BYTES[vae_dtype]
+    vae = _vae_bytes(vae_dtype)
     if profile == FASTVIDEO:
         resident = transformer + FASTVIDEO_VAE_BYTES
         return resident + FASTVIDEO_TEXT_ENCODER_BYTES, resident, resident
@@ -143,16 +149,25 @@ def _weights(profile: str, vae_dtype: str) -> tuple[float, float, float]:
         # One component per phase: the generator sends each back to the CPU at every phase boundary.
         return TEXT_ENCODER_BYTES, transformer, vae
     if plan.text_encoder_off_gpu_after_encode:
-        streamed = TEXT_ENCODER_EMBED_BYTES + STREAMED_BLOCKS_ON_GPU * TEXT_ENCODER_BLOCK_BYTES
+        streamed = STREAMED_BLOCKS_ON_GPU * TEXT_ENCODER_BLOCK_BYTES
         return transformer + vae + streamed, transformer + vae, transformer + vae
     everything = TEXT_ENCODER_BYTES + transformer + vae
     return everything, everything, everything
 
 
-def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtype: str = "bfloat16") -> MemoryEstimate:
+def estimate(
+    width: int,
+    height: int,
+    num_frames: int,
+    profile: str,
+    *,
+    vae_dtype: str = "bfloat16",
+    cudnn_benchmark: bool = False,
+) -> MemoryEstimate:
     """What the budget model says one job needs on the GPU under `profile` (see the module doc).
 
     `vae_dtype` is the decoder's (VAE_DTYPE); the `fastvideo` profile ignores it (FastVideo decodes in bf16).
+    `cudnn_benchmark` (CUDNN_BENCHMARK) adds the autotuned convolutions' workspace to the decode.
     """
     plan = plan_for(profile)
     if profile == FASTVIDEO:
@@ -171,6 +186,8 @@ def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtyp
         vae_work = tiled
     else:
         vae_work = streamed
+    if cudnn_benchmark:
+        vae_work += CUDNN_BENCHMARK_WORKSPACE_BYTES
     return MemoryEstimate(
         encode_gib=(encode_w + TEXT_ENCODE_ACT_BYTES) / GIB,
         denoise_gib=(denoise_w + ACT_BYTES_PER_TOKEN * tokens_for(width, height, num_frames)) / GIB,
@@ -178,25 +195,47 @@ def estimate(width: int, height: int, num_frames: int, profile: str, *, vae_dtyp
     )
 
 
-def host_ram_gib(profile: str, *, vae_dtype: str = "bfloat16") -> float:
-    """Host RAM the weights need at the worst moment, plus the runtime: what a box must have.
-
-    diffusers backend: every component is read into CPU memory before it is placed (≈ 23 GB at load,
-    whatever the profile); afterwards `balanced` keeps the text encoder on the host with a pinned
-    (page-locked) copy of its blocks, and `low_vram` keeps all of it there. fastvideo: its float32 text
-    encoder lives on the host (22.8 GB).
-    """
+def host_ram_at_load_gib(profile: str, *, vae_dtype: str = "bfloat16") -> float:
+    """Host RAM one GPU process needs while it loads: every component is read into CPU memory before it is
+    placed (≈ 23 GB with the diffusers backend, whatever the profile), plus the runtime. fastvideo: its
+    float32 text encoder and the rest."""
     if profile == FASTVIDEO:
         weights = FASTVIDEO_TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + FASTVIDEO_VAE_BYTES
     else:
-        vae = VAE_ENCODER_PARAMS * 4 + VAE_DECODER_PARAMS * DTYPE_BYTES[vae_dtype]
-        at_load = TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + vae
-        pinned_blocks = 24 * TEXT_ENCODER_BLOCK_BYTES
-        after = {"none": 0.0, "balanced": TEXT_ENCODER_BYTES + pinned_blocks, "low_vram": at_load}
-        weights = max(at_load, after.get(profile, at_load))
+        weights = TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + _vae_bytes(vae_dtype)
     return (weights + HOST_RUNTIME_BYTES) / GIB
 
 
-def fits(width: int, height: int, num_frames: int, vram_total_gb: float, profile: str, vae_dtype: str) -> bool:
-    need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib
-    return need + reserve_gib(vram_total_gb) <= vram_total_gb
+def host_ram_loaded_gib(profile: str, *, vae_dtype: str = "bfloat16") -> float:
+    """Host RAM one GPU process keeps once loaded: `none` keeps no weights on the host; `balanced` the text
+    encoder with a pinned (page-locked) copy of its blocks, both counted (the pageable copy of a block is
+    only dropped once it has been streamed); `low_vram` everything; fastvideo its float32 text encoder
+    (pinned) and, conservatively, the rest it read."""
+    if profile == FASTVIDEO:
+        return host_ram_at_load_gib(profile)
+    pinned_blocks = 24 * TEXT_ENCODER_BLOCK_BYTES
+    at_load = TEXT_ENCODER_BYTES + TRANSFORMER_BYTES + _vae_bytes(vae_dtype)
+    after = {"none": 0.0, "balanced": TEXT_ENCODER_BYTES + pinned_blocks, "low_vram": at_load}
+    return (after.get(profile, at_load) + HOST_RUNTIME_BYTES) / GIB
+
+
+def host_ram_gib(profile: str, *, vae_dtype: str = "bfloat16") -> float:
+    """Host RAM one GPU process needs at its worst moment (loading, or loaded): what a one-GPU box must have."""
+    return max(host_ram_at_load_gib(profile, vae_dtype=vae_dtype), host_ram_loaded_gib(profile, vae_dtype=vae_dtype))
+
+
+def _vae_bytes(vae_dtype: str) -> float:
+    return VAE_ENCODER_PARAMS * 4 + VAE_DECODER_PARAMS * DTYPE_BYTES[vae_dtype]
+
+
+def fits(
+    width: int,
+    height: int,
+    num_frames: int,
+    vram_total_gb: float,
+    profile: str,
+    vae_dtype: str,
+    cudnn_benchmark: bool = False,
+) -> bool:
+    need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark)
+    return need.job_peak_gib + reserve_gib(vram_total_gb) <= vram_total_gb

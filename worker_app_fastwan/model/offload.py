@@ -18,6 +18,8 @@ The budget model those choices rest on (weights, activations, VAE working sets, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.schema import MAX_FRAMES, MIN_FRAMES, ErrorCode
 from worker_app_fastwan.model.memory_budget import (
@@ -43,7 +45,9 @@ _WHAT: dict[str, str] = {
 }
 
 
-def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16") -> Profile:
+def choose_profile(
+    requested: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16", cudnn_benchmark: bool = False
+) -> Profile:
     """An explicit profile wins; `auto` takes the fastest one that runs the default job on this card."""
     if requested not in REQUESTABLE:
         raise ValueError(f"OFFLOAD_PROFILE: must be one of {', '.join(REQUESTABLE)} (got {requested!r})")
@@ -52,25 +56,39 @@ def choose_profile(requested: str, vram_total_gb: float | None, *, vae_dtype: st
     if vram_total_gb is None:
         return "none"  # no CUDA: the CPU holds everything anyway
     for profile in PROFILES:
-        if fits(*DEFAULT_JOB, vram_total_gb, profile, vae_dtype):
+        if fits(*DEFAULT_JOB, vram_total_gb, profile, vae_dtype, cudnn_benchmark):
             return profile
     return "low_vram"  # the least memory; smaller jobs may still fit, and check_job_fits says which
 
 
 def max_frames(
-    width: int, height: int, vram_total_gb: float, profile: str, *, vae_dtype: str = "bfloat16", limit: int = MAX_FRAMES
+    width: int,
+    height: int,
+    vram_total_gb: float,
+    profile: str,
+    *,
+    vae_dtype: str = "bfloat16",
+    limit: int = MAX_FRAMES,
+    cudnn_benchmark: bool = False,
 ) -> int | None:
     """The largest valid num_frames (4k+1, ≤ limit) that fits at width×height, or None when none does."""
     best = None
     for frames in range(MIN_FRAMES, limit + 1, 4):
-        if not fits(width, height, frames, vram_total_gb, profile, vae_dtype):
+        if not fits(width, height, frames, vram_total_gb, profile, vae_dtype, cudnn_benchmark):
             break  # the need only grows with the frame count
         best = frames
     return best
 
 
 def check_job_fits(
-    width: int, height: int, num_frames: int, vram_total_gb: float | None, profile: str, *, vae_dtype: str = "bfloat16"
+    width: int,
+    height: int,
+    num_frames: int,
+    vram_total_gb: float | None,
+    profile: str,
+    *,
+    vae_dtype: str = "bfloat16",
+    cudnn_benchmark: bool = False,
 ) -> None:
     """Refuse, before any GPU work, a job whose size this card cannot hold under this profile.
 
@@ -83,11 +101,14 @@ def check_job_fits(
     if vram_total_gb is None:
         return  # CPU: no GPU budget to check
     if profile == "auto":
-        profile = choose_profile(profile, vram_total_gb, vae_dtype=vae_dtype)
+        profile = choose_profile(profile, vram_total_gb, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark)
     reserve = reserve_gib(vram_total_gb)
     card = f"{vram_total_gb:.0f} GB GPU"
-    if not fits(*SMALLEST_JOB, vram_total_gb, profile, vae_dtype):
-        floor = estimate(*SMALLEST_JOB, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+    if not fits(*SMALLEST_JOB, vram_total_gb, profile, vae_dtype, cudnn_benchmark):
+        floor = (
+            estimate(*SMALLEST_JOB, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark).job_peak_gib
+            + reserve
+        )
         raise JobFailure(
             ErrorCode.out_of_memory,
             f"this {card} cannot run the model with OFFLOAD_PROFILE={profile}: even a "
@@ -96,14 +117,25 @@ def check_job_fits(
             + ("" if profile in ("low_vram", FASTVIDEO) else " or OFFLOAD_PROFILE=low_vram"),
             retryable=True,
         )
-    if fits(width, height, num_frames, vram_total_gb, profile, vae_dtype):
+    if fits(width, height, num_frames, vram_total_gb, profile, vae_dtype, cudnn_benchmark):
         return
-    need = estimate(width, height, num_frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+    need = (
+        estimate(width, height, num_frames, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark).job_peak_gib
+        + reserve
+    )
     asked = (
         f"width×height×num_frames = {width}×{height}×{num_frames} = {width * height * num_frames:,} "
         f"pixel-frames exceeds what this {card} can generate with OFFLOAD_PROFILE={profile}"
     )
-    best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype, limit=max(num_frames, MAX_FRAMES))
+    best = max_frames(
+        width,
+        height,
+        vram_total_gb,
+        profile,
+        limit=max(num_frames, MAX_FRAMES),
+        vae_dtype=vae_dtype,
+        cudnn_benchmark=cudnn_benchmark,
+    )
     if best is None:
         raise JobFailure(
             ErrorCode.invalid_input,
@@ -118,7 +150,26 @@ def check_job_fits(
     )
 
 
-def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16") -> str:
+def admission(
+    vram_total_gb: float | None, profile: str, *, vae_dtype: str = "bfloat16", cudnn_benchmark: bool = False
+) -> Callable[[int, int, int], bool]:
+    """`check_job_fits` as a yes/no question about a size: what the warm-up plans with."""
+
+    def admits(width: int, height: int, num_frames: int) -> bool:
+        try:
+            check_job_fits(
+                width, height, num_frames, vram_total_gb, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark
+            )
+        except JobFailure:
+            return False
+        return True
+
+    return admits
+
+
+def describe(
+    profile: str, vram_total_gb: float | None, *, vae_dtype: str = "bfloat16", cudnn_benchmark: bool = False
+) -> str:
     """One line for the start-up log: the profile, what it does, what this card can do with it."""
     if vram_total_gb is None:
         return f"{profile}: no CUDA device, everything runs on the CPU"
@@ -127,8 +178,11 @@ def describe(profile: str, vram_total_gb: float | None, *, vae_dtype: str = "bfl
     if profile not in PLANS:
         return line
     reserve = reserve_gib(vram_total_gb)
-    best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype)
-    default_need = estimate(width, height, frames, profile, vae_dtype=vae_dtype).job_peak_gib + reserve
+    best = max_frames(width, height, vram_total_gb, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark)
+    default_need = (
+        estimate(width, height, frames, profile, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark).job_peak_gib
+        + reserve
+    )
     line += (
         f"; {width}×{height}×{frames} needs ≈ {default_need:.1f} GiB; at {width}×{height} num_frames ≤ {best}"
         if best is not None

@@ -41,4 +41,5 @@ def make_backend(settings: Settings) -> Backend:
         compile_transformer=settings.TORCH_COMPILE,
         vae_dtype=settings.VAE_DTYPE,
         i2v_enabled=settings.I2V_ENABLED,
+        cudnn_benchmark=settings.CUDNN_BENCHMARK,
     )

@@ -18,7 +18,15 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from worker_app_fastwan.core.devices import DeviceInfo
 from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.model.memory_budget import OffloadPlan
-from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback, torch_device_info, warmup_plan
+from worker_app_fastwan.pipelines.base import (
+    Backend,
+    Generation,
+    ProgressCallback,
+    WarmupItem,
+    torch_device_info,
+    warmup_plan,
+)
+from worker_app_fastwan.pipelines.text_encoder_offload import stream_text_encoder
 from worker_app_fastwan.pipelines.tuning import RecompileWatch, tune_for_cuda
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
 
@@ -71,29 +79,6 @@ def load_parts(source: str | Path, precision: Precision) -> WanParts:
     )
 
 
-def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device) -> None:
-    """Keep the 11 GB UMT5 in CPU memory and stream its blocks through the GPU one at a time.
-
-    Moving it whole to the GPU for each prompt would need transformer + VAE + text encoder at once
-    (≈ 23 GiB: too much for 24 GB cards); block by block it needs the embedding (≈ 2.1 GB) and two blocks
-    (≈ 0.4 GB each: the one running and the next, prefetched on a side stream). The host keeps a pinned
-    copy of the blocks (≈ 9.3 GB of page-locked RAM). The hook goes on the encoder stack, whose `block`
-    list diffusers' block-level offloading can see.
-    """
-    from diffusers.hooks import apply_group_offloading
-
-    cuda = device.type == "cuda"
-    apply_group_offloading(
-        text_encoder.encoder,
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
-        use_stream=cuda,
-        non_blocking=cuda,
-    )
-
-
 class DiffusersBackend(Backend):
     name = "diffusers"
 
@@ -106,6 +91,7 @@ class DiffusersBackend(Backend):
         compile_transformer: bool = False,
         vae_dtype: str = "bfloat16",
         i2v_enabled: bool = True,
+        cudnn_benchmark: bool = False,
         device: torch.device | None = None,
         precision: Precision | None = None,
     ) -> None:
@@ -114,6 +100,7 @@ class DiffusersBackend(Backend):
         self.requested_profile = offload_profile
         self.compile_transformer = compile_transformer
         self.i2v_enabled = i2v_enabled
+        self.cudnn_benchmark = cudnn_benchmark
         self.cuda = torch.cuda.is_available()
         self.device = device or torch.device("cuda" if self.cuda else "cpu")
         self.precision = precision or precision_for(self.cuda, vae_dtype)
@@ -132,15 +119,18 @@ class DiffusersBackend(Backend):
 
         parts = load_parts(self.source, self.precision)
         vram = self.vram_total_gb()
-        self.profile = choose_profile(self.requested_profile, vram, vae_dtype=self.vae_decode_dtype)
-        log.info(
-            "offload profile",
-            extra={"profile": self.profile, "why": describe(self.profile, vram, vae_dtype=self.vae_decode_dtype)},
+        vae_dtype, cudnn_benchmark = self.vae_decode_dtype, self.cudnn_benchmark
+        self.profile = choose_profile(
+            self.requested_profile, vram, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark
         )
+        why = describe(self.profile, vram, vae_dtype=vae_dtype, cudnn_benchmark=cudnn_benchmark)
+        log.info("offload profile", extra={"profile": self.profile, "why": why})
         self.generator = WanGenerator(parts, self.device)
         self._place(parts, plan_for(self.profile))
         if self.cuda:
-            self.attention = tune_for_cuda(parts.transformer, compile_transformer=self.compile_transformer)
+            self.attention = tune_for_cuda(
+                parts.transformer, compile_transformer=self.compile_transformer, cudnn_benchmark=self.cudnn_benchmark
+            )
             self.generator.release_offloaded()  # the probe brought the transformer over under low_vram
 
     def _place(self, parts: WanParts, plan: OffloadPlan) -> None:
@@ -157,11 +147,24 @@ class DiffusersBackend(Backend):
         else:
             parts.text_encoder.to(self.device)
 
+    def warmup_items(self) -> list[WarmupItem]:
+        """The small job; compiled, also both modes at a large size and the small one; with CUDNN_BENCHMARK,
+        the large size decoded: only sizes this card admits under its profile (see `warmup_plan`)."""
+        from worker_app_fastwan.model.offload import admission
+
+        vram = self.admission_vram_gib()
+        admits = admission(vram, self.profile, vae_dtype=self.vae_decode_dtype, cudnn_benchmark=self.cudnn_benchmark)
+        return warmup_plan(
+            compiled=self.compile_transformer and self.cuda,
+            i2v=self.i2v_enabled,
+            admits=admits,
+            tune_decode=self.cudnn_benchmark and self.cuda,
+        )
+
     def warmup(self) -> None:
-        """The small job; compiled, also both modes at the default size and another (see `warmup_plan`)."""
         assert self.generator is not None, "load() first"
         compiled = self.compile_transformer and self.cuda
-        for item in warmup_plan(compiled=compiled, i2v=self.i2v_enabled):
+        for item in self.warmup_items():
             if item.decode:
                 for _ in self.generator.generate(item.job, item.image, lambda *_: None).frames:
                     pass
@@ -181,9 +184,17 @@ class DiffusersBackend(Backend):
     def vram_total_gb(self) -> float | None:
         return torch.cuda.get_device_properties(0).total_memory / 2**30 if self.cuda else None
 
+    def admission_vram_gib(self) -> float | None:
+        """The card's memory as the parent's admission check sees it (whole MiB of `device_info()`)."""
+        return self.device_info().memory_total_mb / 1024 if self.cuda else None
+
     def device_info(self) -> DeviceInfo:
         return torch_device_info(self.name, self.model_name, offload_profile=self.profile)
 
     def free_memory(self) -> None:
+        """After a failed job: every offloaded component back to the CPU (a failure can leave one on the GPU,
+        past the generator's own `finally`: a decode abandoned half-way), then the cached blocks freed."""
+        if self.generator is not None:
+            self.generator.release_offloaded()
         if self.cuda:
             torch.cuda.empty_cache()

@@ -67,11 +67,24 @@ def compile_blocks(transformer: Any, *, backend: str = "inductor") -> None:
     transformer.compile_repeated_blocks(fullgraph=False, dynamic=None, backend=backend)
 
 
-def tune_for_cuda(transformer: Any, *, compile_transformer: bool) -> str:
-    """The CUDA speed settings of the project's path; returns the attention backend in use."""
-    torch.backends.cudnn.benchmark = True
+def cuda_math_settings(*, cudnn_benchmark: bool) -> None:
+    """The process-wide CUDA math switches: TF32 for float32 matmuls and convolutions (the float32 VAE
+    encoder, VAE_DTYPE=float32), and cuDNN's autotuning (CUDNN_BENCHMARK).
+
+    Autotuning is off by default: every new convolution shape (every new video size the VAE decodes) would
+    otherwise time several algorithms inside the first job of that size, and keep the fastest, whose
+    workspace may be larger than the heuristics' choice. Whether it pays off for this VAE is measured by
+    `bench/gpu_checks.py`; when on, the budget counts its workspace and the warm-up tunes the default size.
+    `bench/gpu_bench.py` calls this before either of its paths, so both run with the same switches.
+    """
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def tune_for_cuda(transformer: Any, *, compile_transformer: bool, cudnn_benchmark: bool = False) -> str:
+    """The CUDA speed settings of the project's path; returns the attention backend in use."""
+    cuda_math_settings(cudnn_benchmark=cudnn_benchmark)
     chosen = choose_attention(transformer)
     if compile_transformer:
         compile_blocks(transformer)

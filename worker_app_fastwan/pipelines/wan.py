@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,32 +75,36 @@ class WanGenerator:
     def denoise(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> torch.Tensor:
         """Latents of the finished video in float32 (normalised, as the transformer sees them)."""
         generator = torch.Generator("cpu").manual_seed(job.seed or 0)
-        progress(Stage.encoding_prompt.value, None, None)
-        embeds = self._encode_prompt(job.prompt)
-        self.release_offloaded()
-        latents, condition, mask = self._initial_latents(job, image, generator)
-        self.release_offloaded()  # i2v: the VAE that encoded the image leaves before the transformer comes
-        steps = job.num_inference_steps
-        self.scheduler.set_timesteps(steps, device=self.device)
-        dtype = self.t2v.transformer.dtype
-        progress(Stage.denoising.value, 0, steps)
-        for i, t in enumerate(self.scheduler.timesteps):
-            if mask is None:
-                model_in, timestep = latents, t.expand(latents.shape[0])
-            else:
-                # i2v: frame 0 is the encoded image at every step and its tokens get timestep 0.
-                model_in = (1 - mask) * condition + mask * latents
-                timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
-            noise_pred = self.t2v.transformer(
-                hidden_states=model_in.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
-            )[0]
-            # float32 in, float32 out: the step casts its result to the model output's dtype, and bf16
-            # latents would carry bf16 rounding into the next step and into the VAE.
-            latents = self.scheduler.step(noise_pred.float(), t, latents, generator=generator, return_dict=False)[0]
-            progress(Stage.denoising.value, i + 1, steps)
-        if mask is not None:
-            latents = (1 - mask) * condition + mask * latents
-        self.release_offloaded()
+        # `finally`: a job cancelled, timed out or out of memory part-way must not leave its component on
+        # the GPU under model CPU offload; the next job's text encoder would be loaded beside it.
+        try:
+            progress(Stage.encoding_prompt.value, None, None)
+            embeds = self._encode_prompt(job.prompt)
+            self.release_offloaded()
+            latents, condition, mask = self._initial_latents(job, image, generator)
+            self.release_offloaded()  # i2v: the VAE that encoded the image leaves before the transformer comes
+            steps = job.num_inference_steps
+            self.scheduler.set_timesteps(steps, device=self.device)
+            dtype = self.t2v.transformer.dtype
+            progress(Stage.denoising.value, 0, steps)
+            for i, t in enumerate(self.scheduler.timesteps):
+                if mask is None:
+                    model_in, timestep = latents, t.expand(latents.shape[0])
+                else:
+                    # i2v: frame 0 is the encoded image at every step and its tokens get timestep 0.
+                    model_in = (1 - mask) * condition + mask * latents
+                    timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
+                noise_pred = self.t2v.transformer(
+                    hidden_states=model_in.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+                )[0]
+                # float32 in, float32 out: the step casts its result to the model output's dtype, and bf16
+                # latents would carry bf16 rounding into the next step and into the VAE.
+                latents = self.scheduler.step(noise_pred.float(), t, latents, generator=generator, return_dict=False)[0]
+                progress(Stage.denoising.value, i + 1, steps)
+            if mask is not None:
+                latents = (1 - mask) * condition + mask * latents
+        finally:
+            self.release_offloaded()
         return latents
 
     def release_offloaded(self) -> None:
@@ -159,6 +164,8 @@ class WanGenerator:
         This is `AutoencoderKLWan._decode`'s own causal loop, unrolled so that each chunk can be encoded
         while the next one decodes. Tiling (large videos on small cards) has no such loop: decode whole.
         The latents are un-normalised in float32 and only then cast to the decoder's dtype.
+        The loop calls `post_quant_conv` and `decoder` directly, past the offload hook that `vae.decode`
+        runs, so it runs that hook itself and refuses to decode on a device other than the generator's.
         """
         vae = self.vae
         decoder_dtype = vae.post_quant_conv.weight.dtype
@@ -168,6 +175,8 @@ class WanGenerator:
             if vae.use_tiling:
                 yield _to_uint8(vae.decode(z, return_dict=False)[0])
                 return
+            _run_offload_hook(vae)
+            require_on_device({"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}, self.device)
             vae.clear_cache()
             try:
                 x = vae.post_quant_conv(z)
@@ -183,6 +192,28 @@ class WanGenerator:
                 vae.clear_cache()
         finally:
             self.release_offloaded()
+
+
+def _run_offload_hook(module: torch.nn.Module) -> None:
+    """What diffusers' `apply_forward_hook` does before `vae.decode`: model CPU offload's hook brings the
+    module to the GPU (and sends the one before it in the chain back). No hook, nothing to do."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """`cuda` and `cuda:0` are one device (as are `cpu` and `cpu:0`)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def require_on_device(modules: dict[str, Any], device: torch.device) -> None:
+    """Raise, naming the module, when one of `modules` has weights off `device`: decoding there would
+    either fail on a device mismatch or run, slowly, on the CPU."""
+    for name, module in modules.items():
+        for param in module.parameters():
+            if not same_device(param.device, device):
+                raise RuntimeError(f"the VAE's {name} is on {param.device}, not on {device}: refusing to decode")
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,46 @@ def test_device_wheels_moves_ffmpeg_out_of_its_wheel(tmp_path: Path) -> None:
         assert zf.read("imageio_ffmpeg/__init__.py") == b"version = 1\n"
     assert lzma.decompress((tmp_path / "ffmpeg.xz").read_bytes()) == binary
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ffmpeg.xz", wheel.name]
+
+
+def test_both_paths_run_under_the_same_math_switches(tmp_path: Path, monkeypatch) -> None:
+    """issue 24, item 9: TF32 and cuDNN autotuning are process-wide; set only with the project's tuning, after
+    the plain path had run, they gave the project path autotuning the baseline never got. A recording fake of
+    each step: the switches come first, once, with the flag both paths then share."""
+    bench = load_script("gpu_bench")
+    events: list[tuple[str, object]] = []
+    monkeypatch.setattr(bench, "_tune_math", lambda args, device: events.append(("math", args.cudnn_benchmark)))
+    monkeypatch.setattr(
+        bench,
+        "_tune_project",
+        lambda transformer, args, device: events.append(("project tuning", args.cudnn_benchmark)) or "native",
+    )
+
+    def recorder(name):
+        def run(gen, job, embeds, out, clock):
+            events.append((name, None))
+            with clock(f"{name}_total"), clock(f"{name}_denoise"):
+                time.sleep(0.002)  # the report divides one path's times by the other's
+            if name == "project":
+                out.write_bytes(b"mp4")
+
+        return run
+
+    monkeypatch.setattr(bench, "run_plain", recorder("plain"))
+    monkeypatch.setattr(bench, "run_project", recorder("project"))
+    size = ["--width", "256", "--height", "256", "--frames", "5"]
+    out = tmp_path / "gpu.json"
+    bench.main(
+        ["--scale", "tiny", "--device", "cpu", *size, "--cudnn-benchmark", "--videos", str(tmp_path), "--out", str(out)]
+    )
+    assert events == [
+        ("math", True),
+        ("plain", None),  # warm-up (cold)
+        ("plain", None),
+        ("project tuning", True),
+        ("project", None),  # warm-up (cold)
+        ("project", None),
+    ]
+    report = json.loads(out.read_text())
+    assert report["cudnn_benchmark"] is True
+    assert {"cold_plain_total", "cold_project_total", "plain_total", "project_total"} <= set(report)

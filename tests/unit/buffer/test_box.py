@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from support.fakes import FakeOrchestrator, FakeSpawn, buffer_settings, job
+from support.fakes import FakeOrchestrator, FakeProcess, FakeSpawn, buffer_settings, job
 
 from worker_app_fastwan.buffer.box import Box
 from worker_app_fastwan.buffer.outbox import Outbox
@@ -115,3 +115,51 @@ async def test_stop_drains_every_slot(tmp_path: Path) -> None:
     started = spawns[0].last.jobs + spawns[1].last.jobs
     assert sorted(started) == ["a", "b"] and all(orch.statuses(j)[-1]["status"] == "completed" for j in started)
     assert orch.statuses("c") == [], "no claim after the stop"
+
+
+class LoadCount:
+    """How many fake GPU processes are loading their model at once, and the most there ever were."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+
+def slow_loading(count: LoadCount, load_s: float):
+    """`ChildProcess(settings, env=…)` as job/runner.build_runner calls it: a fake whose model takes `load_s` to
+    load."""
+
+    class SlowLoad(FakeProcess):
+        def start(self) -> None:
+            count.now += 1
+            count.most = max(count.most, count.now)
+            asyncio.get_running_loop().call_later(load_s, self._loaded)
+
+        def _loaded(self) -> None:
+            count.now -= 1
+            super().start()
+
+    return lambda settings, env=None: SlowLoad(settings)
+
+
+@pytest.mark.parametrize(("backend", "at_once", "most"), [("diffusers", 1, 1), ("diffusers", 2, 2), ("tiny", 1, 4)])
+async def test_slots_load_their_models_at_most_slot_load_concurrency_at_once(
+    tmp_path: Path, monkeypatch, backend: str, at_once: int, most: int
+) -> None:
+    """issue 24, item 3: each load reads every weight through host memory (≈ 25.5 GiB); eight at once would
+    need eight times that. The real build_slots, over fake GPU processes that take 0.1 s to load."""
+    from worker_app_fastwan.buffer import box as box_module
+    from worker_app_fastwan.job import runner as runner_module
+
+    count = LoadCount()
+    monkeypatch.setattr(runner_module, "ChildProcess", slow_loading(count, 0.1))
+    orch = FakeOrchestrator(jobs=[job(f"j-{n}") for n in range(4)])
+    # the tiny backend reads no weights: its slots (tests, the demo) start together
+    config = buffer_settings(tmp_path, SLOT_LOAD_CONCURRENCY=at_once, PIPELINE_BACKEND=backend)
+    outbox, client = Outbox(config.STATE_DIR / "outbox"), orch.client()
+    plan = [SlotDevice(n, "cpu") for n in range(4)]
+    slots = box_module.build_slots(config, LocalStorage(config.LOCAL_OUTPUT_DIR), client, outbox, "box", plan)
+
+    assert await asyncio.wait_for(Box(config, client, outbox, slots).run(), 10) == 0
+
+    assert count.most == most, "never more loads at once than allowed, and that many when there is room"
+    assert all(orch.statuses(f"j-{n}")[-1]["status"] == "completed" for n in range(4))

@@ -59,7 +59,7 @@ def test_non_object_body_is_invalid_input():
     [
         ({"PIPELINE_BACKEND": "onnx"}, "PIPELINE_BACKEND"),
         ({"WORKER_MODE": "batch"}, "WORKER_MODE"),
-        ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND"),
+        ({"STORAGE_BACKEND": "gcs"}, "STORAGE_BACKEND"),
         ({"B2_KEY_ID": "k", "B2_BUCKET_NAME": "b"}, "B2_APP_KEY"),
         ({"STORAGE_BACKEND": "b2"}, "B2_KEY_ID"),
         ({"ORCHESTRATOR_BASE_URL": "http://o"}, "INTERNAL_API_KEY"),

@@ -7,19 +7,16 @@ device differs. Where a GPU would move weights, the test records where each comp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from support.residency import Residency
 from support.video import gradient_image
 
 from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.pipelines.base import SMALL_SIZE, warmup_plan
 
 pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/conftest.py)
-
-if TYPE_CHECKING:
-    import torch
 
 # torch, diffusers and the modules that import them are imported inside each test, not here: every xdist
 # worker collects this file, and ~6 s of imports would be paid by each instead of by the one that runs it.
@@ -38,37 +35,6 @@ def model_folder(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- model CPU offload hooks (defect 1)
-
-
-class Residency:
-    """Where each component was last sent. The offload hooks onload to the execution device ("cpu:0"
-    here, a distinct torch.device) and offload to "cpu", so the last `.to()` target says which side
-    a GPU would have the component on."""
-
-    def __init__(self, components: dict[str, torch.nn.Module]) -> None:
-        self.where = {name: "cpu" for name in components}
-        self.seen: list[tuple[str, frozenset[str]]] = []
-        for name, module in components.items():
-            self._track(name, module)
-
-    def _track(self, name: str, module: torch.nn.Module) -> None:
-        import torch
-
-        original = module.to
-
-        def to(*args, **kwargs):
-            target = args[0] if args else kwargs.get("device")
-            if isinstance(target, (str, torch.device)):
-                self.where[name] = str(torch.device(target))
-            return original(*args, **kwargs)
-
-        module.to = to  # type: ignore[method-assign]
-
-    def on_gpu(self) -> frozenset[str]:
-        return frozenset(name for name, device in self.where.items() if device != "cpu")
-
-    def record_when_running(self, phase: str, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(lambda *_: self.seen.append((phase, self.on_gpu())))
 
 
 def test_low_vram_holds_one_component_per_phase_and_releases_all_after_a_job(model_folder):
@@ -97,6 +63,171 @@ def test_low_vram_holds_one_component_per_phase_and_releases_all_after_a_job(mod
             assert on_gpu == {owner[phase]}, (phase, sorted(on_gpu))
         assert {phase for phase, _ in res.seen} >= {"encode prompt", "denoise", "decode"}
         assert res.on_gpu() == frozenset(), "nothing stays on the GPU between jobs"
+
+
+def _low_vram_backend(model_folder):
+    """The `diffusers` backend under model CPU offload, and where each of its components is."""
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(model_folder, "tiny", offload_profile="low_vram", device=torch.device("cpu"))
+    backend.load()
+    gen = backend.generator
+    res = Residency({"text_encoder": gen.t2v.text_encoder, "transformer": gen.t2v.transformer, "vae": gen.vae})
+    return backend, res
+
+
+def _one_component_per_phase(backend, res: Residency) -> None:
+    """The next job runs with one component on the GPU in each phase, and nothing is left after it."""
+    gen = backend.generator
+    res.record_when_running("encode prompt", gen.t2v.text_encoder.encoder)
+    res.record_when_running("denoise", gen.t2v.transformer.blocks[0])
+    res.record_when_running("decode", gen.vae.decoder)
+    res.seen.clear()
+    frames = np.concatenate(list(backend.generate(_job(seed=3), None, lambda *_: None).frames))
+    assert frames.shape == (9, 256, 256, 3)
+    owner = {"encode prompt": "text_encoder", "denoise": "transformer", "decode": "vae"}
+    assert {phase for phase, _ in res.seen} == set(owner)
+    for phase, on_gpu in res.seen:
+        assert on_gpu == {owner[phase]}, (phase, sorted(on_gpu))
+    assert res.on_gpu() == frozenset()
+
+
+def test_low_vram_job_stopped_mid_denoise_leaves_no_component_on_the_gpu(model_folder):
+    """issue 24, item 1: a cancel (or timeout, or OOM) raised at a denoising step must not leave the
+    transformer on the GPU, where the next job's text encoder would be loaded beside it."""
+    from worker_app_fastwan.core.errors import JobFailure
+    from worker_app_fastwan.core.schema import ErrorCode, Stage
+
+    backend, res = _low_vram_backend(model_folder)
+    at_the_stop: list[frozenset[str]] = []
+
+    def cancel_at_step_1(stage: str, step: int | None, total: int | None) -> None:
+        if stage == Stage.denoising.value and step == 1:
+            at_the_stop.append(res.on_gpu())
+            raise JobFailure(ErrorCode.cancelled, "cancelled at a safe point")
+
+    with pytest.raises(JobFailure, match="cancelled"):
+        backend.generate(_job(), None, cancel_at_step_1)
+    assert at_the_stop == [{"transformer"}], "the stop came mid-denoise, with the transformer on the GPU"
+    assert res.where == {"text_encoder": "cpu", "transformer": "cpu", "vae": "cpu"}
+    _one_component_per_phase(backend, res)
+
+
+def test_free_memory_sends_back_what_an_abandoned_decode_left_on_the_gpu(model_folder):
+    """A decode stopped half-way (its generator neither finished nor closed yet) holds the VAE on the GPU;
+    `free_memory()`, which the GPU process calls after every failed job, sends it back."""
+    backend, res = _low_vram_backend(model_folder)
+    frames = backend.generate(_job(), None, lambda *_: None).frames
+    next(frames)
+    assert res.on_gpu() == {"vae"}
+    backend.free_memory()
+    assert res.on_gpu() == frozenset()
+    _one_component_per_phase(backend, res)
+    frames.close()
+
+
+@pytest.mark.parametrize("failure", ["cancelled", "error", "oom"])
+def test_the_gpu_process_frees_memory_after_every_failed_job(failure):
+    """gpu_child.main: not only after an OOM; a cancelled or failed job may leave a component on the GPU too."""
+    from multiprocessing import Pipe
+
+    import torch
+
+    from worker_app_fastwan.core.errors import JobFailure
+    from worker_app_fastwan.core.schema import ErrorCode
+    from worker_app_fastwan.gpu_child import main
+    from worker_app_fastwan.gpu_child.messages import Failed
+
+    class Backend:
+        freed = 0
+
+        def free_memory(self) -> None:
+            self.freed += 1
+
+    exc = {
+        "cancelled": JobFailure(ErrorCode.cancelled, "cancelled at a safe point"),
+        "error": ValueError("something in the pipeline"),
+        "oom": torch.OutOfMemoryError("CUDA out of memory."),
+    }[failure]
+    parent, child = Pipe()
+    backend = Backend()
+    main._report_failure(child, backend, "job-1", exc)
+    assert isinstance(parent.recv(), Failed)
+    assert backend.freed == 1
+
+
+# ---------------------------------------------------------------- the streamed VAE decode (issue 24, item 10)
+
+
+def test_streamed_decode_brings_the_vae_through_its_offload_hook(model_folder):
+    """Model CPU offload without tiling takes the streamed loop, which calls the decoder past `vae.decode`'s
+    hook: it must run the hook itself, or it would decode with the VAE left in host memory."""
+    backend, res = _low_vram_backend(model_folder)
+    backend.generator.vae.disable_tiling()
+    _one_component_per_phase(backend, res)
+
+
+def test_streamed_decode_refuses_a_decoder_off_the_device():
+    import torch
+
+    from worker_app_fastwan.pipelines.tiny import TinyBackend
+
+    backend = TinyBackend()
+    backend.load()
+    gen = backend.generator
+    gen.device = torch.device("meta")  # the generator's device; the VAE stays on the CPU
+    with pytest.raises(RuntimeError, match="post_quant_conv is on cpu, not on meta"):
+        list(gen.decode_stream(torch.zeros(1, 48, 1, 8, 8)))
+
+
+# ---------------------------------------------------------------- balanced: the text encoder's embedding (item 7)
+
+
+def _offload_groups(module) -> list:
+    """Every diffusers group-offloading group hooked anywhere in `module`."""
+    groups = []
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        for hook in registry.hooks.values() if registry is not None else ():
+            if getattr(hook, "group", None) is not None:
+                groups.append(hook.group)
+    return groups
+
+
+def test_balanced_streams_the_blocks_and_keeps_the_token_embedding_out_of_every_group(model_folder):
+    """issue 24, item 7: in an offload group the 2.1 GB embedding would be copied to the GPU and back, from
+    pageable memory, at every prompt. It stays in host memory; the blocks are streamed."""
+    import torch
+
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(model_folder, "tiny", offload_profile="balanced", device=torch.device("cpu"))
+    backend.load()
+    text_encoder = backend.generator.t2v.text_encoder
+    moved = set()
+    for group in _offload_groups(text_encoder):
+        moved |= {id(p) for m in group.modules for p in m.parameters()} | {id(p) for p in group.parameters}
+    blocks = {id(p) for p in text_encoder.encoder.block.parameters()}
+    assert blocks and blocks <= moved, "the blocks are streamed"
+    embedding = text_encoder.encoder.embed_tokens
+    assert embedding.weight is text_encoder.shared.weight, "still the one (tied) embedding"
+    assert id(embedding.weight) not in moved
+    assert embedding.weight.device.type == "cpu"
+
+
+def test_the_host_embedding_looks_up_on_the_host_and_hands_the_rows_to_the_device():
+    import torch
+
+    from worker_app_fastwan.pipelines.text_encoder_offload import look_up_on_host
+
+    embedding = torch.nn.Embedding(64, 8)
+    expected = embedding(torch.tensor([[1, 2, 3]]))
+    look_up_on_host(embedding, torch.device("meta"))  # a device other than the host's, on a CPU machine
+    rows = embedding(torch.tensor([[1, 2, 3]]))
+    assert rows.device.type == "meta" and rows.shape == expected.shape
+    assert embedding.weight.device.type == "cpu"
 
 
 # ---------------------------------------------------------------- precision (defects 3 and 4)
@@ -283,6 +414,28 @@ def test_warmup_plan():
     ]
     assert JobInput(prompt="x").width == 1280 and JobInput(prompt="x").num_frames == 121, "the default size"
     assert all(i.image is None for i in warmup_plan(compiled=True, i2v=False))
+
+
+def test_the_diffusers_backend_warms_up_only_what_its_card_admits(model_folder, monkeypatch):
+    """issue 24, item 4: compiled, image-to-video on, a 15.6 GiB card under `low_vram`: the default size is
+    refused there, so the warm-up takes the most frames admitted at 1280×704 instead (plan only, no load)."""
+    import torch
+
+    from worker_app_fastwan.model.offload import check_job_fits, max_frames
+    from worker_app_fastwan.pipelines.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(
+        model_folder, "tiny", offload_profile="low_vram", compile_transformer=True, device=torch.device("cpu")
+    )
+    backend.cuda, backend.profile = True, "low_vram"  # as on that card once loaded
+    monkeypatch.setattr(backend, "admission_vram_gib", lambda: 15.6)
+    items = backend.warmup_items()
+    sizes = [(i.job.width, i.job.height, i.job.num_frames) for i in items]
+    assert (1280, 704, 121) not in sizes
+    assert (1280, 704, max_frames(1280, 704, 15.6, "low_vram")) in sizes
+    assert {i.image is not None for i in items} == {False, True}, "both modes"
+    for width, height, frames in sizes:
+        check_job_fits(width, height, frames, 15.6, "low_vram")
 
 
 def test_compiled_blocks_warmed_up_do_not_recompile_in_jobs(caplog):

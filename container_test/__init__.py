@@ -1,0 +1,1 @@
+"""`make container-test` (run.py): the images built and run on a real Docker engine."""
