@@ -3,14 +3,15 @@
 - `event_latency_ms_*`: from a worker's progress report (just before its POST is sent) to the event arriving on
   a client's stream of that job (`GET /v1/jobs/{id}/events`), one report at a time, 20 ms apart; measured with
   no other stream open and with the idle streams below open.
-- `stub_rss_mb_*`: the stub's resident memory before and with STREAMS idle streams (each following a queued job
-  of its own that never changes: what scripts waiting on their jobs look like), and per stream.
-- `claim_ms_*`: `POST /internal/buffer/jobs/claim` latency (each a write transaction, fsynced), first with no
-  stream, then with the idle streams, then with none again; the ratio compares the middle arm to the mean of
-  the two around it, so that a drift of the shared machine over the run shows as a gap between those two.
+- `stub_rss_mb_*`: the stub's resident memory before any stream, with STREAMS idle streams open (each following
+  a queued job of its own that never changes: what scripts waiting on their jobs look like) in each round, and
+  after closing them; per stream from the first opening.
+- `claim_ms_*`: `POST /internal/buffer/jobs/claim` latency (each a write transaction, fsynced) with no stream
+  open and with the idle streams open. Both arms run in each of ROUNDS rounds, each going first in turn, and each
+  arm's samples are pooled, so that a shared machine's drift over the run falls on both alike.
 
 Prints the figures and writes them as JSON (default bench/results/events.json). Not a unit test.
-Command: `.venv/bin/python bench/bench_events.py` (about a minute on 2 cores).
+Command: `.venv/bin/python bench/bench_events.py` (one to two minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ def rss_mb(stub: StubProcess) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--claims", type=int, default=150)
-    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--claims", type=int, default=100, help="per arm and round")
+    parser.add_argument("--events", type=int, default=100, help="per arm and round")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "events.json")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -193,9 +195,10 @@ def main() -> int:
             log_path=Path(tmp) / "stub.log",
             env={
                 "LOG_LEVEL": "WARNING",
+                "LEASE_SECONDS": "3600",  # the claimed jobs are never renewed: none may come back
                 "STREAMS_PER_CLIENT": str(args.streams + 10),
                 "STREAMS_MAX": str(args.streams + 10),
-                "MAX_QUEUED_JOBS": str(args.streams + 10 * args.claims),
+                "MAX_QUEUED_JOBS": str(args.streams + 10 * args.claims * args.rounds),
             },
         ).start()
         try:
@@ -213,6 +216,21 @@ def main() -> int:
 
 
 def run(stub: StubProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of both arms, no stream open and the idle streams open, in turn first (so that neither always
+    follows the other's opening or closing); each arm's figures pooled over the rounds."""
+    arms: dict[str, dict[str, list[float]]] = {arm: {"claims": [], "events": []} for arm in ("without", "with")}
+    rss: dict[str, list[float]] = {"before": [], "with": [], "after": []}
+    open_s: list[float] = []
+    opened = 0
+
+    def measure(client: httpx.Client, arm: str) -> None:
+        time.sleep(3)  # settled: the streams opened have replayed their one event, those closed are gone
+        rss["before" if arm == "without" and not rss["with"] else "with" if arm == "with" else "after"].append(
+            rss_mb(stub)
+        )
+        arms[arm]["claims"] += claim_latencies(stub, client, args.claims)
+        arms[arm]["events"] += event_latencies(stub, client, args.events)
+
     with httpx.Client(base_url=stub.url, timeout=30) as client:
         parked = [
             client.post("/v1/jobs", json={"prompt": f"parked {i}", **PARKED}).json()["job_id"]
@@ -220,33 +238,33 @@ def run(stub: StubProcess, args: argparse.Namespace) -> dict[str, Any]:
         ]
         claim_latencies(stub, client, 20)  # warm-up: connections, caches, the first pages of the file
         event_latencies(stub, client, 20)
-        time.sleep(1)
-        rss_before = rss_mb(stub)
-        events_alone = event_latencies(stub, client, args.events)
-        claims_before = claim_latencies(stub, client, args.claims)
-        opened_at = time.perf_counter()
-        with IdleStreams(stub.port, parked) as streams:
-            open_s = time.perf_counter() - opened_at
-            time.sleep(3)  # settled: every stream has replayed its one event and waits
-            rss_with = rss_mb(stub)
-            claims_with = claim_latencies(stub, client, args.claims)
-            events_with = event_latencies(stub, client, args.events)
-            opened = streams.opened
-        time.sleep(3)  # the stub has seen every stream go
-        claims_after = claim_latencies(stub, client, args.claims)
-    around = (statistics.median(claims_before) + statistics.median(claims_after)) / 2
+        for n in range(args.rounds):
+            if n % 2 == 0:
+                measure(client, "without")
+            started = time.perf_counter()
+            with IdleStreams(stub.port, parked) as streams:
+                open_s.append(time.perf_counter() - started)
+                opened = streams.opened
+                measure(client, "with")
+            if n % 2 == 1:
+                measure(client, "without")
+    without, with_streams = arms["without"], arms["with"]
     return {
         "streams": opened,
-        "streams_open_s": round(open_s, 2),
-        "event_latency_ms_no_streams": summary(events_alone),
-        "event_latency_ms_with_streams": summary(events_with),
-        "stub_rss_mb_before": rss_before,
-        "stub_rss_mb_with_streams": rss_with,
-        "stub_kb_per_stream": round((rss_with - rss_before) * 1024 / max(1, opened), 1),
-        "claim_ms_no_streams_before": summary(claims_before),
-        "claim_ms_with_streams": summary(claims_with),
-        "claim_ms_no_streams_after": summary(claims_after),
-        "claim_median_ratio_with_vs_without": round(statistics.median(claims_with) / around, 3),
+        "rounds": args.rounds,
+        "streams_open_s": round(statistics.median(open_s), 2),
+        "event_latency_ms_no_streams": summary(without["events"]),
+        "event_latency_ms_with_streams": summary(with_streams["events"]),
+        # The first opening: later ones reuse what the allocator kept (Python seldom hands memory back).
+        "stub_rss_mb_before_any_stream": rss["before"][0],
+        "stub_rss_mb_with_streams_each_round": rss["with"],
+        "stub_rss_mb_after_closing_them": rss["after"],
+        "stub_kb_per_stream": round((rss["with"][0] - rss["before"][0]) * 1024 / max(1, opened), 1),
+        "claim_ms_no_streams": summary(without["claims"]),
+        "claim_ms_with_streams": summary(with_streams["claims"]),
+        "claim_median_ratio_with_vs_without": round(
+            statistics.median(with_streams["claims"]) / statistics.median(without["claims"]), 3
+        ),
     }
 
 
