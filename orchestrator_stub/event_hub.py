@@ -88,14 +88,18 @@ class EventHub:
                 await asyncio.sleep(self._poll_s)
         while True:
             try:
-                rows = await asyncio.to_thread(self._store.events_after, self._cursor, READ_BATCH)
+                events = await asyncio.to_thread(self._read, self._cursor, READ_BATCH, None)
             except Exception:
                 log.exception("could not read the event log")
-                rows = []
-            if rows:
-                self._add([to_event(row) for row in rows])
-            if len(rows) < READ_BATCH:
+                events = []
+            if events:
+                self._add(events)
+            if len(events) < READ_BATCH:
                 await self._wakeup.wait(self._poll_s)
+
+    def _read(self, after: int, limit: int, job_id: str | None) -> list[Event]:
+        """Events from the store, made ready to send (in a worker thread: a query, and JSON for each)."""
+        return [to_event(row) for row in self._store.events_after(after, limit, job_id)]
 
     def _add(self, events: list[Event]) -> None:
         for event in events:
@@ -149,10 +153,9 @@ class EventHub:
                 reached = max(covered, self._cursor)
             else:
                 mark = self._cursor  # every event up to here was committed before the read below starts
-                rows = await asyncio.to_thread(self._store.events_after, covered, PAGE, job_id)
-                events = [to_event(row) for row in rows]
-                last = rows[-1].id if rows else covered
-                reached = last if len(rows) == PAGE else max(last, mark, covered)
+                events = await asyncio.to_thread(self._read, covered, PAGE, job_id)
+                last = events[-1].id if events else covered
+                reached = last if len(events) == PAGE else max(last, mark, covered)
             for event in events:
                 yield event
             covered = reached

@@ -108,7 +108,6 @@ class EventStream(EventSourceResponse):
             ping=settings.STREAM_PING_S,
             send_timeout=settings.STREAM_SEND_TIMEOUT_S,
             ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
-            headers={"Cache-Control": "no-store"},
         )
         self._release = release
         self._what = what

@@ -179,9 +179,7 @@ class WebhookSender:
 
     async def _deliver(self, client: httpx.AsyncClient, due: DueWebhook) -> None:
         try:
-            body = due.body
-            if body is None:
-                body = await asyncio.to_thread(self._store.freeze_webhook_body, due.delivery_id, self._body(due))
+            body = due.body if due.body is not None else await asyncio.to_thread(self._freeze_body, due)
             status_code, error = await self._post(client, due, body.encode("utf-8"))
             settings = self._settings
             retry_at = None
@@ -199,8 +197,9 @@ class WebhookSender:
         except Exception:  # its lease runs out, and it is due again
             log.exception("webhook delivery crashed", extra={"job_id": due.job_id})
 
-    def _body(self, due: DueWebhook) -> str:
-        return webhook_body(self._store, due)
+    def _freeze_body(self, due: DueWebhook) -> str:
+        """The first attempt's body, kept for every retry (store reads: called off the event loop)."""
+        return self._store.freeze_webhook_body(due.delivery_id, webhook_body(self._store, due))
 
     async def _post(self, client: httpx.AsyncClient, due: DueWebhook, body: bytes) -> tuple[int | None, str | None]:
         """One attempt; returns (status code, why it failed or None)."""
