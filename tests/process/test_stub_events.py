@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -347,3 +348,14 @@ def test_notify_events_are_checked_at_submission(stub: StubProcess, fields: dict
     answer = stub.post("/v1/jobs", {k: v for k, v in body.items() if v is not None}, key=None)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["message"].startswith(message), answer.text
+
+
+def test_a_stop_signal_ends_open_streams_and_the_stub_exits_cleanly(stub_factory: Callable[..., StubProcess]) -> None:
+    stub = stub_factory()  # its own: this one is stopped
+    job_id = stub.submit("still queued when the stub stops")
+    with stream(stub, f"/v1/jobs/{job_id}/events") as one, stream(stub, "/v1/events") as every:
+        assert next(one).event == "queued" and next(every).event == "queue"
+        started = time.monotonic()
+        assert stub.kill(signal.SIGTERM) == 0, "a clean shutdown, open streams and all"
+        assert time.monotonic() - started < 8, "open streams do not hold the shutdown up"
+        assert one.rest(timeout_s=2) == [] and [e.event for e in every.rest(timeout_s=2)] in ([], ["queue"])
