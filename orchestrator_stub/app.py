@@ -11,16 +11,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from orchestrator_stub import internal_api, page, public_api, uploads, videos
+from orchestrator_stub import internal_api, page, public_api, streams, uploads, videos
 from orchestrator_stub.auth import InternalKeyMiddleware
 from orchestrator_stub.browser_guard import BrowserGuard
 from orchestrator_stub.db import Store, UnencodableText
 from orchestrator_stub.dispatcher import Dispatcher
+from orchestrator_stub.event_hub import EventHub, run_event_pruner
 from orchestrator_stub.leases import run_lease_sweeper
 from orchestrator_stub.outputs import OutputStore
 from orchestrator_stub.password import PasswordMiddleware
 from orchestrator_stub.results import rules_from_settings
-from orchestrator_stub.settings import StubSettings, StubSettingsError
+from orchestrator_stub.settings import SECRET_PREFIX, StubSettings, StubSettingsError
 from orchestrator_stub.throttle import GuessThrottle
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
@@ -33,16 +34,19 @@ def create_app(settings: StubSettings) -> FastAPI:
     """Open the database and build the app; the loops start and stop with the app's lifespan. Storage
     credentials that do not work are a `StubSettingsError`."""
     outputs = _output_store(settings)
-    webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup()
+    event_wakeup, webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup(), Wakeup()
     store = Store(
         settings.STUB_DB,
         lease_seconds=settings.LEASE_SECONDS,
         max_attempts=settings.MAX_ATTEMPTS,
-        on_final=webhook_wakeup.set,
         max_queued_jobs=settings.MAX_QUEUED_JOBS,
         max_workers=settings.MAX_WORKERS,
         worker_retention_s=settings.WORKER_RETENTION_S,
+        on_event=event_wakeup.set,
+        on_webhook=webhook_wakeup.set,
+        webhook_progress_s=settings.WEBHOOK_PROGRESS_S,
     )
+    hub = EventHub(store, event_wakeup)
     rules = rules_from_settings(settings.public_url(), settings.storage_origins(), settings.STORAGE_PREFIX)
 
     @contextlib.asynccontextmanager
@@ -50,13 +54,25 @@ def create_app(settings: StubSettings) -> FastAPI:
         # Before the sweeper's first pass: no worker could renew a lease while the stub was down.
         restarted = store.restart_held_leases()
         log.info("held leases restarted", extra={"jobs": restarted, "lease_seconds": settings.LEASE_SECONDS})
+        # Jobs from a stub older than the event log get their first event; then their pending webhooks.
+        backfilled = store.backfill_events()
+        pending = store.restart_webhooks()
+        log.info("event log ready", extra={"backfilled_jobs": backfilled, "pending_webhooks": pending})
+        if settings.WEBHOOK_SECRET and not settings.WEBHOOK_SECRET.get_secret_value().startswith(SECRET_PREFIX):
+            log.warning(
+                "WEBHOOK_SECRET is not in the Standard Webhooks form (whsec_ + base64): its UTF-8 bytes are the key"
+                " receivers verify webhook-signature with (orchestrator_stub/README.md, Webhooks)"
+            )
         loop = asyncio.get_running_loop()
-        webhook_wakeup.bind(loop)
-        dispatch_wakeup.bind(loop)
+        for wakeup in (event_wakeup, webhook_wakeup, dispatch_wakeup):
+            wakeup.bind(loop)
         loops: list[Coroutine[Any, Any, None]] = [
             run_lease_sweeper(store.expire_leases, settings.LEASE_CHECK_S),
-            WebhookSender(store, settings, webhook_wakeup).run(),
+            hub.run(),
+            run_event_pruner(store, settings.EVENT_RETENTION_S),
         ]
+        if settings.WEBHOOK_SECRET:  # without one no job can ask for webhooks: they could not be signed
+            loops.append(WebhookSender(store, settings, webhook_wakeup).run())
         if settings.DISPATCH_TO:
             loops.append(Dispatcher(store, settings, dispatch_wakeup, rules, outputs).run())
         tasks = [asyncio.create_task(coro) for coro in loops]
@@ -73,7 +89,7 @@ def create_app(settings: StubSettings) -> FastAPI:
     docs = settings.STUB_API_DOCS
     app = FastAPI(
         title="orchestrator_stub",
-        version="1.2",
+        version="1.3",
         lifespan=lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
@@ -94,6 +110,7 @@ def create_app(settings: StubSettings) -> FastAPI:
         internal_api.build_router(store, rules, outputs, secret_required=settings.ATTEMPT_SECRET_REQUIRED)
     )
     app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
+    app.include_router(streams.build_router(store, hub, settings))
     app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage, outputs))
     limits = uploads.UploadLimits(
         max_bytes=settings.UPLOAD_MAX_BYTES,

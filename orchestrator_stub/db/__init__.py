@@ -9,24 +9,41 @@ never get the same job. Times are Unix seconds (wall clock, so leases survive a 
 `Store` is put together from one mixin per responsibility so that each module stays one job:
 `schema` (tables, file, connection), `base` (transactions and the shared transitions), `jobs` (the
 public API's side), `claims` (the worker's side: claims, leases, statuses), `records` (workers,
-webhook and dispatch attempts), `targets` (v1.2 output targets). Callers import everything from here.
+webhook and dispatch attempts), `targets` (v1.2 output targets), `events` + `event_log` (the log of every
+change, which streams and webhooks are made from), `deliveries` (which webhook is due). Callers import everything
+from here.
 """
 
 from __future__ import annotations
 
 from orchestrator_stub.db.claims import Claimed, ClaimsMixin, LeaseState, StatusOutcome
+from orchestrator_stub.db.deliveries import DeliveriesMixin, DueWebhook
+from orchestrator_stub.db.event_log import EventLogMixin
+from orchestrator_stub.db.events import (
+    DEFAULT_NOTIFY_EVENTS,
+    EVENT_TYPES,
+    FINAL_EVENTS,
+    NOTIFY_EVENTS,
+    EventRow,
+)
 from orchestrator_stub.db.jobs import CancelOutcome, IdempotencyConflict, JobsMixin, QueueFull
 from orchestrator_stub.db.records import RecordsMixin
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, STATUSES, UnencodableText
 from orchestrator_stub.db.targets import TargetsMixin
 
 __all__ = [
+    "DEFAULT_NOTIFY_EVENTS",
     "DISPATCHER_ID",
+    "EVENT_TYPES",
     "FINAL",
+    "FINAL_EVENTS",
+    "NOTIFY_EVENTS",
     "HELD",
     "STATUSES",
     "CancelOutcome",
     "Claimed",
+    "DueWebhook",
+    "EventRow",
     "IdempotencyConflict",
     "LeaseState",
     "QueueFull",
@@ -36,5 +53,5 @@ __all__ = [
 ]
 
 
-class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin):
+class Store(JobsMixin, ClaimsMixin, RecordsMixin, TargetsMixin, EventLogMixin, DeliveriesMixin):
     """The job store; thread-safe, each public method one transaction."""

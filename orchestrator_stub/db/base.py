@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator_stub.db.events import QUEUED, WEBHOOK_TYPES, emit, final_event_type, wanted_webhooks
 from orchestrator_stub.db.schema import HELD_SQL, connect, dumps, loads
 from orchestrator_stub.leases import Expiry, expiry_error, expiry_outcome
 
@@ -47,6 +48,9 @@ class StoreBase:
         max_queued_jobs: int | None = None,
         max_workers: int = 1000,
         worker_retention_s: float = 24 * 3600.0,
+        on_event: Callable[[], None] | None = None,
+        on_webhook: Callable[[], None] | None = None,
+        webhook_progress_s: float = 10.0,
     ) -> None:
         self.lease_seconds = lease_seconds
         self._max_attempts = max_attempts
@@ -54,6 +58,10 @@ class StoreBase:
         self._max_workers = max_workers
         self._worker_retention_s = worker_retention_s
         self._on_final = on_final
+        self._on_event = on_event  # an event was written: streams may read again (wakeup.py)
+        self._on_webhook = on_webhook  # a webhook delivery was queued: the sender may look
+        self.webhook_progress_s = webhook_progress_s
+        self._wrote_events = self._wrote_webhooks = False  # in the current transaction (the lock is held)
         self._clock = clock
         self._lock = threading.Lock()
         self._conn = connect(path)
@@ -67,6 +75,7 @@ class StoreBase:
         """One write transaction; yields the connection and a list to append jobs that became final."""
         finals: list[str] = []
         with self._lock:
+            self._wrote_events = self._wrote_webhooks = False
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn, finals
@@ -74,16 +83,29 @@ class StoreBase:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            events, webhooks = self._wrote_events, self._wrote_webhooks
         # Outside the lock and after COMMIT, so the listener sees the committed row.
         for job_id in finals:
             if self._on_final:
                 self._on_final(job_id)
+        if events and self._on_event:
+            self._on_event()
+        if webhooks and self._on_webhook:
+            self._on_webhook()
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
     # ---- helpers (inside a transaction) ---------------------------------------------------------
+
+    def _emit(
+        self, db: sqlite3.Connection, job_id: str, event_type: str, now: float, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Log an event of the job (after its change, in the same transaction); see `events.emit`."""
+        self._wrote_events = True
+        if emit(db, job_id, event_type, now, progress_every_s=self.webhook_progress_s, extra=extra):
+            self._wrote_webhooks = True
 
     def _touch_worker(self, db: sqlite3.Connection, worker_id: str, gpu_class: str, now: float) -> None:
         known = db.execute("SELECT 1 FROM workers WHERE worker_id = ?", (worker_id,)).fetchone() is not None
@@ -159,6 +181,7 @@ class StoreBase:
             "INSERT INTO requeues (job_id, attempt, worker_id, at, error) VALUES (?, ?, ?, ?, ?)",
             (job_id, attempt, worker_id, now, dumps(error)),
         )
+        self._emit(db, job_id, QUEUED, now, {"requeued": True, "last_error": error})
         log.info(
             "job requeued",
             extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "error_code": error.get("code")},
@@ -175,14 +198,19 @@ class StoreBase:
         final_by: str | None,
         now: float,
     ) -> None:
-        """Make a job final; a webhook becomes pending in the same transaction, so none is ever skipped."""
+        """Make a job final; its final event, and the webhook it asked for, are written in the same transaction,
+        so none is ever skipped. `webhook_state` follows the final webhook (`pending`, then `delivered` or
+        `gave_up`); a job that asked for none has none."""
+        event_type = final_event_type(status, error)
+        hooks = db.execute("SELECT notify_url, notify_events FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        wants = hooks["notify_url"] is not None and WEBHOOK_TYPES[event_type] in wanted_webhooks(hooks["notify_events"])
         db.execute(
             "UPDATE jobs SET status = ?, result = ?, error = ?, final_by = ?, lease_expires_at = NULL,"
-            " progress = CASE WHEN ? = 'completed' THEN 1.0 ELSE progress END,"
-            " webhook_state = CASE WHEN notify_url IS NULL THEN NULL ELSE 'pending' END,"
+            " progress = CASE WHEN ? = 'completed' THEN 1.0 ELSE progress END, webhook_state = ?,"
             " completed_at = ?, updated_at = ? WHERE job_id = ?",
-            (status, dumps(result), dumps(error), final_by, status, now, now, job_id),
+            (status, dumps(result), dumps(error), final_by, status, "pending" if wants else None, now, now, job_id),
         )
+        self._emit(db, job_id, event_type, now, {"result": result} if status == "completed" else {"error": error})
         finals.append(job_id)
         log.info("job final", extra={"job_id": job_id, "status": status, "error_code": (error or {}).get("code")})
 

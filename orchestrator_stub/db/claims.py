@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any
 
 from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, MAX_MESSAGE_CHARS, StoreBase, clip, log
+from orchestrator_stub.db.events import CLAIMED, DISPATCHED, PROGRESS, RUNNING
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, dumps
 from orchestrator_stub.leases import failure_requeues
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
@@ -89,6 +90,7 @@ class ClaimsMixin(StoreBase):
                 (worker_id, now + self.lease_seconds, now, secret and secret_hash(secret), row["job_id"]),
             )
             db.execute("UPDATE workers SET job_id = ? WHERE worker_id = ?", (row["job_id"], worker_id))
+            self._emit(db, row["job_id"], DISPATCHED if worker_id == DISPATCHER_ID else CLAIMED, now)
         log.info(
             "job claimed",
             extra={
@@ -198,6 +200,8 @@ class ClaimsMixin(StoreBase):
                     "UPDATE jobs SET status = 'running', lease_expires_at = ?, updated_at = ? WHERE job_id = ?",
                     (now + self.lease_seconds, now, job_id),
                 )
+                if row["status"] != "running":  # a repeated `running` renews the lease, and is no news
+                    self._emit(db, job_id, RUNNING, now)
                 return StatusOutcome.applied
             if (
                 error is not None
@@ -216,23 +220,30 @@ class ClaimsMixin(StoreBase):
         the worker that holds the job now. Jobs the dispatcher holds are the exception: the queue-mode
         worker it fed reports under its own id, which the stub never learns.
         """
+        now = self._clock()
+        report = (
+            update.stage.value,
+            update.progress,
+            update.step,
+            update.total_steps,
+            clip(update.message, MAX_MESSAGE_CHARS) or None,
+        )
         with self._tx() as (db, _):
-            cur = db.execute(
-                "UPDATE jobs SET stage = ?, progress = ?, step = ?, total_steps = ?, message = ?, updated_at = ?"
+            row = db.execute(
+                "SELECT stage, progress, step, total_steps, message FROM jobs"
                 f" WHERE job_id = ? AND status IN {HELD_SQL} AND worker_id IN (?, ?)",
-                (
-                    update.stage.value,
-                    update.progress,
-                    update.step,
-                    update.total_steps,
-                    clip(update.message, MAX_MESSAGE_CHARS) or None,
-                    self._clock(),
-                    job_id,
-                    update.worker_id,
-                    DISPATCHER_ID,
-                ),
+                (job_id, update.worker_id, DISPATCHER_ID),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE jobs SET stage = ?, progress = ?, step = ?, total_steps = ?, message = ?, updated_at = ?"
+                " WHERE job_id = ?",
+                (*report, now, job_id),
             )
-            return cur.rowcount > 0
+            if tuple(row) != report:  # the worker repeats itself between steps: only a change is an event
+                self._emit(db, job_id, PROGRESS, now)
+            return True
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseState:
         """The dispatcher's renewal (in-process: it needs no secret)."""

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from orchestrator_stub.db.base import StoreBase
+from orchestrator_stub.db.events import CANCEL_REQUESTED, QUEUED
 from orchestrator_stub.db.schema import FINAL, STATUSES, dumps, loads
 from orchestrator_stub.leases import cancelled_error
 from worker_app_fastwan.core.schema import JobInput
@@ -35,9 +36,16 @@ class JobsMixin(StoreBase):
     """Submit, read and cancel jobs."""
 
     def create_job(
-        self, job: JobInput, *, notify_url: str | None, idempotency_key: str | None, fingerprint: str
+        self,
+        job: JobInput,
+        *,
+        notify_url: str | None,
+        idempotency_key: str | None,
+        fingerprint: str,
+        notify_events: tuple[str, ...] | None = None,
     ) -> tuple[str, bool]:
         """Queue a job; returns (job_id, created). A known Idempotency-Key returns its job instead.
+        `notify_events`: the webhooks it asked for (None: the final ones).
 
         Raises `QueueFull` when `max_queued_jobs` are waiting (an idempotent replay still answers)."""
         now = self._clock()
@@ -55,24 +63,28 @@ class JobsMixin(StoreBase):
                 if queued >= self.max_queued_jobs:
                     raise QueueFull(self.max_queued_jobs)
             job_id = uuid.uuid4().hex
+            job_input = job.model_dump(mode="json", exclude_none=True)
             db.execute(
-                "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url,"
+                "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url, notify_events,"
                 " idempotency_key, request_hash, stage, created_at, updated_at)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                 (
                     job_id,
-                    dumps(job.model_dump(mode="json", exclude_none=True)),
+                    dumps(job_input),
                     job.mode,
                     job.width,
                     job.height,
                     job.num_frames,
                     notify_url,
+                    dumps(list(notify_events)) if notify_events is not None else None,
                     idempotency_key,
                     fingerprint,
                     now,
                     now,
                 ),
             )
+            # The first event carries what a page needs to show the job (a stream alone can draw it).
+            self._emit(db, job_id, QUEUED, now, {"input": job_input, "created_at": now})
         return job_id, True
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -115,6 +127,7 @@ class JobsMixin(StoreBase):
                 self._finish(db, finals, job_id, "failed", None, cancelled_error(), None, now)
                 return CancelOutcome.cancelled
             db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE job_id = ?", (now, job_id))
+            self._emit(db, job_id, CANCEL_REQUESTED, now)
             return CancelOutcome.requested
 
     def current_attempt(self, job_id: str) -> int | None:

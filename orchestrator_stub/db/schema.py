@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     final_by TEXT,
     attempt_secret_hash TEXT,
     webhook_state TEXT,
+    notify_events TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     completed_at REAL
@@ -74,7 +75,9 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     at REAL NOT NULL,
     status_code INTEGER,
     error TEXT,
-    ok INTEGER NOT NULL
+    ok INTEGER NOT NULL,
+    delivery_id INTEGER,
+    type TEXT
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_job ON webhook_attempts (job_id, id);
 CREATE TABLE IF NOT EXISTS dispatch_attempts (
@@ -107,6 +110,34 @@ CREATE TABLE IF NOT EXISTS output_targets (
     verified_at REAL
 );
 CREATE INDEX IF NOT EXISTS output_targets_by_job ON output_targets (job_id, attempt);
+-- The event log: every state change of a job, written in the transaction that makes the change. `id` only
+-- grows, so a stream resumes after the last id it sent (SSE's Last-Event-ID).
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
+CREATE INDEX IF NOT EXISTS job_events_by_time ON job_events (at);
+-- One row per webhook a job asked for (`notify_events`), written with the event it tells of; delivered in
+-- id order per job. `next_at`: when the next attempt is due; `lease_until`: an attempt is in flight until then.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    lease_until REAL,
+    body TEXT,
+    created_at REAL NOT NULL,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_job ON webhook_deliveries (job_id, id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at) WHERE state = 'pending';
 """
 
 
@@ -115,6 +146,10 @@ CREATE INDEX IF NOT EXISTS output_targets_by_job ON output_targets (job_id, atte
 ADDED_COLUMNS = (
     # v1.2: SHA-256 of the current attempt's secret (protocol's attempt secret); NULL for attempts claimed without.
     ("jobs", "attempt_secret_hash", "TEXT"),
+    # Live progress and Standard Webhooks: the webhooks a job asked for, and which delivery an attempt was of.
+    ("jobs", "notify_events", "TEXT"),
+    ("webhook_attempts", "delivery_id", "INTEGER"),
+    ("webhook_attempts", "type", "TEXT"),
 )
 
 
