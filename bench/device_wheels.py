@@ -54,6 +54,8 @@ WHEELS = [
     "opentelemetry-api==1.45.3",
     "uvicorn==0.55.0",
     "click==8.5.1",
+    "sse-starlette==3.7.1",  # the stub's event streams
+    "standardwebhooks==1.3.0",  # the stub's webhook signatures
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"]
 

@@ -12,18 +12,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from orchestrator_stub import internal_api, metrics, page, public_api, uploads, videos
+from orchestrator_stub import internal_api, metrics, page, public_api, streams, uploads, videos
 from orchestrator_stub.auth import InternalKeyMiddleware
 from orchestrator_stub.browser_guard import BrowserGuard
 from orchestrator_stub.claim_wait import ClaimWaiters
 from orchestrator_stub.db import BadDatabaseUrl, Database, Queued, Store, UnencodableText, mask_password
 from orchestrator_stub.db.notify import Listener
 from orchestrator_stub.dispatcher import Dispatcher
+from orchestrator_stub.event_hub import EventHub, run_event_pruner
 from orchestrator_stub.leases import run_lease_sweeper
 from orchestrator_stub.outputs import OutputStore
 from orchestrator_stub.password import PasswordMiddleware
 from orchestrator_stub.results import rules_from_settings
-from orchestrator_stub.settings import StubSettings, StubSettingsError
+from orchestrator_stub.settings import SECRET_PREFIX, StubSettings, StubSettingsError
 from orchestrator_stub.throttle import GuessThrottle
 from orchestrator_stub.wakeup import Wakeup
 from orchestrator_stub.webhooks import WebhookSender
@@ -36,7 +37,7 @@ def create_app(settings: StubSettings) -> FastAPI:
     """Open the database and build the app; the loops start and stop with the app's lifespan. Storage
     credentials that do not work are a `StubSettingsError`."""
     outputs = _output_store(settings)
-    webhook_wakeup, dispatch_wakeup, waiters = Wakeup(), Wakeup(), ClaimWaiters()
+    event_wakeup, webhook_wakeup, dispatch_wakeup, waiters = Wakeup(), Wakeup(), Wakeup(), ClaimWaiters()
     try:
         store = Store(
             Database(settings.STUB_DB, pool_size=settings.DB_POOL_SIZE),
@@ -48,10 +49,12 @@ def create_app(settings: StubSettings) -> FastAPI:
             retry_elsewhere_s=settings.RETRY_ELSEWHERE_S,
             quarantine_after=settings.QUARANTINE_AFTER_FAILURES,
             quarantine_s=settings.QUARANTINE_S,
+            webhook_progress_s=settings.WEBHOOK_PROGRESS_S,
         )
     except (DBAPIError, BadDatabaseUrl) as exc:  # the server's message names host and user, never the password
         raise StubSettingsError(f"STUB_DB: cannot open {mask_password(settings.STUB_DB)}: {_reason(exc)}") from None
     log.info("database ready", extra={"db": store.db.shown, "backend": store.backend, "revision": store.revision})
+    hub = EventHub(store, event_wakeup)
     rules = rules_from_settings(settings.public_url(), settings.storage_origins(), settings.STORAGE_PREFIX)
 
     def queued(job: Queued | None) -> None:
@@ -63,18 +66,30 @@ def create_app(settings: StubSettings) -> FastAPI:
         # Before the sweeper's first pass: no worker could renew a lease while the stub was down.
         restarted = store.restart_held_leases()
         log.info("held leases restarted", extra={"jobs": restarted, "lease_seconds": settings.LEASE_SECONDS})
+        # Jobs from a stub older than the event log get their first event; then their pending webhooks.
+        backfilled = store.backfill_events()
+        pending = store.restart_webhooks()
+        log.info("event log ready", extra={"backfilled_jobs": backfilled, "pending_webhooks": pending})
+        if settings.WEBHOOK_SECRET and not settings.WEBHOOK_SECRET.get_secret_value().startswith(SECRET_PREFIX):
+            log.warning(
+                "WEBHOOK_SECRET is not in the Standard Webhooks form (whsec_ + base64): its UTF-8 bytes are the key"
+                " receivers verify webhook-signature with (orchestrator_stub/README.md, Webhooks)"
+            )
         loop = asyncio.get_running_loop()
-        webhook_wakeup.bind(loop)
-        dispatch_wakeup.bind(loop)
+        for wakeup in (event_wakeup, webhook_wakeup, dispatch_wakeup):
+            wakeup.bind(loop)
         waiters.bind(loop)
-        store.subscribe(on_final=webhook_wakeup.set, on_queued=queued)
+        store.subscribe(on_queued=queued, on_event=event_wakeup.set, on_webhook=webhook_wakeup.set)
         listener = Listener(store) if store.db.postgres else None
         if listener is not None:
             listener.start()
         loops: list[Coroutine[Any, Any, None]] = [
             run_lease_sweeper(store.expire_leases, settings.LEASE_CHECK_S),
-            WebhookSender(store, settings, webhook_wakeup).run(),
+            hub.run(),
+            run_event_pruner(store, settings.EVENT_RETENTION_S),
         ]
+        if settings.WEBHOOK_SECRET:  # without one no job can ask for webhooks: they could not be signed
+            loops.append(WebhookSender(store, settings, webhook_wakeup).run())
         if settings.DISPATCH_TO:
             loops.append(Dispatcher(store, settings, dispatch_wakeup, rules, outputs).run())
         tasks = [asyncio.create_task(coro) for coro in loops]
@@ -84,7 +99,7 @@ def create_app(settings: StubSettings) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            store.subscribe(None, None)
+            store.subscribe()
             if listener is not None:
                 await asyncio.to_thread(listener.stop)
             store.close()
@@ -124,6 +139,7 @@ def create_app(settings: StubSettings) -> FastAPI:
     )
     app.include_router(metrics.build_router(store, waiting=lambda: len(waiters)))
     app.include_router(public_api.build_router(store, settings=settings))
+    app.include_router(streams.build_router(store, hub, settings))
     app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage, outputs))
     limits = uploads.UploadLimits(
         max_bytes=settings.UPLOAD_MAX_BYTES,

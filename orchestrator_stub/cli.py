@@ -15,6 +15,7 @@ import uvicorn
 from orchestrator_stub.app import create_app
 from orchestrator_stub.password import warn_if_open
 from orchestrator_stub.settings import StubSettingsError, load_settings
+from orchestrator_stub.streams import StreamConnections
 from worker_app_fastwan.core.logs import setup_logging
 
 log = logging.getLogger("orchestrator_stub")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orchestrator_stub: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        app,
+        StreamConnections(app),
         host=settings.STUB_HOST,
         port=settings.STUB_PORT,
         log_config=None,

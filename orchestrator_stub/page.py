@@ -4,11 +4,13 @@
   rules), so the form's spinners and presets never drift from what the API accepts. The API still judges
   every submission: the page shows its 422 message as it is.
 - `GET /v1/studio/changes?since=CURSOR[&after=SEQ]`: the jobs changed since the cursor of the previous answer
-  (the latest `limit` changes when `since` is 0), the queue counts, and the most recently heard workers with
-  how long each has been quiet. The page polls it about once a second, so a few hundred jobs cost one small
-  query per poll, not a list of all of them. The cursor lags the server's clock by OVERLAP_S: a change whose
-  transaction read the clock before this query but committed after it is sent again next time rather than
-  missed (the page ignores a job whose `updated_at` it already has).
+  (the latest `limit` changes when `since` is 0), the queue counts, the most recently heard workers with
+  how long each has been quiet, and `event_id`: the event log's newest id when the answer was read, where the
+  page's event stream (`GET /v1/events`, streams.py) resumes. The page reads it once when it loads and then
+  follows the stream; it polls it about once a second only while the stream is down, and a few hundred jobs
+  then cost one small query per poll, not a list of all of them. The cursor lags the server's clock by
+  OVERLAP_S: a change whose transaction read the clock before this query but committed after it is sent again
+  next time rather than missed (the page ignores a job whose `updated_at` it already has).
   Every answer is bounded: at most `limit` jobs and about MAX_ANSWER_BYTES of them, and MAX_WORKERS_SHOWN
   workers (with `workers_total`). When more changed than one answer holds, it sends the oldest changes with
   `more: true` and a cursor just past the last one sent (`cursor` and `after`), and the page asks again at once.
@@ -65,6 +67,7 @@ def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter
         limit: int = Query(default=500, ge=1, le=1000),
     ) -> dict[str, Any]:
         now = store.now()  # before the query (see OVERLAP_S), on the clock `updated_at` is written with
+        event_id = store.latest_event_id()  # before it too: the page's stream resumes here, missing nothing
         if since == 0:  # the first load: the latest changes, newest first; older jobs stay out of the page
             rows = store.changed_since(0.0, limit)
         else:  # catching up: oldest change first, so a cut answer leaves nothing out
@@ -78,16 +81,13 @@ def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter
                 break
             jobs.append((row, view))
         more = since > 0 and (len(jobs) < len(rows) or len(rows) == limit)
-        workers, total = store.workers(MAX_WORKERS_SHOWN)
         answer = {
             "cursor": max(0.0, now - OVERLAP_S),
             "after": None,
             "more": more,
-            "now": iso(now),
+            "event_id": event_id,
             "jobs": [view for _, view in jobs],
-            "counts": store.counts(),
-            "workers": [worker_row(worker, now) for worker in workers],
-            "workers_total": total,
+            **queue_snapshot(store, now),
         }
         if more:  # just past the last change sent: the rest comes with the next poll
             answer["cursor"], answer["after"] = jobs[-1][0]["updated_at"], jobs[-1][0]["seq"]
@@ -127,6 +127,17 @@ def form_fields() -> dict[str, Any]:
     neg = next(s for s in props["negative_prompt"]["anyOf"] if s.get("type") == "string")
     fields["prompt"] = {"max_length": neg["maxLength"]}
     return fields
+
+
+def queue_snapshot(store: Store, now: float) -> dict[str, Any]:
+    """The queue counts and the most recently heard workers, as the page shows them (polled, or streamed)."""
+    workers, total = store.workers(MAX_WORKERS_SHOWN)
+    return {
+        "now": iso(now),
+        "counts": store.counts(),
+        "workers": [worker_row(worker, now) for worker in workers],
+        "workers_total": total,
+    }
 
 
 def worker_row(worker: dict[str, Any], now: float) -> dict[str, Any]:

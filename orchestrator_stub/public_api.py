@@ -14,10 +14,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
-from orchestrator_stub.db import CancelOutcome, IdempotencyConflict, QueueFull, Store
+from orchestrator_stub.db import (
+    DEFAULT_NOTIFY_EVENTS,
+    NOTIFY_EVENTS,
+    CancelOutcome,
+    IdempotencyConflict,
+    QueueFull,
+    Store,
+)
 from orchestrator_stub.settings import StubSettings
 from orchestrator_stub.views import job_view, load_job_view, worker_view
-from orchestrator_stub.webhooks import check_notify_url
+from orchestrator_stub.webhooks import check_notify_events, check_notify_url
 from worker_app_fastwan.core.errors import JobFailure
 from worker_app_fastwan.core.schema import ID_PATTERN, ErrorCode, JobInput
 from worker_app_fastwan.edge.job_input import parse_job_input
@@ -25,7 +32,14 @@ from worker_app_fastwan.edge.job_input import parse_job_input
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 SUBMISSION = JobInput.model_json_schema() | {"title": "Submission"}
 SUBMISSION["properties"] = SUBMISSION["properties"] | {
-    "notify_url": {"type": "string", "maxLength": 2048, "description": "where the final job object is POSTed"}
+    "notify_url": {"type": "string", "maxLength": 2048, "description": "where the job's webhooks are POSTed"},
+    "notify_events": {
+        "type": "array",
+        "items": {"enum": list(NOTIFY_EVENTS)},
+        "minItems": 1,
+        "default": list(DEFAULT_NOTIFY_EVENTS),
+        "description": "which webhooks to send (Standard Webhooks event types); needs notify_url",
+    },
 }
 MAX_OFFSET = 10**9  # far past any real listing, and far inside SQLite's 64-bit integers
 
@@ -49,12 +63,16 @@ def build_router(store: Store, settings: StubSettings) -> APIRouter:
         idempotency_key: str | None = Header(default=None, min_length=1, max_length=255),
     ) -> JSONResponse:
         try:
-            job, notify_url = _parse_submission(payload, settings)
+            job, notify_url, notify_events = _parse_submission(payload, settings)
         except JobFailure as exc:
             return JSONResponse({"error": exc.to_error().model_dump(mode="json")}, status_code=422)
         try:
             job_id, created = store.create_job(
-                job, notify_url=notify_url, idempotency_key=idempotency_key, fingerprint=_fingerprint(job, notify_url)
+                job,
+                notify_url=notify_url,
+                notify_events=notify_events,
+                idempotency_key=idempotency_key,
+                fingerprint=_fingerprint(job, notify_url, notify_events),
             )
         except IdempotencyConflict:
             raise HTTPException(422, "Idempotency-Key: was already used with a different body") from None
@@ -108,22 +126,35 @@ def _view_or_404(store: Store, job_id: str) -> dict[str, Any]:
     return view
 
 
-def _parse_submission(payload: Any, settings: StubSettings) -> tuple[JobInput, str | None]:
-    """The validated job input and notify_url; raises JobFailure(invalid_input) naming the field."""
+def _parse_submission(payload: Any, settings: StubSettings) -> tuple[JobInput, str | None, tuple[str, ...] | None]:
+    """The validated job input, notify_url and notify_events; raises JobFailure(invalid_input) naming the field."""
     job = parse_job_input(payload)
-    notify_url = payload.get("notify_url")
+    notify_url, notify_events = payload.get("notify_url"), payload.get("notify_events")
+    events: tuple[str, ...] | None = None
+    if notify_events is not None:
+        try:
+            events = check_notify_events(notify_events)
+        except ValueError as exc:
+            raise JobFailure(ErrorCode.invalid_input, f"notify_events: {exc}") from None
+        if notify_url is None:
+            raise JobFailure(ErrorCode.invalid_input, "notify_events: needs a notify_url to send them to")
     if notify_url is None:
-        return job, None
+        return job, None, None
     try:
         check_notify_url(
             notify_url, allow_private=settings.WEBHOOK_ALLOW_PRIVATE, can_sign=settings.WEBHOOK_SECRET is not None
         )
     except ValueError as exc:
         raise JobFailure(ErrorCode.invalid_input, f"notify_url: {exc}") from None
-    return job, notify_url
+    return job, notify_url, events
 
 
-def _fingerprint(job: JobInput, notify_url: str | None) -> str:
-    """What makes two submissions "the same" for an Idempotency-Key: the validated input and the URL."""
-    canonical = json.dumps({"input": job.model_dump(mode="json"), "notify_url": notify_url}, sort_keys=True)
+def _fingerprint(job: JobInput, notify_url: str | None, notify_events: tuple[str, ...] | None) -> str:
+    """What makes two submissions "the same" for an Idempotency-Key: the validated input, the URL and the events
+    (the default ones named or not are the same)."""
+    events = sorted(notify_events or DEFAULT_NOTIFY_EVENTS) if notify_url else None
+    request: dict[str, Any] = {"input": job.model_dump(mode="json"), "notify_url": notify_url}
+    if events is not None and events != sorted(DEFAULT_NOTIFY_EVENTS):  # older fingerprints stay as they were
+        request["notify_events"] = events
+    canonical = json.dumps(request, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -7,6 +7,8 @@ variable. The API key is a `SecretStr`, so it never shows in reprs or logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,31 @@ SECRETS = ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET", *STORAGE_SECRE
 
 class StubSettingsError(ValueError):
     """A bad or missing setting; str() is one line naming the variable."""
+
+
+SECRET_PREFIX = "whsec_"
+# Standard Webhooks: a secret SHOULD be 24 to 64 random bytes.
+MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64
+MAKE_ONE = "make one with: echo whsec_$(openssl rand -base64 32)"
+
+
+def webhook_key(secret: str) -> bytes:
+    """The signing key of a WEBHOOK_SECRET: `whsec_` + base64 (Standard Webhooks' format) is that base64's
+    bytes; any other value (a hex secret from before) is its own UTF-8 bytes, as its X-Stub-Signature HMAC key
+    always was, so a receiver verifies with `Webhook(secret.encode())`. ValueError for a bad `whsec_` value."""
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode("utf-8")
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the part after {SECRET_PREFIX} is not base64 ({MAKE_ONE})") from None
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise ValueError(
+            f"{SECRET_PREFIX} secrets hold {MIN_KEY_BYTES}-{MAX_KEY_BYTES} random bytes, this one {len(key)}"
+            f" ({MAKE_ONE})"
+        )
+    return key
 
 
 class StubSettings(StorageSettings):
@@ -56,6 +83,14 @@ class StubSettings(StorageSettings):
     WEBHOOK_SCAN_S: float = Field(default=2.0, gt=0)
     WEBHOOK_SECRET: SecretStr | None = None
     WEBHOOK_ALLOW_PRIVATE: bool = False
+    WEBHOOK_PROGRESS_S: float = Field(default=10.0, ge=0)  # job.progress webhooks: at most one per job this often
+
+    # Event streams (streams.py): keep-alive, slow readers, how many, and how long the log keeps finished jobs.
+    STREAM_PING_S: float = Field(default=15.0, gt=0, le=15)
+    STREAM_SEND_TIMEOUT_S: float = Field(default=30.0, gt=0)
+    STREAMS_PER_CLIENT: int = Field(default=32, ge=1)
+    STREAMS_MAX: int = Field(default=2000, ge=1)
+    EVENT_RETENTION_S: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     DISPATCH_TO: str | None = None
     DISPATCH_MAX_ATTEMPTS: int = Field(default=4, ge=1)
@@ -144,6 +179,13 @@ class StubSettings(StorageSettings):
         # `STUB_PASSWORD=` in a .env template means "no password", not "the empty password" (same for secrets).
         return value if value is not None and value.get_secret_value() else None
 
+    @field_validator("WEBHOOK_SECRET")
+    @classmethod
+    def _standard_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().startswith(SECRET_PREFIX):
+            webhook_key(value.get_secret_value())  # raises ValueError with the one-line reason
+        return value
+
     @field_validator("STUB_PUBLIC_URL")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
@@ -170,6 +212,10 @@ class StubSettings(StorageSettings):
 
     def password(self) -> str | None:
         return self.STUB_PASSWORD.get_secret_value() if self.STUB_PASSWORD else None
+
+    def webhook_key(self) -> bytes | None:
+        """The key Standard Webhooks signatures are made with (`webhook_key`), or None without a secret."""
+        return webhook_key(self.WEBHOOK_SECRET.get_secret_value()) if self.WEBHOOK_SECRET else None
 
     def public_url(self) -> str:
         """Where workers reach this stub (upload URLs start with it): STUB_PUBLIC_URL, else this host and port."""

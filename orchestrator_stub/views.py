@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator_stub.db import Store
+from orchestrator_stub.db import EventRow, Store
+from orchestrator_stub.db.schema import loads
 from worker_app_fastwan.edge.image import redact_url
 
 
@@ -47,7 +48,8 @@ def job_view(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         # Outcomes only: a status code or an error ("connection refused", "cannot resolve") for a URL of the
         # submitter's choosing would make this unauthenticated view a port and DNS scanner.
         "webhook_attempts": [
-            {"attempt": a["attempt"], "at": iso(a["at"]), "ok": a["ok"]} for a in store.webhook_attempts(job["job_id"])
+            {"attempt": a["attempt"], "at": iso(a["at"]), "ok": a["ok"], "type": a["type"]}
+            for a in store.webhook_attempts(job["job_id"])
         ],
         "dispatch_attempts": [_with_iso(a) for a in store.dispatch_attempts(job["job_id"])],
     }
@@ -61,6 +63,18 @@ def _redacted_input(job_input: dict[str, Any]) -> dict[str, Any]:
     if isinstance(job_input.get("image_url"), str):
         return job_input | {"image_url": redact_url(job_input["image_url"])}
     return job_input
+
+
+def event_view(event: EventRow) -> dict[str, Any]:
+    """An event as streams send it: its `id` and `type`, the job's fields after the change (named as in the job
+    view, `updated_at` being the event's time), and what the event adds: `input` and `created_at` when the job
+    was submitted, `last_error` when it went back to the queue, `result` or `error` when it ended."""
+    data: dict[str, Any] = loads(event.data)
+    if isinstance(data.get("input"), dict):
+        data["input"] = _redacted_input(data["input"])
+    if "created_at" in data:
+        data["created_at"] = iso(data["created_at"])
+    return {"id": event.id, "type": event.type, **data, "updated_at": iso(event.at)}
 
 
 def load_job_view(store: Store, job_id: str) -> dict[str, Any] | None:

@@ -1,9 +1,23 @@
-"""A wake-up call from any thread to a loop on the event loop (handlers run in a thread pool)."""
+"""A wake-up call from any thread to a loop on the event loop (handlers run in a thread pool).
+
+`WakeSignal` is all a loop needs of it: `set()` from anywhere, `wait(timeout)` in the loop. Whoever waits
+re-reads the store afterwards, and also after the timeout: a wake-up is a hint, the store is the truth. So
+with several replicas on one PostgreSQL database the same `Wakeup` is also set by the database's notifications
+(NOTIFY in the transaction that writes; each replica's `db.notify.Listener` calls `set()`), and a lost
+notification only delays a reader by one timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
+
+
+class WakeSignal(Protocol):
+    def set(self, *_: object) -> None: ...
+
+    async def wait(self, timeout_s: float) -> None: ...
 
 
 class Wakeup:

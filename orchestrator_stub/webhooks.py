@@ -1,12 +1,22 @@
-"""Webhooks: when a job with a `notify_url` becomes final, POST its job object there, signed.
+"""Webhooks: a job with a `notify_url` gets a POST for each event it asked for (`notify_events`), signed the
+Standard Webhooks way (https://www.standardwebhooks.com), so a receiver verifies it with that specification's
+own library, which also refuses a replay outside its tolerance window.
 
-Delivery state lives in the jobs table (`webhook_state`: pending → delivered | gave_up) and every attempt
-in `webhook_attempts`, so a delivery interrupted by a restart resumes with the attempts it has left.
-Delivery runs in its own task, never inside a request: a slow receiver never delays a worker's call.
-Each delivery is at-least-once; receivers can de-duplicate on the `X-Stub-Job-Id` header. With several
-replicas on one database, a replica claims a pending delivery before it starts (`Store.claim_webhooks`) and
-renews that claim while it delivers, so each delivery has one sender; one whose replica died is taken over by
-another once its lease (`LEASE_S`) runs out, with the attempts it has left.
+Event types: `job.started` (claimed by a worker or the dispatcher; again on each attempt), `job.progress` (at most
+one per job per WEBHOOK_PROGRESS_S), `job.completed`, `job.failed`, `job.cancelled`; by default the final three.
+Each is a row of `webhook_deliveries`, queued in the transaction of the event it tells of; the store picks what is
+due (a job's webhooks go out in order) and leases it while it is in flight (`db/deliveries.py`); every attempt is
+kept in `webhook_attempts`. Delivery is at-least-once, with the same `webhook-id` on every attempt of one event
+(receivers de-duplicate on it) and the same body bytes. Delivery runs in tasks of its own, never inside a
+request: a slow receiver never delays a worker's call. With replicas on one PostgreSQL database every replica
+runs a sender: the store hands each due delivery to one of them (`FOR UPDATE SKIP LOCKED`, then its lease), and
+a delivery whose replica died mid-attempt is taken by another once its lease runs out.
+
+Headers: `webhook-id`, `webhook-timestamp` (this attempt's, Unix seconds), `webhook-signature` (`v1,` + base64 of
+HMAC-SHA256 over `id.timestamp.body`, keyed per `settings.webhook_key`), and, deprecated, `X-Stub-Signature`
+(`sha256=` + hex HMAC-SHA256 of the body alone, keyed with WEBHOOK_SECRET's UTF-8 bytes), `X-Stub-Job-Id`,
+`X-Stub-Webhook-Attempt`. The body is the job as `GET /v1/jobs/{id}` shows it (for `job.started` and
+`job.progress`, its fields as of that event) with the event's `type` and `timestamp` beside them.
 
 A `notify_url` comes from whoever can reach the public API, so the stub treats it as the worker treats an
 image URL (`worker_app_fastwan.edge.outbound`, one rule): only public addresses, pinned, no redirects, unless
@@ -17,44 +27,77 @@ shows only whether an attempt succeeded, or the stub would be a port and DNS sca
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
-import os
-import secrets
-import socket
-from typing import Any
+import time
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from standardwebhooks import Webhook
 
-from orchestrator_stub.db import Store
+from orchestrator_stub.db import NOTIFY_EVENTS, DueWebhook, EventRow, Store
+from orchestrator_stub.db.events import FINAL_WEBHOOKS
 from orchestrator_stub.settings import StubSettings
-from orchestrator_stub.views import load_job_view
-from orchestrator_stub.wakeup import Wakeup
+from orchestrator_stub.views import event_view, iso, job_view
+from orchestrator_stub.wakeup import WakeSignal
 from worker_app_fastwan.edge.addresses import forbidden_address
 from worker_app_fastwan.edge.outbound import NonPublicAddress, UnresolvableHost, pinned_request, vet_host
 
 log = logging.getLogger("orchestrator_stub.webhooks")
 
-SIGNATURE_HEADER = "X-Stub-Signature"
+SIGNATURE_HEADER = "X-Stub-Signature"  # deprecated: sent beside the standard headers in v1.3, gone in v1.4
 MAX_URL_CHARS = 2048
-LEASE_S = 15.0  # a delivery's claim: renewed every third of it; a dead replica's is taken over after it
-
-
-def replica_id() -> str:
-    """This process among the replicas: host, pid and a random part (a pid can come back after a restart)."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(3)}"
+MAX_IN_FLIGHT = 32  # deliveries being attempted at once (one per job at most)
 
 
 def sign(secret: str, body: bytes) -> str:
     """The `X-Stub-Signature` value: `sha256=` and the hex HMAC-SHA256 of the exact body bytes."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def standard_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks' three headers, signed with the specification's own library."""
+    at = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": Webhook(key).sign(webhook_id, at, body),
+    }
+
+
+def check_notify_events(value: object) -> tuple[str, ...]:
+    """A submission's `notify_events`: a non-empty list of known event types (duplicates dropped), else
+    ValueError saying what is accepted."""
+    known = ", ".join(NOTIFY_EVENTS)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a non-empty list of event types: {known}")
+    unknown = [v for v in value if v not in NOTIFY_EVENTS]
+    if unknown:
+        raise ValueError(f"{unknown[0][:64]!r} is not an event type (known: {known})")
+    return tuple(dict.fromkeys(value))
+
+
+def webhook_body(store: Store, due: DueWebhook) -> str:
+    """The JSON a delivery sends: the job's fields (the whole job view when it is final; its state as of the
+    event for `job.started` and `job.progress`) with the event's `type` and `timestamp`."""
+    if due.type in FINAL_WEBHOOKS and (job := store.get_job(due.job_id)) is not None:
+        fields = job_view(store, job)
+    else:
+        fields = event_view(EventRow(due.event_id, due.job_id, due.type, due.event_at, due.event_data))
+        for key in ("id", "type", "input", "created_at"):
+            fields.pop(key, None)
+    body = {"type": due.type, "timestamp": iso(due.event_at), **fields}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """The wait after failed attempt `attempt`: base, 2 x base, 4 x base, ... at most `max_s` (tenacity's
+    wait_exponential, the policy the stub's other retries use)."""
+    return float(min(max_s, base_s * 2 ** min(attempt - 1, 62)))
 
 
 def check_notify_url(value: object, *, allow_private: bool, can_sign: bool) -> str:
@@ -89,121 +132,82 @@ def _private_host(host: str) -> bool:
         return False  # a name: vetted at delivery
 
 
-class WebhookFailed(Exception):
-    """One attempt got no 2xx; tenacity retries on it."""
-
-
 class WebhookSender:
-    def __init__(self, store: Store, settings: StubSettings, wakeup: Wakeup, *, lease_s: float = LEASE_S) -> None:
+    """Takes due deliveries from the store and attempts each in a task of its own (at most MAX_IN_FLIGHT)."""
+
+    def __init__(self, store: Store, settings: StubSettings, wakeup: WakeSignal) -> None:
+        assert settings.WEBHOOK_SECRET is not None, "no webhooks without a secret to sign them"
         self._store = store
         self._settings = settings
         self._wakeup = wakeup
-        self._owner = replica_id()
-        self._lease_s = lease_s
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        # Submissions with a notify_url are refused without a secret, so a pending webhook always has one;
-        # an empty one here only signs what an older database still had pending.
-        self._secret = settings.WEBHOOK_SECRET.get_secret_value() if settings.WEBHOOK_SECRET else ""
+        self._secret = settings.WEBHOOK_SECRET.get_secret_value()
+        self._key = settings.webhook_key() or b""
+        # An attempt longer than this (every phase of httpx's timeout, and resolving the name) is given up for
+        # dead, and the delivery becomes due again.
+        self._lease_s = 4 * settings.WEBHOOK_TIMEOUT_S + 10
+        self._inflight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Start a delivery task for every pending webhook; woken on each final job, and polls as a fallback."""
-        if not self._store.db.postgres:  # one process per file: a claim found at start is from before a restart
-            await asyncio.to_thread(self._store.release_webhooks, None)
+        """Start a task for every due delivery; woken when one is queued or ends, and polls as a fallback."""
         async with httpx.AsyncClient(timeout=self._settings.WEBHOOK_TIMEOUT_S) as client:
             try:
                 while True:
-                    await self._start_pending(client)
+                    await self._start_due(client)
                     await self._wakeup.wait(self._settings.WEBHOOK_SCAN_S)
             finally:
-                for task in self._inflight.values():
+                for task in self._inflight:
                     task.cancel()
-                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
-                with contextlib.suppress(Exception):  # stopping: another replica takes them at once, not later
-                    await asyncio.to_thread(self._store.release_webhooks, self._owner)
+                await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def _start_pending(self, client: httpx.AsyncClient) -> None:
-        try:
-            pending = await asyncio.to_thread(self._store.claim_webhooks, self._owner, self._lease_s)
-        except Exception:
-            log.exception("could not claim pending webhooks")
+    async def _start_due(self, client: httpx.AsyncClient) -> None:
+        room = MAX_IN_FLIGHT - len(self._inflight)
+        if room <= 0:
             return
-        for job_id in pending:
-            if job_id not in self._inflight:
-                task = asyncio.create_task(self._held(client, job_id))
-                self._inflight[job_id] = task
-                task.add_done_callback(functools.partial(self._forget, job_id))
-
-    def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(job_id, None)
-
-    async def _held(self, client: httpx.AsyncClient, job_id: str) -> None:
-        """Deliver while renewing this replica's claim on the delivery; stop if the claim is lost."""
-        delivery = asyncio.create_task(self._deliver(client, job_id))
-        holding = asyncio.create_task(self._hold(job_id))
         try:
-            await asyncio.wait({delivery, holding}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (delivery, holding):
-                task.cancel()
-            await asyncio.gather(delivery, holding, return_exceptions=True)
+            due = await asyncio.to_thread(
+                self._store.due_webhooks, room, self._lease_s, self._settings.WEBHOOK_MAX_ATTEMPTS
+            )
+        except Exception:
+            log.exception("could not list due webhooks")
+            return
+        for delivery in due:
+            task = asyncio.create_task(self._deliver(client, delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
 
-    async def _hold(self, job_id: str) -> None:
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                held = await asyncio.to_thread(self._store.hold_webhook, job_id, self._owner, self._lease_s)
-            except Exception:  # a hiccup: the lease still has two thirds left; the next renewal tries again
-                log.exception("could not renew a webhook delivery's claim", extra={"job_id": job_id})
-                continue
-            if not held:
-                log.warning("webhook delivery claimed elsewhere; stopping here", extra={"job_id": job_id})
-                return
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wakeup.set()  # room for another, and the job's next webhook may be due
 
-    async def _deliver(self, client: httpx.AsyncClient, job_id: str) -> None:
+    async def _deliver(self, client: httpx.AsyncClient, due: DueWebhook) -> None:
         try:
-            # Checked again here: a scan may have listed the job just before an earlier delivery finished.
-            url = await asyncio.to_thread(self._store.pending_webhook_url, job_id)
-            payload = await asyncio.to_thread(load_job_view, self._store, job_id)
-            if url is None or payload is None:
-                return
-            state = await self._attempts(client, job_id, url, payload, len(payload["webhook_attempts"]))
-            await asyncio.to_thread(self._store.set_webhook_state, job_id, state)
+            body = due.body if due.body is not None else await asyncio.to_thread(self._freeze_body, due)
+            status_code, error = await self._post(client, due, body.encode("utf-8"))
+            settings = self._settings
+            retry_in = None
+            if error is not None and due.attempt < settings.WEBHOOK_MAX_ATTEMPTS:
+                # A delay, not a time: the store adds it to its clock (the database's, with replicas).
+                retry_in = backoff_s(due.attempt, settings.WEBHOOK_BASE_DELAY_S, settings.WEBHOOK_MAX_DELAY_S)
+                asyncio.get_running_loop().call_later(retry_in, self._wakeup.set)  # not a scan later: on time
+            state = await asyncio.to_thread(
+                self._store.webhook_attempt_done, due.delivery_id, due.attempt, status_code, error, retry_in=retry_in
+            )
+            if state == "gave_up":
+                log.warning("webhook gave up", extra={"job_id": due.job_id, "type": due.type, "attempts": due.attempt})
         except asyncio.CancelledError:
             raise
-        except Exception:  # the row stays pending, so the next scan tries again
-            log.exception("webhook delivery crashed", extra={"job_id": job_id})
-            await asyncio.sleep(self._settings.WEBHOOK_SCAN_S)
+        except Exception:  # its lease runs out, and it is due again
+            log.exception("webhook delivery crashed", extra={"job_id": due.job_id})
 
-    async def _attempts(
-        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], done: int
-    ) -> str:
-        """Try the attempts left (of WEBHOOK_MAX_ATTEMPTS) with exponential backoff; returns the final state."""
-        left = self._settings.WEBHOOK_MAX_ATTEMPTS - done
-        if left <= 0:
-            return "gave_up"
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(left),
-            wait=wait_exponential(
-                multiplier=self._settings.WEBHOOK_BASE_DELAY_S, max=self._settings.WEBHOOK_MAX_DELAY_S
-            ),
-            retry=retry_if_exception_type(WebhookFailed),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._post(client, job_id, url, payload, done + attempt.retry_state.attempt_number)
-        except WebhookFailed:
-            log.warning("webhook gave up", extra={"job_id": job_id, "attempts": self._settings.WEBHOOK_MAX_ATTEMPTS})
-            return "gave_up"
-        return "delivered"
+    def _freeze_body(self, due: DueWebhook) -> str:
+        """The first attempt's body, kept for every retry (store reads: called off the event loop)."""
+        return self._store.freeze_webhook_body(due.delivery_id, webhook_body(self._store, due))
 
-    async def _post(
-        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int
-    ) -> None:
+    async def _post(self, client: httpx.AsyncClient, due: DueWebhook, body: bytes) -> tuple[int | None, str | None]:
+        """One attempt; returns (status code, why it failed or None)."""
         status_code: int | None = None
         try:
-            status_code = await self._send(client, job_id, url, payload, number)
+            status_code = await self._send(client, due, body)
             error = None if 200 <= status_code < 300 else f"HTTP {status_code}"
         except asyncio.CancelledError:
             raise
@@ -215,29 +219,27 @@ class WebhookSender:
         log.info(
             "webhook attempt",
             extra={
-                "job_id": job_id,
-                "attempt": number,
-                "host": urlsplit(url).hostname,
+                "job_id": due.job_id,
+                "type": due.type,
+                "webhook_id": due.webhook_id,
+                "attempt": due.attempt,
+                "host": urlsplit(due.url).hostname,
                 "status_code": status_code,
                 "error": error,
             },
         )
-        await asyncio.to_thread(self._store.add_webhook_attempt, job_id, number, status_code, error, error is None)
-        if error is not None:
-            raise WebhookFailed(error)
+        return status_code, error
 
-    async def _send(
-        self, client: httpx.AsyncClient, job_id: str, url: str, payload: dict[str, Any], number: int
-    ) -> int:
+    async def _send(self, client: httpx.AsyncClient, due: DueWebhook, body: bytes) -> int:
         """One POST; returns the status code. The response body is never read: a receiver cannot flood us."""
-        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         headers = {
             "Content-Type": "application/json",
-            "X-Stub-Job-Id": job_id,
-            "X-Stub-Webhook-Attempt": str(number),
+            **standard_headers(self._key, due.webhook_id, int(time.time()), body),
+            "X-Stub-Job-Id": due.job_id,
+            "X-Stub-Webhook-Attempt": str(due.attempt),
             SIGNATURE_HEADER: sign(self._secret, body),
         }
-        target = httpx.URL(url)
+        target = httpx.URL(due.url)
         address = None if self._settings.WEBHOOK_ALLOW_PRIVATE else await vet_host(target)
         request = pinned_request(client, "POST", target, address, headers=headers, content=body)
         response = await client.send(request, stream=True, follow_redirects=False)

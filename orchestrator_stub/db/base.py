@@ -4,10 +4,13 @@ Every public method of `Store` is one transaction (`engine.Database.transaction`
 one: expiring leases, requeueing and finishing a job are reached from claims, heartbeats, status reports and
 cancels alike, so they are stated once, below the mixins that use them.
 
-Change notices: a job that became final (its webhook is due) and a job that became claimable (a waiting claim
-may take it) are announced once the transaction commits: to this process's listeners directly, and on
-PostgreSQL also with NOTIFY (sent at commit, so never for a change that was rolled back), which the other
-replicas' listeners (`notify.Listener`) pass to theirs.
+Every change of a job also writes an event (`events.py`: the log that streams and webhooks are made from), in
+the same transaction.
+
+Change notices: a job that became claimable (a waiting claim may take it), events written (streams read
+again) and a webhook that became due (a sender looks) are announced once the transaction commits: to this
+process's listeners directly, and on PostgreSQL also with NOTIFY (sent at commit, so never for a change that
+was rolled back), which the other replicas' listeners (`notify.Listener`) pass to theirs.
 
 Every attempt is kept in `attempts` from its claim to its end (`attempts.py`: completed, failed, requeued,
 expired, cancelled), with whether the ending counts against the worker: quarantine and the claim and
@@ -24,9 +27,10 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from orchestrator_stub.db import attempts, migrate
+from orchestrator_stub.db import attempts, events, migrate
 from orchestrator_stub.db.attempts import Quarantine
 from orchestrator_stub.db.engine import Database, Tx
+from orchestrator_stub.db.events import QUEUED, final_event_type
 from orchestrator_stub.db.schema import DISPATCHER_ID, HELD_SQL, Queued, dumps, loads
 from orchestrator_stub.leases import Expiry, expiry_error, expiry_outcome
 
@@ -38,8 +42,9 @@ MAX_GPU_CLASS_CHARS = 64
 MAX_GPU_NAME_CHARS = 128
 MAX_MESSAGE_CHARS = 2000  # a progress message or a worker's error message, as stored and shown
 ALL_ROWS = 2**62  # LIMIT for "no limit" with an OFFSET: SQLite needs a LIMIT there, PostgreSQL takes no -1
-FINAL_CHANNEL = "stub_final"
 QUEUED_CHANNEL = "stub_queued"
+EVENTS_CHANNEL = "stub_events"
+WEBHOOKS_CHANNEL = "stub_webhooks"
 SUBMIT_LOCK = 0x57_1B_DB_01  # PostgreSQL advisory lock: submissions one at a time (the queue cap, Idempotency-Key)
 
 
@@ -56,8 +61,9 @@ class StoreBase:
         *,
         lease_seconds: float,
         max_attempts: int,
-        on_final: Callable[[str], None] | None = None,
         on_queued: Callable[[Queued], None] | None = None,
+        on_event: Callable[[], None] | None = None,
+        on_webhook: Callable[[], None] | None = None,
         clock: Callable[[], float] | None = None,
         max_queued_jobs: int | None = None,
         max_workers: int = 1000,
@@ -65,6 +71,7 @@ class StoreBase:
         retry_elsewhere_s: float = 0.0,
         quarantine_after: int = 3,
         quarantine_s: float = 600.0,
+        webhook_progress_s: float = 10.0,
     ) -> None:
         self.db = database if isinstance(database, Database) else Database(database)
         self.revision = migrate.upgrade(self.db)
@@ -75,8 +82,10 @@ class StoreBase:
         self._worker_retention_s = worker_retention_s
         self.retry_elsewhere_s = retry_elsewhere_s
         self.quarantine = Quarantine(quarantine_after, quarantine_s)
-        self._on_final = on_final
+        self.webhook_progress_s = webhook_progress_s
         self._on_queued = on_queued
+        self._on_event = on_event  # events were written: streams may read again (event_hub.py)
+        self._on_webhook = on_webhook  # a webhook delivery became due: the sender may look
         self._clock = clock  # None: the database's clock (PostgreSQL) or this process's (SQLite)
 
     @property
@@ -90,13 +99,22 @@ class StoreBase:
         """The time leases and `updated_at` are measured in (an injected clock, else the database's)."""
         return self._clock() if self._clock is not None else self.db.now()
 
-    def subscribe(self, on_final: Callable[[str], None] | None, on_queued: Callable[[Queued], None] | None) -> None:
-        """Where change notices go (set once the app's loop runs)."""
-        self._on_final, self._on_queued = on_final, on_queued
+    def subscribe(
+        self,
+        on_queued: Callable[[Queued], None] | None = None,
+        on_event: Callable[[], None] | None = None,
+        on_webhook: Callable[[], None] | None = None,
+    ) -> None:
+        """Where change notices go (set once the app's loop runs; none: stop sending them)."""
+        self._on_queued, self._on_event, self._on_webhook = on_queued, on_event, on_webhook
 
-    def announce_final(self, job_id: str) -> None:
-        if self._on_final is not None:
-            self._on_final(job_id)
+    def announce_event(self) -> None:
+        if self._on_event is not None:
+            self._on_event()
+
+    def announce_webhook(self) -> None:
+        if self._on_webhook is not None:
+            self._on_webhook()
 
     def announce_queued(self, queued: Queued | None) -> None:
         """None: anything may have been queued (notices were missed while the listener reconnected)."""
@@ -108,22 +126,32 @@ class StoreBase:
         """One write transaction; the change notices it collected go out once it committed."""
         with self.db.transaction(self._clock) as tx:
             yield tx
+            events.write(tx, progress_every_s=self.webhook_progress_s, postgres=self.db.postgres)
             if self.db.postgres:  # delivered at COMMIT, to every replica's listener (this one's skips its own)
-                for job_id in tx.finals:
-                    tx.run("SELECT pg_notify(:channel, :payload)", channel=FINAL_CHANNEL, payload=job_id)
                 for queued in tx.queued:
                     tx.run("SELECT pg_notify(:channel, :payload)", channel=QUEUED_CHANNEL, payload=queued.payload())
+                if tx.events:
+                    tx.run("SELECT pg_notify(:channel, '')", channel=EVENTS_CHANNEL)
+                if tx.webhooks:
+                    tx.run("SELECT pg_notify(:channel, '')", channel=WEBHOOKS_CHANNEL)
         # Outside the transaction: the listener sees the committed row.
-        for job_id in tx.finals:
-            self.announce_final(job_id)
         for queued in tx.queued:
             self.announce_queued(queued)
+        if tx.events:
+            self.announce_event()
+        if tx.webhooks:
+            self.announce_webhook()
 
     def _rows(self, sql: str, **params: Any) -> Sequence[RowMapping]:
         with self.db.reading(self._clock) as tx:
             return tx.rows(sql, **params)
 
     # ---- helpers (inside a transaction) ---------------------------------------------------------
+
+    @staticmethod
+    def _emit(tx: Tx, job_id: str, event_type: str, extra: dict[str, Any] | None = None) -> None:
+        """Log an event of the job (after its change, in the same transaction); see `events.emit`."""
+        events.emit(tx, job_id, event_type, extra)
 
     def _touch_worker(self, tx: Tx, worker_id: str, gpu_class: str, job_id: str | None = None) -> None:
         """Record that the worker was heard from (and, after a claim, the job it took)."""
@@ -234,6 +262,7 @@ class StoreBase:
         )
         if shape is not None:
             tx.queued.append(Queued(job_id, shape["mode"], shape["width"], shape["height"], shape["num_frames"]))
+        self._emit(tx, job_id, QUEUED, {"requeued": True, "last_error": error})
         log.info(
             "job requeued",
             extra={"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "error_code": error.get("code")},
@@ -248,13 +277,21 @@ class StoreBase:
         error: dict[str, Any] | None,
         final_by: str | None,
     ) -> None:
-        """Make a job final; a webhook becomes pending in the same transaction, so none is ever skipped."""
+        """Make a job final; its final event, and the webhook it asked for, are written in the same transaction,
+        so none is ever skipped. `webhook_state` follows the final webhook (`pending`, then `delivered` or
+        `gave_up`); a job that asked for none has none."""
+        event_type = final_event_type(status, error)
+        hooks = tx.row("SELECT notify_url, notify_events FROM jobs WHERE job_id = :j", j=job_id)
+        wants = (
+            hooks is not None
+            and hooks["notify_url"] is not None
+            and events.WEBHOOK_TYPES[event_type] in events.wanted_webhooks(hooks["notify_events"])
+        )
         tx.run(
             "UPDATE jobs SET status = :s, result = :r, error = :e, final_by = :by, lease_expires_at = NULL,"
-            " progress = CASE WHEN :done = 1 THEN 1.0 ELSE progress END,"
-            " webhook_state = CASE WHEN notify_url IS NULL THEN NULL ELSE 'pending' END,"
-            " webhook_owner = NULL, webhook_lease_until = NULL, avoid_worker_id = NULL, avoid_until = NULL,"
-            " completed_at = :now, updated_at = :now WHERE job_id = :j",
+            " progress = CASE WHEN :done = 1 THEN 1.0 ELSE progress END, webhook_state = :hook,"
+            " avoid_worker_id = NULL, avoid_until = NULL, completed_at = :now, updated_at = :now WHERE job_id = :j",
+            hook="pending" if wants else None,
             s=status,
             done=int(status == "completed"),
             r=dumps(result),
@@ -263,7 +300,7 @@ class StoreBase:
             now=tx.now,
             j=job_id,
         )
-        tx.finals.append(job_id)
+        self._emit(tx, job_id, event_type, {"result": result} if status == "completed" else {"error": error})
         log.info("job final", extra={"job_id": job_id, "status": status, "error_code": (error or {}).get("code")})
 
     def _end_attempt(

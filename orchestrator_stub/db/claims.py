@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator_stub.db import attempts
 from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, MAX_MESSAGE_CHARS, StoreBase, clip, log
 from orchestrator_stub.db.engine import Tx
+from orchestrator_stub.db.events import CLAIMED, DISPATCHED, PROGRESS, QUEUED, RUNNING
 from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, Queued, dumps
 from orchestrator_stub.leases import failure_requeues
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
@@ -128,6 +129,7 @@ class ClaimsMixin(StoreBase):
                 j=row["job_id"],
             )
             attempts.start(tx, row["job_id"], attempt, worker_id)
+            self._emit(tx, row["job_id"], DISPATCHED if worker_id == DISPATCHER_ID else CLAIMED)
         log.info(
             "job claimed",
             extra={
@@ -157,6 +159,7 @@ class ClaimsMixin(StoreBase):
                 return False
             tx.run("DELETE FROM attempts WHERE job_id = :j AND attempt = :a", j=job_id, a=attempt)
             tx.queued.append(Queued(job_id, shape["mode"], shape["width"], shape["height"], shape["num_frames"]))
+            self._emit(tx, job_id, QUEUED, {"released": True})
         log.info("claim released: the worker hung up", extra={"job_id": job_id, "worker_id": worker_id})
         return True
 
@@ -258,6 +261,8 @@ class ClaimsMixin(StoreBase):
                     now=tx.now,
                     j=job_id,
                 )
+                if row["status"] != "running":  # a repeated `running` renews the lease, and is no news
+                    self._emit(tx, job_id, RUNNING)
                 return StatusOutcome.applied
             if (
                 error is not None
@@ -279,24 +284,33 @@ class ClaimsMixin(StoreBase):
         the worker that holds the job now. Jobs the dispatcher holds are the exception: the queue-mode
         worker it fed reports under its own id, which the stub never learns.
         """
+        report = {
+            "stage": update.stage.value,
+            "progress": update.progress,
+            "step": update.step,
+            "total_steps": update.total_steps,
+            "message": clip(update.message, MAX_MESSAGE_CHARS) or None,
+        }
         with self._tx() as tx:
-            return (
-                tx.count(
-                    "UPDATE jobs SET stage = :stage, progress = :p, step = :step, total_steps = :total,"
-                    " message = :msg, updated_at = :now"
-                    f" WHERE job_id = :j AND status IN {HELD_SQL} AND worker_id IN (:w, :dispatcher)",
-                    stage=update.stage.value,
-                    p=update.progress,
-                    step=update.step,
-                    total=update.total_steps,
-                    msg=clip(update.message, MAX_MESSAGE_CHARS) or None,
-                    now=tx.now,
-                    j=job_id,
-                    w=update.worker_id,
-                    dispatcher=DISPATCHER_ID,
-                )
-                > 0
+            row = tx.row(
+                "SELECT stage, progress, step, total_steps, message FROM jobs"
+                f" WHERE job_id = :j AND status IN {HELD_SQL} AND worker_id IN (:w, :dispatcher){self.db.for_update}",
+                j=job_id,
+                w=update.worker_id,
+                dispatcher=DISPATCHER_ID,
             )
+            if row is None:
+                return False
+            tx.run(
+                "UPDATE jobs SET stage = :stage, progress = :progress, step = :step, total_steps = :total_steps,"
+                " message = :message, updated_at = :now WHERE job_id = :j",
+                now=tx.now,
+                j=job_id,
+                **report,
+            )
+            if dict(row) != report:  # the worker repeats itself between steps: only a change is an event
+                self._emit(tx, job_id, PROGRESS)
+            return True
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseState:
         """The dispatcher's renewal (in-process: it needs no secret)."""

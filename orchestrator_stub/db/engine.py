@@ -93,8 +93,9 @@ class Tx:
 
     conn: Connection
     clock: Callable[[], float]
-    finals: list[str] = field(default_factory=list)  # jobs that became final (their webhooks wait)
     queued: list[Any] = field(default_factory=list)  # `schema.Queued`: jobs that became claimable (waiting claims)
+    events: list[Any] = field(default_factory=list)  # `events.Pending`: the log's rows, written just before COMMIT
+    webhooks: bool = False  # a webhook delivery became due (its sender may look)
 
     @functools.cached_property
     def now(self) -> float:

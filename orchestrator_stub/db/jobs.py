@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from orchestrator_stub.db.base import SUBMIT_LOCK, StoreBase
+from orchestrator_stub.db.events import CANCEL_REQUESTED, QUEUED
 from orchestrator_stub.db.schema import FINAL, STATUSES, Queued, dumps, loads
 from orchestrator_stub.leases import cancelled_error
 from worker_app_fastwan.core.schema import JobInput
@@ -35,9 +36,16 @@ class JobsMixin(StoreBase):
     """Submit, read and cancel jobs."""
 
     def create_job(
-        self, job: JobInput, *, notify_url: str | None, idempotency_key: str | None, fingerprint: str
+        self,
+        job: JobInput,
+        *,
+        notify_url: str | None,
+        idempotency_key: str | None,
+        fingerprint: str,
+        notify_events: tuple[str, ...] | None = None,
     ) -> tuple[str, bool]:
         """Queue a job; returns (job_id, created). A known Idempotency-Key returns its job instead.
+        `notify_events`: the webhooks it asked for (None: the final ones).
 
         Raises `QueueFull` when `max_queued_jobs` are waiting (an idempotent replay still answers). On
         PostgreSQL submissions take turns (an advisory lock), so replicas keep the cap and the key between them."""
@@ -55,12 +63,14 @@ class JobsMixin(StoreBase):
                 if queued >= self.max_queued_jobs:
                     raise QueueFull(self.max_queued_jobs)
             job_id = uuid.uuid4().hex
+            job_input = job.model_dump(mode="json", exclude_none=True)
             tx.run(
-                "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url,"
+                "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, notify_url, notify_events,"
                 " idempotency_key, request_hash, stage, created_at, updated_at)"
-                " VALUES (:j, 'queued', :input, :mode, :w, :h, :f, :url, :key, :hash, 'queued', :now, :now)",
+                " VALUES (:j, 'queued', :input, :mode, :w, :h, :f, :url, :events, :key, :hash, 'queued', :now, :now)",
                 j=job_id,
-                input=dumps(job.model_dump(mode="json", exclude_none=True)),
+                input=dumps(job_input),
+                events=dumps(list(notify_events)) if notify_events is not None else None,
                 mode=job.mode,
                 w=job.width,
                 h=job.height,
@@ -71,6 +81,8 @@ class JobsMixin(StoreBase):
                 now=tx.now,
             )
             tx.queued.append(Queued(job_id, job.mode, job.width, job.height, job.num_frames))
+            # The first event carries what a page needs to show the job (a stream alone can draw it).
+            self._emit(tx, job_id, QUEUED, {"input": job_input, "created_at": tx.now})
         return job_id, True
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -122,6 +134,7 @@ class JobsMixin(StoreBase):
                 self._finish(tx, job_id, "failed", None, cancelled_error(), None)
                 return CancelOutcome.cancelled
             tx.run("UPDATE jobs SET cancel_requested = 1, updated_at = :now WHERE job_id = :j", now=tx.now, j=job_id)
+            self._emit(tx, job_id, CANCEL_REQUESTED)
             return CancelOutcome.requested
 
     def current_attempt(self, job_id: str) -> int | None:

@@ -54,6 +54,8 @@ def legacy_revision(conn: Connection) -> str | None:
     columns = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
     if "attempt_secret_hash" not in columns:
         return "0001"
+    if "job_events" in tables:  # the event log and webhook deliveries (issue 28, main d140ec1)
+        return "0004"
     return "0003" if "output_targets" in tables else "0002"
 
 

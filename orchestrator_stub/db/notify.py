@@ -1,11 +1,12 @@
 """PostgreSQL's LISTEN/NOTIFY between replicas: what another replica committed wakes this one's waiting claims,
-its dispatcher and its webhook sender at once, instead of at their next poll.
+its dispatcher, its event streams and its webhook sender at once, instead of at their next poll.
 
 One thread per replica holds its own connection (outside the pool: a listening connection must stay open),
 LISTENs on the store's channels and hands each notice to the store's subscribers (`StoreBase.announce_*`).
 Notices from this replica's own connections are skipped: it announced those itself at commit. A lost
 connection is reopened with a growing pause; since notices sent meanwhile are gone, reopening announces "anything
-may have been queued", and every waiter also polls on a timeout, so a lost notice only delays work.
+may have been queued", events and webhooks too, and every waiter also polls on a timeout, so a lost notice only
+delays work.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 
 import psycopg
 
-from orchestrator_stub.db.base import FINAL_CHANNEL, QUEUED_CHANNEL, StoreBase
+from orchestrator_stub.db.base import EVENTS_CHANNEL, QUEUED_CHANNEL, WEBHOOKS_CHANNEL, StoreBase
 from orchestrator_stub.db.schema import Queued
 
 log = logging.getLogger("orchestrator_stub.db.notify")
@@ -57,15 +58,20 @@ class Listener:
         with psycopg.connect(
             self._store.db.listen_conninfo(), autocommit=True, connect_timeout=10, application_name="stub-listener"
         ) as conn:
-            conn.execute(f"LISTEN {FINAL_CHANNEL}")
-            conn.execute(f"LISTEN {QUEUED_CHANNEL}")
+            for channel in (QUEUED_CHANNEL, EVENTS_CHANNEL, WEBHOOKS_CHANNEL):
+                conn.execute(f"LISTEN {channel}")
             self.connected.set()
-            self._store.announce_queued(None)  # whatever was queued while nobody listened
+            # Whatever happened while nobody listened.
+            self._store.announce_queued(None)
+            self._store.announce_event()
+            self._store.announce_webhook()
             while not self._stop.is_set():
                 for notice in conn.notifies(timeout=POLL_S):
                     if notice.pid in self._store.db.own_pids:
                         continue
-                    if notice.channel == FINAL_CHANNEL:
-                        self._store.announce_final(notice.payload)
+                    if notice.channel == EVENTS_CHANNEL:
+                        self._store.announce_event()
+                    elif notice.channel == WEBHOOKS_CHANNEL:
+                        self._store.announce_webhook()
                     elif notice.channel == QUEUED_CHANNEL:
                         self._store.announce_queued(Queued.from_payload(notice.payload))

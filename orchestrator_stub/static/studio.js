@@ -14,16 +14,25 @@ const FORM_FIELDS = ["prompt", "negative_prompt", "image_url", ...NUMBER_FIELDS]
 const ACTIVE = new Set(["queued", "claimed", "running"]);
 const POLL_MS = 1000;
 const HIDDEN_POLL_MS = 5000;
+// The page follows the stub's event stream (GET /v1/events); it polls only while the stream is down, and tries
+// the stream again this often.
+const STREAM_RETRY_MS = 10000;
+const JOB_EVENTS = ["queued", "claimed", "dispatched", "running", "progress", "cancel_requested", "completed",
+  "failed", "cancelled"];
 
-const state = { jobs: new Map(), cursor: 0, after: null, image: null, imageUrl: null, timer: null, polling: false, workers: "" };
+const state = {
+  jobs: new Map(), views: new Map(), cursor: 0, after: null, eventId: null, stream: null, streaming: false,
+  retry: null, fetching: new Set(), image: null, imageUrl: null, timer: null, polling: false, workers: "",
+};
 const $ = (id) => document.getElementById(id);
 
 // Seeds go up to 2^63: parse integers past 2^53 from their source text as BigInt, or they would be rounded.
-async function readJson(response) {
-  return JSON.parse(await response.text(), (key, value, context) =>
+function parseJson(text) {
+  return JSON.parse(text, (key, value, context) =>
     typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value) && context && context.source
       ? BigInt(context.source) : value);
 }
+async function readJson(response) { return parseJson(await response.text()); }
 
 document.addEventListener("DOMContentLoaded", () => {
   buildPresets();
@@ -32,7 +41,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const name of ["width", "height"]) $(name).addEventListener("input", syncPresetFromSize);
   for (const name of ["num_frames", "fps"]) $(name).addEventListener("input", showDuration);
   $("jobs").addEventListener("click", onJobClick);
-  document.addEventListener("visibilitychange", () => { if (!document.hidden) pollNow(); });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
   state.observer = new IntersectionObserver(loadVisibleVideos, { rootMargin: "200px" });
   loadFormLimits().finally(pollNow);
 });
@@ -141,7 +150,7 @@ async function submit(event) {
     if (!response.ok) return showErrors(await errorMessage(response));
     const { job_id: jobId } = await response.json();
     setSubmitStatus(`queued as ${jobId.slice(0, 8)}`);
-    pollNow();
+    refresh();
   } catch (err) {
     showErrors(`could not reach the stub: ${err.message}`);
   } finally {
@@ -214,6 +223,10 @@ function setImage(file) {
 }
 
 // ---- live updates ----------------------------------------------------------------------------------
+// One answer of /v1/studio/changes draws the page and says where the event stream resumes (`event_id`); from
+// then on every change arrives as an event. While the stream is down the page polls as before.
+
+function refresh() { if (!state.streaming) pollNow(); } // the stream brings what changed by itself
 
 function pollNow() {
   clearTimeout(state.timer);
@@ -228,9 +241,11 @@ async function poll() {
     const response = await fetch(`/v1/studio/changes?since=${state.cursor}${after}`);
     if (!response.ok) throw new Error(await errorMessage(response));
     const data = await readJson(response);
-    applyChanges(data);
+    applyJobs(data.jobs);
+    applyQueue(data);
     state.cursor = data.cursor;
     state.after = data.after === undefined ? null : data.after;
+    if (!data.more) state.eventId = data.event_id;
     more = Boolean(data.more);
     showConnection("");
   } catch (err) {
@@ -238,8 +253,66 @@ async function poll() {
   } finally {
     state.polling = false;
     clearTimeout(state.timer);
+    if (!more && !state.stream && state.retry === null) openStream();
     // More changed than one answer holds (each is size-limited): the rest at once, not a second later.
-    state.timer = setTimeout(poll, more ? 0 : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+    if (!state.streaming) state.timer = setTimeout(poll, more ? 0 : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+  }
+}
+
+function openStream() {
+  if (state.eventId === null || state.eventId === undefined || typeof EventSource === "undefined") return;
+  // A first connection cannot send Last-Event-ID: the query says where to resume. On its own reconnects the
+  // browser sends the header with the last id it got, which the stub takes over the query.
+  const stream = new EventSource(`/v1/events?last_event_id=${state.eventId}`);
+  state.stream = stream;
+  stream.onopen = () => {
+    state.streaming = true;
+    clearTimeout(state.timer);
+    showConnection("");
+  };
+  stream.onerror = () => {
+    // Down: poll meanwhile. The browser reconnects by itself unless the stub refused the stream (closed): then
+    // the page tries a new one later, from where its polls got to.
+    state.streaming = false;
+    if (stream.readyState === EventSource.CLOSED) {
+      stream.close();
+      if (state.stream === stream) state.stream = null;
+      clearTimeout(state.retry);
+      state.retry = setTimeout(() => { state.retry = null; if (!state.stream) openStream(); }, STREAM_RETRY_MS);
+    }
+    if (!state.polling) pollNow();
+  };
+  for (const type of JOB_EVENTS) {
+    stream.addEventListener(type, (event) => {
+      state.eventId = event.lastEventId;
+      applyEvent(parseJson(event.data));
+    });
+  }
+  stream.addEventListener("queue", (event) => applyQueue(parseJson(event.data)));
+}
+
+function applyEvent(event) {
+  const { id, type, ...fields } = event;
+  const view = state.views.get(event.job_id);
+  if (!view) {
+    // A job's first event draws it; any other event of a job the page has not drawn (one older than its first
+    // answer held) fetches the job once.
+    if (fields.input) applyJobs([fields]);
+    else fetchJob(event.job_id);
+    return;
+  }
+  if (view.updated_at && fields.updated_at < view.updated_at) return; // older than what the page shows
+  applyJobs([Object.assign(view, fields)]);
+}
+
+async function fetchJob(jobId) {
+  if (state.fetching.has(jobId)) return;
+  state.fetching.add(jobId);
+  try {
+    const response = await fetch(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    if (response.ok) applyJobs([await readJson(response)]);
+  } finally {
+    state.fetching.delete(jobId);
   }
 }
 
@@ -249,18 +322,32 @@ function showConnection(text) {
   el.hidden = !text;
 }
 
-function applyChanges(data) {
-  const fresh = data.jobs.filter((job) => !state.jobs.has(job.job_id));
-  for (const job of data.jobs) if (state.jobs.has(job.job_id)) updateJob(job);
+function applyJobs(jobs) {
+  const fresh = jobs.filter((job) => !state.jobs.has(job.job_id));
+  for (const job of jobs) {
+    const known = state.views.get(job.job_id);
+    if (known && known !== job && known.updated_at && job.updated_at < known.updated_at) continue; // stale answer
+    state.views.set(job.job_id, job);
+    if (state.jobs.has(job.job_id)) updateJob(job);
+  }
   fresh.sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
   const list = $("jobs");
   for (const job of fresh) insertJob(list, job);
   $("no-jobs").hidden = state.jobs.size > 0;
-  // The first answer holds the latest changes only (500): say so when the stub has more.
-  const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
-  $("jobs-note").textContent = total > state.jobs.size ? `(the latest ${state.jobs.size} of ${total})` : "";
+  if (state.counts) renderNote();
+}
+
+function applyQueue(data) {
+  state.counts = data.counts;
+  renderNote();
   renderCounts(data.counts);
   renderWorkers(data.workers);
+}
+
+function renderNote() {
+  // The first answer holds the latest changes only (500): say so when the stub has more.
+  const total = Object.values(state.counts).reduce((a, b) => a + b, 0);
+  $("jobs-note").textContent = total > state.jobs.size ? `(the latest ${state.jobs.size} of ${total})` : "";
 }
 
 function insertJob(list, job) {
@@ -380,7 +467,7 @@ async function onJobClick(event) {
     }
   } finally {
     button.disabled = false;
-    pollNow();
+    refresh();
   }
 }
 

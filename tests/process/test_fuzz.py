@@ -35,6 +35,7 @@ def test_no_stub_route_answers_a_server_error(fuzz_stub: StubProcess) -> None:
 
     outcome = fuzz(f"{fuzz_stub.url}/openapi.json", no_server_error)
     assert STUB_ROUTES <= outcome["seen"], f"not in the OpenAPI document: {STUB_ROUTES - outcome['seen']}"
+    assert outcome["streams"] == {("GET", "/v1/events"), ("GET", "/v1/jobs/{job_id}/events")}, "only streams unfuzzed"
     assert not outcome["problems"], "\n".join(outcome["problems"][:10])
     codes = outcome["codes"]
     # Not vacuous: valid cases got through to real work, and invalid ones were refused.

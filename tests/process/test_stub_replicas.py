@@ -1,11 +1,12 @@
 """Several stub processes ("replicas") on one PostgreSQL database: a job is claimed once whichever replica is
-asked, a claim waiting on one replica hears of a job submitted to another (LISTEN/NOTIFY), and webhooks and
-Salad-style dispatch run in every replica yet go out once each. (test_fleet_workers.py kills a replica under
-real workers.)"""
+asked, a claim waiting on one replica hears of a job submitted to another (LISTEN/NOTIFY), an event stream on one
+replica follows a job worked through the other as it happens, and webhooks and Salad-style dispatch run in every
+replica yet go out once each. (test_fleet_workers.py kills a replica under real workers.)"""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.sse import SseReader
 from support.stubs import API_KEY, Answer, Recorded, ScriptedServer, StubProcess, job_result, wait_for
 
 pytestmark = pytest.mark.backends("postgresql")
@@ -81,6 +83,33 @@ def test_a_claim_waiting_on_one_replica_hears_of_a_job_submitted_to_the_other(
     b.post(f"/v1/jobs/{job_id}/cancel", key=None)
 
 
+def test_a_stream_on_one_replica_follows_a_job_worked_through_the_other(
+    replicas: tuple[StubProcess, StubProcess],
+) -> None:
+    a, b = replicas
+    job_id = a.submit("followed across replicas", num_frames=5)
+    with b.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(10, read=5)) as response:
+        assert response.status_code == 200
+        events = SseReader(response)
+        assert next(events).event == "queued"
+        claimed = a.post("/internal/buffer/jobs/claim", {"worker_id": "sse-w", "gpu_class": "test-gpu"})
+        assert claimed.json()["job"]["job_id"] == job_id
+        assert next(events).event == "claimed"
+        lags = []
+        for step in range(1, 7):
+            body = {"worker_id": "sse-w", "stage": "denoising", "progress": step / 8, "step": step, "total_steps": 7}
+            sent = time.monotonic()
+            assert a.post(f"/internal/videogen/jobs/{job_id}/progress", body).status_code == 204
+            event = next(events)
+            lags.append(time.monotonic() - sent)
+            assert (event.event, event.json()["step"]) == ("progress", step)
+        error = {"code": "invalid_input", "message": "on purpose", "retryable": False}
+        assert a.status(job_id, "sse-w", "failed", error=error).status_code == 200
+        assert [e.event for e in events.rest()] == ["failed"], "the stream ends with the final event"
+    # B's reader of the log polls each second; woken by A's NOTIFY it reads at once.
+    assert statistics.median(lags) < 0.3, lags
+
+
 def test_every_replica_sends_webhooks_yet_each_goes_out_once(
     replicas: tuple[StubProcess, StubProcess], scripted_server: Callable[..., ScriptedServer]
 ) -> None:
@@ -93,6 +122,7 @@ def test_every_replica_sends_webhooks_yet_each_goes_out_once(
     time.sleep(1.0)  # a second delivery, if any replica were to send one, would come now
     per_job = Counter(r.headers["x-stub-job-id"] for r in receiver.requests)
     assert set(per_job) == set(jobs) and set(per_job.values()) == {1}, per_job
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == len(jobs)
 
 
 def test_dispatchers_in_both_replicas_hand_each_job_out_once(

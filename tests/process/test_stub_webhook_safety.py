@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
+from standardwebhooks import Webhook
 from support.stubs import WEBHOOK_SECRET, Answer, ScriptedServer, StubProcess, wait_for
 
 from worker_app_fastwan.edge.addresses import forbidden_address
@@ -33,6 +34,8 @@ def test_each_delivery_is_signed_with_hmac_sha256_of_the_body(
         expected = hmac.new(WEBHOOK_SECRET.encode(), request.raw, hashlib.sha256).hexdigest()
         assert request.headers["x-stub-signature"] == f"sha256={expected}"
         assert request.headers["content-type"] == "application/json"
+        # A secret from before the Standard Webhooks form (no whsec_) keeps working: its UTF-8 bytes are the key.
+        assert Webhook(WEBHOOK_SECRET.encode()).verify(request.raw, request.headers)["type"] == "job.cancelled"
     assert WEBHOOK_SECRET not in stub.log_text()
 
 

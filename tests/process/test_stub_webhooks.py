@@ -53,7 +53,8 @@ def test_webhook_is_retried_after_500s(
     assert view["webhook_state"] == "delivered"
     attempts = view["webhook_attempts"]
     assert [(a["attempt"], a["ok"]) for a in attempts] == [(1, False), (2, False), (3, True)]
-    assert set(attempts[0]) == {"attempt", "at", "ok"}, "the public view shows outcomes only"
+    assert set(attempts[0]) == {"attempt", "at", "ok", "type"}, "the public view shows outcomes only"
+    assert {a["type"] for a in attempts} == {"job.failed"}
     assert attempts[0]["at"].endswith("Z")
     assert '"status_code": 500' in stub.log_text() and '"error": "HTTP 503"' in stub.log_text(), "the log has them"
     assert len(receiver.requests) == 3

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -275,6 +276,49 @@ def test_submit_watch_the_progress_and_play_the_video(page: Page, studio: Studio
     image = page.request.get(studio.url + poster)
     assert image.status == 200 and image.headers["content-type"] == "image/jpeg"
     assert image.body()[:2] == b"\xff\xd8" and job["result"]["poster_url"]
+
+
+def test_the_page_follows_the_event_stream_without_polling(context: BrowserContext, studio: Studio) -> None:
+    # Every request the page makes, from its first: once its event stream is up, nothing may poll.
+    requests: list[tuple[float, str, str]] = []
+    page = context.new_page()
+    page.on("request", lambda r: requests.append((time.monotonic(), r.method, r.url.removeprefix(studio.url))))
+    page.goto(studio.url + "/")
+    page.wait_for_function("() => state.streaming", timeout=10_000)
+    # Paced (a second a step): the page shows the steps one by one, as the worker reports them.
+    card = submit(page, "a paper boat on a rain puddle [tiny:pace=1]", SMALL | {"num_inference_steps": "3"})
+    steps: list[str] = []
+    deadline = time.monotonic() + 90
+    while (status := card.locator(".status").text_content()) != "completed":
+        assert status not in ("failed", "cancelled") and time.monotonic() < deadline, status
+        text = card.locator(".progress-text").text_content() or ""
+        if "denoising" in text and text not in steps:
+            steps.append(text)
+            if len(steps) == 1:
+                shot(page, "02b-step-from-the-stream")
+        time.sleep(0.05)
+    assert any(text.endswith(" 1/3") for text in steps) and any(text.endswith(" 2/3") for text in steps), steps
+    assert card.locator("progress").evaluate("p => p.value") == 100
+    opened = next(at for at, method, url in requests if url.startswith("/v1/events"))
+    # A poll: the job list, a job's JSON, the page's changes (the finished video itself is no poll).
+    poll = re.compile(r"/v1/(jobs([?].*)?|jobs/[^/?]+|studio/changes([?].*)?)")
+    polls = [(method, url) for at, method, url in requests if at > opened and method == "GET" and poll.fullmatch(url)]
+    assert polls == [], f"the page polled while its stream was up: {polls}"
+    assert page.evaluate("() => state.streaming"), "the stream is still up"
+    page.close()
+
+
+def test_the_page_polls_while_the_stream_is_down(context: BrowserContext, studio: Studio) -> None:
+    polled: list[str] = []
+    page = context.new_page()
+    page.route("**/v1/events*", lambda route: route.abort())  # as when a proxy cuts streams
+    page.on("request", lambda r: polled.append(r.url) if "/v1/studio/changes" in r.url else None)
+    page.goto(studio.url + "/")
+    card = submit(page, "a kite over dunes", SMALL)
+    wait_status(card, {"completed"})
+    assert len(polled) >= 2, "the page fell back to polling"
+    assert not page.evaluate("() => state.streaming")
+    page.close()
 
 
 def test_a_dropped_image_makes_an_image_to_video_job(page: Page, studio: Studio) -> None:

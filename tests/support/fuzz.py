@@ -26,15 +26,24 @@ Check = Callable[[Any, Any], str | None]  # (case, response) -> what is wrong, o
 
 
 def fuzz(openapi_url: str, check: Check, prepare: Callable[[Any], Any] = lambda case: case) -> dict[str, Any]:
-    """Run every operation of the document in both modes; returns the operations seen, codes and problems."""
+    """Run every operation of the document in both modes; returns the operations seen, codes and problems.
+
+    Event streams (`text/event-stream`) are listed in `streams` and not fuzzed: a valid case opens a stream that
+    never ends, which the HTTP client here would read forever (tests/process/test_stub_events.py refuses their
+    bad inputs by hand)."""
     schema = schemathesis.openapi.from_url(openapi_url)
     seen: set[tuple[str, str]] = set()
+    streams: set[tuple[str, str]] = set()
     codes: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(collections.Counter)
     problems: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
         key = (operation.method.upper(), operation.path)
         seen.add(key)
+        success = operation.definition.raw.get("responses", {}).get("200", {})
+        if "text/event-stream" in success.get("content", {}):
+            streams.add(key)
+            continue
         inputs = any((operation.body, operation.path_parameters, operation.query, operation.headers))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if inputs else (GenerationMode.POSITIVE,):
             strategy = operation.as_strategy(generation_mode=mode).map(prepare)
@@ -42,7 +51,7 @@ def fuzz(openapi_url: str, check: Check, prepare: Callable[[Any], Any] = lambda 
                 _property(strategy, check, codes[key], problems, f"{key[0]} {key[1]} ({mode.value})")()
             except Unsatisfiable:  # nothing in the schema can be broken (e.g. a body of any JSON)
                 pass
-    return {"seen": seen, "codes": codes, "problems": problems}
+    return {"seen": seen, "streams": streams, "codes": codes, "problems": problems}
 
 
 def _property(

@@ -6,6 +6,8 @@ and check that today's stub opens it, stamps its revision and migrates it, rows 
 - `altered()`: a file from before attempt secrets that the last of them opened: `attempt_secret_hash` added by
   ALTER TABLE (last in the table), the output-target table created beside.
 - `before_attempt_secrets()`, `before_output_targets()`: without what those releases added.
+- `EVENTS_SCHEMA`: the last of them, main d140ec1 (issue 28: the event log, webhook deliveries, `notify_events`),
+  as a new file got it; `events_altered()`: a file from before it that d140ec1 opened (columns added last).
 """
 
 from __future__ import annotations
@@ -102,6 +104,51 @@ CREATE TABLE IF NOT EXISTS output_targets (
 );
 CREATE INDEX IF NOT EXISTS output_targets_by_job ON output_targets (job_id, attempt);
 """
+
+
+EVENT_TABLES = """
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
+CREATE INDEX IF NOT EXISTS job_events_by_time ON job_events (at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    lease_until REAL,
+    body TEXT,
+    created_at REAL NOT NULL,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_job ON webhook_deliveries (job_id, id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at) WHERE state = 'pending';
+"""
+
+EVENTS_SCHEMA = (
+    PRE_ALEMBIC_SCHEMA.replace(
+        "    webhook_state TEXT,\n", "    webhook_state TEXT,\n    notify_events TEXT,\n"
+    ).replace("    ok INTEGER NOT NULL\n", "    ok INTEGER NOT NULL,\n    delivery_id INTEGER,\n    type TEXT\n")
+    + EVENT_TABLES
+)
+
+
+def events_altered() -> str:
+    return (
+        PRE_ALEMBIC_SCHEMA
+        + EVENT_TABLES
+        + "ALTER TABLE jobs ADD COLUMN notify_events TEXT;\n"
+        + "ALTER TABLE webhook_attempts ADD COLUMN delivery_id INTEGER;\n"
+        + "ALTER TABLE webhook_attempts ADD COLUMN type TEXT;\n"
+    )
 
 
 def before_attempt_secrets() -> str:

@@ -1,13 +1,15 @@
 """The store's fleet rules in-process, on an injected clock and on both databases: retry elsewhere (and not when
 no other worker is around), quarantine (which failures count, when it ends, what ends a streak), a claim undone
-for a worker that hung up, webhook delivery claims between replicas, and the figures /metrics reads."""
+for a worker that hung up, webhook deliveries between replicas, and the figures /metrics reads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from support.databases import Databases
 
 from orchestrator_stub.db import Store, engine
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest
@@ -132,24 +134,29 @@ def test_a_released_claim_puts_the_job_back_as_it_was(store: Store) -> None:
     assert store.figures().claims == 1, "the released attempt is gone"
 
 
-def test_a_webhook_delivery_has_one_replica_until_its_lease_runs_out(store: Store, clock: Clock) -> None:
-    job_id, _ = store.create_job(
-        JobInput(prompt="p"), notify_url="https://hooks.example/x", idempotency_key=None, fingerprint="f"
-    )
-    store.cancel(job_id)  # final: its webhook is pending
-    assert store.claim_webhooks("replica-a", 15) == [job_id]
-    assert store.claim_webhooks("replica-b", 15) == [], "held by replica-a"
-    clock.now += 10
-    assert store.hold_webhook(job_id, "replica-a", 15)
-    clock.now += 14
-    assert store.claim_webhooks("replica-b", 15) == [], "renewed: still replica-a's"
-    clock.now += 2
-    assert store.claim_webhooks("replica-b", 15) == [job_id], "replica-a stopped renewing: taken over"
-    assert not store.hold_webhook(job_id, "replica-a", 15), "replica-a learns it lost it"
-    assert store.release_webhooks("replica-b") == 1
-    assert store.claim_webhooks("replica-a", 15) == [job_id], "let go: anyone's at once"
-    store.set_webhook_state(job_id, "delivered")
-    assert store.claim_webhooks("replica-b", 15) == []
+def test_each_webhook_delivery_goes_to_one_replica_until_its_lease_runs_out(
+    store_factory: Callable[..., Any], databases: Databases, clock: Clock
+) -> None:
+    url = databases.fresh()
+    replicas: list[Store] = [store_factory(database=url, lease_seconds=30, max_attempts=5, clock=clock) for _ in "ab"]
+    for _ in range(40):
+        job_id, _ = replicas[0].create_job(
+            JobInput(prompt="p"), notify_url="https://hooks.example/x", idempotency_key=None, fingerprint="f"
+        )
+        replicas[0].cancel(job_id)  # final: its webhook is due
+    # Both replicas' senders ask at once, again and again: each delivery goes to one of them.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: replicas[i % 2].due_webhooks(3, 15, 5), range(32)))
+    taken = [due.delivery_id for answer in answers for due in answer]
+    assert len(taken) == len(set(taken)) == 40
+    assert replicas[1].due_webhooks(100, 15, 5) == [], "leased"
+    clock.now += 16  # their replica died mid-attempt: the leases ran out
+    again = replicas[1].due_webhooks(100, 15, 5)
+    assert sorted(due.delivery_id for due in again) == sorted(taken), "taken over: at least once"
+    for due in again:
+        assert replicas[1].webhook_attempt_done(due.delivery_id, due.attempt, 204, None) == "delivered"
+    clock.now += 16
+    assert replicas[0].due_webhooks(100, 15, 5) == [], "delivered: never again"
 
 
 def test_the_figures_count_what_the_database_holds(store: Store, clock: Clock) -> None:

@@ -32,12 +32,14 @@ def _columns(engine: sa.Engine) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     "schema",
     [
+        legacy_db.EVENTS_SCHEMA,
+        legacy_db.events_altered(),
         legacy_db.PRE_ALEMBIC_SCHEMA,
         legacy_db.altered(),
         legacy_db.before_output_targets(),
         legacy_db.before_attempt_secrets(),
     ],
-    ids=["today", "altered", "before-targets", "before-secrets"],
+    ids=["events", "events-altered", "targets", "altered", "before-targets", "before-secrets"],
 )
 def test_a_database_from_before_alembic_is_stamped_and_upgraded_with_its_rows(tmp_path: Path, schema: str) -> None:
     path = legacy_db.make(tmp_path / "old.sqlite3", schema)
@@ -62,6 +64,35 @@ def test_a_database_from_before_alembic_is_stamped_and_upgraded_with_its_rows(tm
     finally:
         store.close()
     Store(path, lease_seconds=30, max_attempts=3).close()  # a second start finds it current and changes nothing
+
+
+def test_a_file_with_an_event_log_keeps_its_events_and_pending_webhooks(tmp_path: Path) -> None:
+    path = legacy_db.make(tmp_path / "d140ec1.sqlite3", legacy_db.EVENTS_SCHEMA)
+    with sqlite3.connect(path) as db:  # a job cancelled under main d140ec1: two events, its webhook pending
+        db.execute(
+            "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, stage, notify_url,"
+            " notify_events, error, webhook_state, created_at, updated_at, completed_at) VALUES ('old-job', 'failed',"
+            " ?, 't2v', 1280, 704, 121, 'queued', 'https://h.example/', '[\"job.cancelled\"]', ?, 'pending', 1, 2, 2)",
+            (OLD_JOB, json.dumps({"code": "cancelled", "message": "stop", "retryable": False})),
+        )
+        db.execute("INSERT INTO job_events (job_id, type, at, data) VALUES ('old-job', 'queued', 1, '{}')")
+        db.execute("INSERT INTO job_events (job_id, type, at, data) VALUES ('old-job', 'cancelled', 2, '{}')")
+        db.execute(
+            "INSERT INTO webhook_deliveries (job_id, event_id, type, state, attempts, next_at, created_at)"
+            " VALUES ('old-job', 2, 'job.cancelled', 'pending', 1, 2, 2)"
+        )
+    store = Store(path, lease_seconds=30, max_attempts=3)
+    try:
+        with store.db.engine.connect() as conn:
+            stamped = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert stamped == head() and store.backfill_events() == 0 and store.restart_webhooks() == 1
+        assert [e.type for e in store.events_after(0, 10, "old-job")] == ["queued", "cancelled"]
+        (due,) = store.due_webhooks(10, lease_s=60, max_attempts=5)
+        assert (due.job_id, due.type, due.attempt) == ("old-job", "job.cancelled", 2)
+        new_job, _ = store.create_job(JobInput(prompt="after"), notify_url=None, idempotency_key=None, fingerprint="f")
+        assert [e.id for e in store.events_after(2, 10)] == [3], "the log goes on after the old ids"
+    finally:
+        store.close()
 
 
 @pytest.mark.backends("sqlite", "postgresql")

@@ -1,13 +1,11 @@
-"""A fleet's orchestrator: every attempt kept (quarantine, metrics), retry elsewhere, webhook delivery leases.
+"""A fleet's orchestrator: every attempt kept (quarantine, metrics), retry elsewhere.
 
 - `attempts`: one row per claim, ended with its outcome; `fault` marks an ending that counts against the worker
   (it crashed, ran out of memory, timed out, lost its lease, sent a result that was refused). Quarantine and the
   claim and lease-expiry counters are read from it, so every replica sees the same figures.
 - `jobs.avoid_worker_id`/`avoid_until`: after a failed attempt, the worker it failed on is passed over until then.
-- `jobs.webhook_owner`/`webhook_lease_until`: the replica delivering the job's webhook, and until when it may; a
-  delivery whose replica died is taken over once the lease runs out.
 
-Revision ID: 0004
+Revision ID: 0005
 """
 
 from __future__ import annotations
@@ -15,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -47,12 +45,10 @@ def upgrade() -> None:
     )
     op.add_column("jobs", sa.Column("avoid_worker_id", sa.Text()))
     op.add_column("jobs", sa.Column("avoid_until", sa.Double()))
-    op.add_column("jobs", sa.Column("webhook_owner", sa.Text()))
-    op.add_column("jobs", sa.Column("webhook_lease_until", sa.Double()))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        for column in ("webhook_lease_until", "webhook_owner", "avoid_until", "avoid_worker_id"):
+        for column in ("avoid_until", "avoid_worker_id"):
             batch.drop_column(column)
     op.drop_table("attempts")
