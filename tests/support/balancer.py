@@ -26,6 +26,7 @@ class Balancer:
         self._turn = itertools.cycle(range(len(self.targets)))
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._target_of: dict[socket.socket, int] = {}  # each open upstream socket: the replica it reaches
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", self.port))
@@ -42,6 +43,11 @@ class Balancer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def open_to(self, target: int) -> int:
+        """How many connections are open to that replica now."""
+        with self._lock:
+            return sum(1 for sock, port in self._target_of.items() if port == target and sock in self._open)
+
     def close(self) -> None:
         self._listener.close()
         with self._lock:
@@ -49,7 +55,7 @@ class Balancer:
         for conn in conns:
             _close(conn)
 
-    def _upstream(self) -> socket.socket | None:
+    def _upstream(self) -> tuple[socket.socket, int] | None:
         for _ in range(len(self.targets)):
             with self._lock:
                 target = self.targets[next(self._turn)]
@@ -60,7 +66,7 @@ class Balancer:
             upstream.settimeout(None)
             with self._lock:
                 self.connections[target] += 1
-            return upstream
+            return upstream, target
         return None
 
     def _accept(self) -> None:
@@ -69,12 +75,14 @@ class Balancer:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            upstream = self._upstream()
-            if upstream is None:
+            picked = self._upstream()
+            if picked is None:
                 _close(client)  # every replica is down: the client sees the connection closed
                 continue
+            upstream, target = picked
             with self._lock:
                 self._open |= {client, upstream}
+                self._target_of[upstream] = target
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -89,6 +97,8 @@ class Balancer:
                 _close(s)
             with self._lock:
                 self._open -= {src, dst}
+                self._target_of.pop(src, None)
+                self._target_of.pop(dst, None)
 
 
 def _close(sock: socket.socket) -> None:
