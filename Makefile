@@ -49,9 +49,11 @@ studio: setup
 bench: setup
 	$(PY) bench/cpu_bench.py
 
-# The chaos run (RELIABILITY.md): about 10 minutes on 2 cores, niced so it yields to interactive work.
+# The chaos runs (RELIABILITY.md), niced so they yield to interactive work: about 10 minutes each on 2 cores,
+# the stub on SQLite, then on PostgreSQL as two replicas behind the proxy (one killed and restarted).
 soak: setup
 	nice $(PY) bench/soak.py
+	nice $(PY) bench/soak.py --db postgresql
 
 lint: setup
 	$(VENV)/bin/ruff check .
