@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 # rewrites it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test demo studio bench lint lock container-test clean
+.PHONY: setup test test-postgresql demo studio bench lint lock container-test clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ lock:
 # was slower (253 s) and late heartbeats failed a timing test; -n 2 varied more (207-320 s).
 test: setup
 	$(PY) -m pytest -q -n 3 tests
+
+# Every stub and store test again on a real PostgreSQL server the tests start (Debian's `postgresql`
+# packages); `make test` runs their SQLite half (tests/support/databases.py says why).
+test-postgresql: setup
+	STUB_TEST_BACKENDS=postgresql $(PY) -m pytest -q -n 3 -m postgresql tests
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -3,11 +3,15 @@ process, started on first use; a database per stub).
 
 Which backends a test runs on:
 
-- A test (or module, `pytestmark`) marked `@pytest.mark.backends("sqlite", "postgresql")` runs once on each:
+- A test (or module, `pytestmark`) marked `@pytest.mark.backends("sqlite", "postgresql")` is meant for each:
   its stub fixtures (`stub`, `stub_factory`, `module_stubs`, `shared_stub`, in support/stubs.py) and
   `store_factory` take the backend as a parameter (`[sqlite]`, `[postgresql]` in the test id).
-- Every other test that uses them runs on SQLite, unless STUB_TEST_BACKENDS names more
-  (`STUB_TEST_BACKENDS=sqlite,postgresql make test` runs every stub test on both).
+- `make test` runs the SQLite half only and shows each PostgreSQL case as skipped: a server per test process
+  and the replica tests cost more than the suite's 4 minutes allow. `make test-postgresql`
+  (`STUB_TEST_BACKENDS=postgresql`, `-m postgresql`) runs every stub test on PostgreSQL, the marked ones and
+  all others; `.ci/run` runs both.
+- STUB_TEST_BACKENDS, when set, names the backends for every test that uses a stub or a store, marked or not
+  (`STUB_TEST_BACKENDS=sqlite,postgresql` runs every stub test on both).
 
     def test_x(store_factory) -> None:       # in-process: a `Store` on a fresh database of the backend
         store = store_factory(lease_seconds=30, max_attempts=3)
@@ -26,6 +30,7 @@ import pytest
 from support.postgres import PostgresServer
 
 BACKENDS = ("sqlite", "postgresql")
+SKIPPED_HERE = "PostgreSQL: `make test-postgresql` (STUB_TEST_BACKENDS=postgresql) runs it; .ci/run runs both"
 
 
 def _chosen() -> tuple[str, ...] | None:
@@ -37,6 +42,8 @@ def _chosen() -> tuple[str, ...] | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run the test's stubs and stores on each database named")
+    for name in BACKENDS:  # given to each backend's case, so `-m postgresql` selects them
+        config.addinivalue_line("markers", f"{name}: a stub or store test's case on {name}")
     _chosen()
 
 
@@ -44,9 +51,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "stub_backend" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("backends")
-    backends = _chosen() or (tuple(marker.args) if marker else ("sqlite",))
-    if backends != ("sqlite",):
-        metafunc.parametrize("stub_backend", backends, indirect=True, scope="module")
+    chosen = _chosen()
+    backends = chosen or (tuple(marker.args) if marker else ("sqlite",))
+    if backends == ("sqlite",):
+        return
+    params = []
+    for name in backends:
+        marks: list[pytest.MarkDecorator] = [getattr(pytest.mark, name)]
+        if chosen is None and name != "sqlite":
+            marks.append(pytest.mark.skip(reason=SKIPPED_HERE))
+        params.append(pytest.param(name, marks=marks, id=name))
+    metafunc.parametrize("stub_backend", params, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
