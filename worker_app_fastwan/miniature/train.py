@@ -319,8 +319,9 @@ def train_denoiser(parts: Any, sets: list[Latents], plan: Plan, rng: np.random.G
 # ---- the whole run ------------------------------------------------------------------------------------
 
 
-def train(plan: Plan, seed: int, out: Path, log: Log) -> dict[str, Any]:
-    """Train every stage, save the model to `out` (diffusers layout) with `training.json`; returns the record."""
+def train(plan: Plan, seed: int, out: Path, log: Log, vae_from: Path | None = None) -> dict[str, Any]:
+    """Train every stage, save the model to `out` (diffusers layout) with `training.json`; returns the record.
+    `vae_from`: a model folder whose VAE stage 1 would make again (same seed and plan): reused, not retrained."""
     import torch
 
     torch.manual_seed(seed)
@@ -338,7 +339,14 @@ def train(plan: Plan, seed: int, out: Path, log: Log) -> dict[str, Any]:
     log(f"seed {seed}, {torch.get_num_threads()} threads; plan {asdict(plan)}")
     metrics: dict[str, Any] = {}
     mark = (wall0, cpu0)
-    metrics |= train_vae(parts.vae, plan, rng, log)
+    if vae_from is None:
+        metrics |= train_vae(parts.vae, plan, rng, log)
+    else:
+        from safetensors.torch import load_file
+
+        parts.vae.load_state_dict(load_file(vae_from / "vae" / "diffusion_pytorch_model.safetensors"))
+        parts.vae.eval()
+        log(f"vae: reused from {vae_from}")
     mark = timed("vae", mark)
     # Each stage starts from the seed again, so that a stage can be rerun on its own from a saved VAE and
     # still give what the whole run gives (the shipped weights were made that way: training.json).
@@ -355,6 +363,7 @@ def train(plan: Plan, seed: int, out: Path, log: Log) -> dict[str, Any]:
     P.save_parts(parts, out)
     record: dict[str, Any] = {
         "seed": seed,
+        "vae_from": None if vae_from is None else str(vae_from),
         "commit": commit_of_script(Path(__file__)),
         "command": "python -m worker_app_fastwan.miniature.train " + " ".join(sys.argv[1:]),
         "threads": torch.get_num_threads(),
@@ -397,12 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage (seconds)")
     parser.add_argument("--steps", type=int, help="denoiser steps (default: the full plan's)")
+    parser.add_argument("--vae-from", type=Path, help="reuse this model folder's VAE instead of training one")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.steps:
         plan = replace(plan, steps=args.steps)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train(plan, args.seed, args.out, Log(out=lambda line: print(line, flush=True)))
+    train(plan, args.seed, args.out, Log(out=lambda line: print(line, flush=True)), args.vae_from)
     return 0
 
 
