@@ -50,11 +50,11 @@ bench: setup
 	$(PY) bench/cpu_bench.py
 
 # Does the generation path still make the video the prompt asks for? The miniature model over its whole world
-# (docs/miniature.md): an accuracy table, exit 1 below the issue's bar. About 2 minutes on 2 cores.
+# (docs/miniature.md): an accuracy table, exit 1 below the issue's bar. 2-8 minutes on 2 cores.
 quality: setup
 	nice $(PY) bench/miniature_eval.py
 
-# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 26 CPU-minutes).
+# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 1,550 CPU-seconds).
 train-miniature: setup
 	nice $(PY) -m worker_app_fastwan.miniature.train
 
