@@ -68,7 +68,7 @@ class Plan:
         ClipSet(128, 17, 400, 16, 0.45, anywhere=True),
     )
     encode_batch: int = 16
-    steps: int = 1500
+    steps: int = 3000
     lr: float = 1e-3
     i2v_share: float = 0.15  # of the text-to-video clips, also trained as image-to-video
     check_clips: int = 12  # generated through the production path at the end, for the record
