@@ -54,13 +54,15 @@ bench: setup
 quality: setup
 	nice $(PY) bench/miniature_eval.py
 
-# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 1,550 CPU-seconds).
+# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 2,200 CPU-seconds).
 train-miniature: setup
 	nice $(PY) -m worker_app_fastwan.miniature.train
 
-# The chaos run (RELIABILITY.md): about 10 minutes on 2 cores, niced so it yields to interactive work.
+# The chaos runs (RELIABILITY.md), niced so they yield to interactive work: about 10 minutes each on 2 cores,
+# the stub on SQLite, then on PostgreSQL as two replicas behind the proxy (one killed and restarted).
 soak: setup
 	nice $(PY) bench/soak.py
+	nice $(PY) bench/soak.py --db postgresql
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,7 +8,11 @@ database, and the workers are cut off from the stub for 10–20 s. Then every jo
 completed job's video must be on disk with its reported size and SHA-256, and no job may have been
 reported completed with two different results. Prints the figures and writes bench/results/soak.json.
 
-    nice .venv/bin/python bench/soak.py [--jobs 300] [--max-wall-s 600] [--seed 1]
+`--db postgresql`: the same run on PostgreSQL (a real server from Debian's packages, fsync on) with two stub
+replicas behind the proxy, which then balances between them; "the stub is SIGKILLed" kills one of the two at
+random (the workers carry on through the other) and restarts it. Writes bench/results/soak-postgresql.json.
+
+    nice .venv/bin/python bench/soak.py [--jobs 300] [--max-wall-s 600] [--seed 1] [--db postgresql]
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the PostgreSQL server the tests use
 from soak_parts import CuttableProxy, Proc, WebhookReceiver, free_port, wait_until  # noqa: E402
+from support.postgres import PostgresServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = {"width": 256, "height": 256, "num_frames": 5, "num_inference_steps": 1}
@@ -60,6 +66,9 @@ STUB_ENV = {
     "DISPATCH_RETRY_BASE_S": "0.5",
     "DISPATCH_RETRY_MAX_S": "3",
     "DISPATCH_MAX_ATTEMPTS": "30",  # a restarting queue worker is away ~30 s on two busy cores
+    # Kills and outages make leases run out, which count against the workers: a quarantine, if one happens,
+    # must not outlast the run.
+    "QUARANTINE_S": "30",
 }
 FINAL = {"completed", "failed"}
 
@@ -71,26 +80,34 @@ class Soak:
         self.key = secrets.token_hex(16)
         self.hooks = WebhookReceiver(secrets.token_hex(16))
         base_env = {**os.environ, "PYTHONPATH": str(REPO), "INTERNAL_API_KEY": self.key}
-        self.stub_port, queue_port = free_port(), free_port()
-        self.proxy = CuttableProxy(self.stub_port)
-        self.stub = Proc(
-            "stub",
-            [sys.executable, "-m", "orchestrator_stub", "--dispatch-to", f"http://127.0.0.1:{queue_port}/generate"],
-            {
-                **base_env,
-                **STUB_ENV,
-                "STUB_HOST": "127.0.0.1",
-                "STUB_PORT": str(self.stub_port),
-                "STUB_DB": str(workdir / "stub" / "soak.sqlite3"),
-                "WEBHOOK_SECRET": self.hooks.secret.decode(),
-            },
-            workdir / "stub",
-        )
+        queue_port = free_port()
+        self.pg = PostgresServer.start(durable=True) if args.db == "postgresql" else None
+        database = self.pg.url(self.pg.create_database("soak")) if self.pg else str(workdir / "stub" / "soak.sqlite3")
+        self.stubs = [
+            self._stub(name, free_port(), database, queue_port, base_env)
+            for name in (("stub-a", "stub-b") if self.pg else ("stub",))
+        ]
+        self.stub_ports = {stub.name: int(stub.env["STUB_PORT"]) for stub in self.stubs}
+        self.proxy = CuttableProxy(list(self.stub_ports.values()))
         self.workers = [self._buffer(f"buffer-{i}") for i in (1, 2)] + [self._queue(queue_port)]
         self.stats = Counter[str]()
         self.submitted: list[str] = []
         self.chaos_log: list[dict[str, Any]] = []
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.stub_port}", timeout=10)
+        # Submissions and checks: the one stub directly; with replicas, either of them (the first that answers).
+        self.bases = [f"http://127.0.0.1:{port}" for port in self.stub_ports.values()]
+        self.http = httpx.Client(timeout=10)
+
+    def _stub(self, name: str, port: int, database: str, queue_port: int, base_env: dict[str, str]) -> Proc:
+        dispatch = ["--dispatch-to", f"http://127.0.0.1:{queue_port}/generate"]
+        env = {
+            **base_env,
+            **STUB_ENV,
+            "STUB_HOST": "127.0.0.1",
+            "STUB_PORT": str(port),
+            "STUB_DB": database,
+            "WEBHOOK_SECRET": self.hooks.secret.decode(),
+        }
+        return Proc(name, [sys.executable, "-m", "orchestrator_stub", *dispatch], env, self.workdir / name)
 
     def _worker_env(self, name: str) -> dict[str, str]:
         folder = self.workdir / name
@@ -116,7 +133,8 @@ class Soak:
 
     def run(self) -> dict[str, Any]:
         start = time.monotonic()
-        self._start_stub()
+        for stub in self.stubs:
+            self._start_stub(stub)
         for worker in self.workers:
             worker.start()
         submitter = threading.Thread(target=self._submit_all, daemon=True)
@@ -134,33 +152,43 @@ class Soak:
         for worker in self.workers:
             if worker.alive():
                 worker.terminate(60)
-        self.stub.terminate(20) if self.stub.alive() else None
+        for stub in self.stubs:
+            stub.terminate(20) if stub.alive() else None
         return report
 
-    def _start_stub(self) -> None:
-        self.stub.start()
-        if not wait_until(lambda: self._get("/health") is not None, 60, 0.2):
-            raise SystemExit(f"the stub did not start; see {self.stub.log_path}")
+    def _start_stub(self, stub: Proc) -> None:
+        stub.start()
+        base = f"http://127.0.0.1:{self.stub_ports[stub.name]}"
+        if not wait_until(lambda: self._get("/health", (base,)) is not None, 60, 0.2):
+            raise SystemExit(f"the stub did not start; see {stub.log_path}")
 
-    def _get(self, path: str) -> Any:
-        try:
-            response = self.http.get(path)
-        except httpx.HTTPError:
-            return None
-        return response.json() if response.status_code == 200 else None
+    def _get(self, path: str, bases: tuple[str, ...] | None = None) -> Any:
+        for base in bases or self.bases:
+            try:
+                response = self.http.get(base + path)
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                return response.json()
+        return None
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response | None:
+        for base in self.bases:
+            try:
+                return self.http.post(base + path, **kwargs)
+            except httpx.HTTPError:
+                continue
+        return None
 
     def _submit_all(self) -> None:
         interval = self.args.submit_s / self.args.jobs
         for i in range(self.args.jobs):
             body = {"prompt": f"soak job {i}", "seed": i, **JOB, "notify_url": self.hooks.url}
             while True:  # the stub may be down: the Idempotency-Key makes the retry safe
-                try:
-                    response = self.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"soak-{i}"})
-                    if response.status_code in (200, 201):
-                        self.submitted.append(response.json()["job_id"])
-                        break
-                except httpx.HTTPError:
-                    pass
+                response = self._post("/v1/jobs", json=body, headers={"Idempotency-Key": f"soak-{i}"})
+                if response is not None and response.status_code in (200, 201):
+                    self.submitted.append(response.json()["job_id"])
+                    break
                 self.stats["submit_retries"] += 1
                 time.sleep(0.5)
             time.sleep(interval)
@@ -221,11 +249,12 @@ class Soak:
         return f"{worker.name} exit={code}"
 
     def _restart_stub(self) -> str:
-        self.stub.kill()
+        stub = self.rng.choice(self.stubs)  # with replicas: one of them, the other serves meanwhile
+        stub.kill()
         self.stats["stub_restarts"] += 1
         time.sleep(self.rng.uniform(1, 3))
-        self._start_stub()
-        return "SIGKILL + restart"
+        self._start_stub(stub)
+        return f"{stub.name}: SIGKILL + restart"
 
     def _outage(self) -> str:
         seconds = self.rng.uniform(10, 20)
@@ -282,6 +311,8 @@ class Soak:
             "chaos": self.chaos_log,
             "job": JOB,
             "seed": self.args.seed,
+            "db": self.args.db,
+            "stub_replicas": len(self.stubs),
             "wall_s": round(wall_s, 1),
             "workdir": str(self.workdir),
         }
@@ -295,15 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=90, help="chaos stops this long before --max-wall-s")
     parser.add_argument("--gap-s", type=float, nargs=2, default=(8.0, 20.0), help="quiet time between two faults")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--out", type=Path, help="default: bench/results/soak.json (soak-postgresql.json)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / ("soak.json" if args.db == "sqlite" else "soak-postgresql.json")
     workdir = Path(tempfile.mkdtemp(prefix="fastwan-soak-"))
     soak = Soak(args, workdir)
     try:
         report = soak.run()
     finally:
-        for proc in [*soak.workers, soak.stub]:
+        for proc in [*soak.workers, *soak.stubs]:
             proc.kill()
+        if soak.pg is not None:
+            soak.pg.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for key in (

@@ -25,11 +25,13 @@ def free_port() -> int:
 
 
 class CuttableProxy:
-    """127.0.0.1:`port` → 127.0.0.1:`target`. `cut()` closes the listener and every open connection, so
+    """127.0.0.1:`port` → 127.0.0.1:`target` (a list: each new connection to the next one in turn that accepts
+    it, as a load balancer in front of stub replicas). `cut()` closes the listener and every open connection, so
     connecting is refused (ECONNREFUSED) until `restore()` listens on the same port again."""
 
-    def __init__(self, target: int) -> None:
-        self.target = target
+    def __init__(self, target: int | list[int]) -> None:
+        self.targets = [target] if isinstance(target, int) else list(target)
+        self._turn = 0
         self.port = free_port()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -63,16 +65,25 @@ class CuttableProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                _close(client)  # the stub is down: the worker sees the connection closed
+            upstream = self._connect()
+            if upstream is None:
+                _close(client)  # every stub is down: the worker sees the connection closed
                 continue
             with self._lock:
                 self._conns |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        for _ in self.targets:
+            self._turn = (self._turn + 1) % len(self.targets)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.targets[self._turn]), timeout=5)
+            except OSError:
+                continue  # that replica is down: the next one
+            upstream.settimeout(None)
+            return upstream
+        return None
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -10,11 +10,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from orchestrator_stub import internal_api, page, public_api, streams, uploads, videos
+from orchestrator_stub import internal_api, metrics, page, public_api, streams, uploads, videos
 from orchestrator_stub.auth import InternalKeyMiddleware
 from orchestrator_stub.browser_guard import BrowserGuard
-from orchestrator_stub.db import Store, UnencodableText
+from orchestrator_stub.claim_wait import ClaimWaiters
+from orchestrator_stub.db import BadDatabaseUrl, Database, Queued, Store, UnencodableText, mask_password
+from orchestrator_stub.db.notify import Listener
 from orchestrator_stub.dispatcher import Dispatcher
 from orchestrator_stub.event_hub import EventHub, run_event_pruner
 from orchestrator_stub.leases import run_lease_sweeper
@@ -34,20 +37,29 @@ def create_app(settings: StubSettings) -> FastAPI:
     """Open the database and build the app; the loops start and stop with the app's lifespan. Storage
     credentials that do not work are a `StubSettingsError`."""
     outputs = _output_store(settings)
-    event_wakeup, webhook_wakeup, dispatch_wakeup = Wakeup(), Wakeup(), Wakeup()
-    store = Store(
-        settings.STUB_DB,
-        lease_seconds=settings.LEASE_SECONDS,
-        max_attempts=settings.MAX_ATTEMPTS,
-        max_queued_jobs=settings.MAX_QUEUED_JOBS,
-        max_workers=settings.MAX_WORKERS,
-        worker_retention_s=settings.WORKER_RETENTION_S,
-        on_event=event_wakeup.set,
-        on_webhook=webhook_wakeup.set,
-        webhook_progress_s=settings.WEBHOOK_PROGRESS_S,
-    )
+    event_wakeup, webhook_wakeup, dispatch_wakeup, waiters = Wakeup(), Wakeup(), Wakeup(), ClaimWaiters()
+    try:
+        store = Store(
+            Database(settings.STUB_DB, pool_size=settings.DB_POOL_SIZE),
+            lease_seconds=settings.LEASE_SECONDS,
+            max_attempts=settings.MAX_ATTEMPTS,
+            max_queued_jobs=settings.MAX_QUEUED_JOBS,
+            max_workers=settings.MAX_WORKERS,
+            worker_retention_s=settings.WORKER_RETENTION_S,
+            retry_elsewhere_s=settings.RETRY_ELSEWHERE_S,
+            quarantine_after=settings.QUARANTINE_AFTER_FAILURES,
+            quarantine_s=settings.QUARANTINE_S,
+            webhook_progress_s=settings.WEBHOOK_PROGRESS_S,
+        )
+    except (DBAPIError, BadDatabaseUrl) as exc:  # the server's message names host and user, never the password
+        raise StubSettingsError(f"STUB_DB: cannot open {mask_password(settings.STUB_DB)}: {_reason(exc)}") from None
+    log.info("database ready", extra={"db": store.db.shown, "backend": store.backend, "revision": store.revision})
     hub = EventHub(store, event_wakeup)
     rules = rules_from_settings(settings.public_url(), settings.storage_origins(), settings.STORAGE_PREFIX)
+
+    def queued(job: Queued | None) -> None:
+        waiters.offer(job)
+        dispatch_wakeup.set()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +78,11 @@ def create_app(settings: StubSettings) -> FastAPI:
         loop = asyncio.get_running_loop()
         for wakeup in (event_wakeup, webhook_wakeup, dispatch_wakeup):
             wakeup.bind(loop)
+        waiters.bind(loop)
+        store.subscribe(on_queued=queued, on_event=event_wakeup.set, on_webhook=webhook_wakeup.set)
+        listener = Listener(store) if store.db.postgres else None
+        if listener is not None:
+            listener.start()
         loops: list[Coroutine[Any, Any, None]] = [
             run_lease_sweeper(store.expire_leases, settings.LEASE_CHECK_S),
             hub.run(),
@@ -82,6 +99,9 @@ def create_app(settings: StubSettings) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            store.subscribe()
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             store.close()
 
     # /docs and /redoc load their scripts from a CDN (no pinning, no integrity check): off unless asked for.
@@ -106,10 +126,19 @@ def create_app(settings: StubSettings) -> FastAPI:
         app.add_middleware(PasswordMiddleware, password=password, throttle=throttle())
     app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts(), raw_body_paths=(uploads.UPLOAD_PATH,))
     app.add_exception_handler(UnencodableText, _unencodable)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.include_router(
-        internal_api.build_router(store, rules, outputs, secret_required=settings.ATTEMPT_SECRET_REQUIRED)
+        internal_api.build_router(
+            store,
+            rules,
+            outputs,
+            secret_required=settings.ATTEMPT_SECRET_REQUIRED,
+            waiters=waiters,
+            max_wait_s=settings.CLAIM_WAIT_MAX_S,
+        )
     )
-    app.include_router(public_api.build_router(store, on_new_job=dispatch_wakeup.set, settings=settings))
+    app.include_router(metrics.build_router(store, waiting=lambda: len(waiters)))
+    app.include_router(public_api.build_router(store, settings=settings))
     app.include_router(streams.build_router(store, hub, settings))
     app.include_router(videos.build_router(store, settings.LOCAL_OUTPUT_DIR, rules.storage, outputs))
     limits = uploads.UploadLimits(
@@ -130,6 +159,21 @@ async def _unencodable(_: Request, exc: Exception) -> JSONResponse:
     """The store refused a text it cannot write as UTF-8: the sender's fault, never a 500."""
     error = {"code": "invalid_input", "message": f"body: {exc}", "retryable": False}
     return JSONResponse({"error": error}, status_code=422)
+
+
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The database could not be reached (a restarting PostgreSQL, a failover): 503, which workers retry, and
+    never the driver's message (it may name the server)."""
+    log.error("database unavailable", extra={"error": type(exc).__name__})
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again"}, status_code=503, headers={"Retry-After": "2"}
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's one-line reason (psycopg's names the host and user, never the password)."""
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())[:500]
 
 
 def _output_store(settings: StubSettings) -> OutputStore | None:

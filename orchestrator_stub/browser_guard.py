@@ -6,8 +6,9 @@ aim requests at it. ASGI middleware, before every other check:
 - **DNS rebinding**: a foreign page that makes its own name resolve to 127.0.0.1 becomes same-origin with the
   stub, with full read access. Its requests still carry its own name in `Host`, so the browser-facing routes
   answer only to allowed names (`StubSettings.allowed_hosts()`: loopback names, STUB_PUBLIC_URL's host,
-  STUB_ALLOWED_HOSTS): any other is 421. The worker routes (`/internal/`, their own key) and `/health` are
-  left out: workers may reach the stub under any name (a tunnel, a proxy), and a page cannot know the key.
+  STUB_ALLOWED_HOSTS): any other is 421. The worker routes (`/internal/`, their own key), `/health` and
+  `/metrics` are left out: workers may reach the stub under any name (a tunnel, a proxy), a page cannot know
+  the key, and a scraper asks by address (the queue figures are no secret; STUB_PASSWORD still guards them).
 - **Cross-site requests** (a form POST, a `no-cors` fetch; with STUB_PASSWORD set too, since a browser sends
   cached Basic credentials along): a state-changing request is refused with 403 when the browser says it comes
   from another origin (`Sec-Fetch-Site` other than same-origin or none, or an `Origin` other than the stub's
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger("orchestrator_stub.browser_guard")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/metrics")  # read-only and scraped by address (a pod's IP), never a page's business
 OPEN_PREFIXES = ("/internal/",)
 # The body types a page may send to any origin without a CORS preflight ("CORS-safelisted").
 FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain")

@@ -21,6 +21,7 @@ from worker_app_fastwan.core.logs import setup_logging
 log = logging.getLogger("orchestrator_stub")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+KEEP_ALIVE_S = 75
 
 
 class _Server(uvicorn.Server):
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.STUB_PORT,
         log_config=None,
         access_log=False,
+        # Longer than a load balancer's usual idle timeout (60 s), and than a worker's gaps between calls
+        # (heartbeats every 5 s): the client, not the stub, lets an idle connection go, so none is closed by
+        # the stub just as a request is sent on it.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     _Server(config).run()  # a failed start-up (busy port, lifespan error) leaves through uvicorn's sys.exit(3)
     return 0

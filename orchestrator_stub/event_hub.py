@@ -2,11 +2,12 @@
 
 Each stream could poll the store on its own, but a thousand idle streams would then cost a thousand queries for
 every event. Instead one task per process (`EventHub.run`) reads new events, once, when the store's wake-up
-fires (`WakeSignal`: set after every commit that wrote an event; a PostgreSQL port backs it with LISTEN/NOTIFY)
-or every `poll_s` anyway; it keeps the latest in a ring bounded in count and bytes, and wakes only the streams
-waiting on that job (and those following every job). A stream takes its events from the ring; one behind the
-ring (a reconnect with an old Last-Event-ID, a job quiet while thousands of others changed) reads pages from
-the store until it has caught up. The store stays the truth: the ring is a cache of what it says.
+fires (`WakeSignal`: set after every commit that wrote an event; on PostgreSQL also through LISTEN/NOTIFY when
+another replica wrote one) or every `poll_s` anyway; it keeps the latest in a ring bounded in count and bytes,
+and wakes only the streams waiting on that job (and those following every job). A stream takes its events from
+the ring; one behind the ring (a reconnect with an old Last-Event-ID, a job quiet while thousands of others
+changed) reads pages from the store until it has caught up. The store stays the truth: the ring
+caches what it says.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The worker-facing routes of docs/protocol.md (v1.2): claim, heartbeat, status, progress.
 
 The key check is `auth.InternalKeyMiddleware`. Handlers are plain `def`, so FastAPI runs them in its
-thread pool and SQLite work (and the output store's checks) never block the event loop. Every worker holds
+thread pool and database work (and the output store's checks) never block the event loop; the claim is the
+exception: it may wait for a job (`claim_wait.py`), and a waiting claim must not hold a thread, so it is async
+and sends each database call to the thread pool itself. Every worker holds
 the same key, so the key proves only "a worker": a claim's attempt secret (v1.2) proves "the worker holding
 this attempt", and a completed job's result is checked (`results.py`) before anyone else gets to see it. With
 an output store (`outputs.py`), a claim from a worker that can use one carries an output target, and a
@@ -13,15 +15,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from orchestrator_stub.db import StatusOutcome, Store
+from orchestrator_stub.claim_wait import ClaimWaiters, wait_for_job
+from orchestrator_stub.db import ClaimAnswer, StatusOutcome, Store
 from orchestrator_stub.db.base import MAX_MESSAGE_CHARS, clip
 from orchestrator_stub.output_check import OutputMismatch, check_reported, hand_out
 from orchestrator_stub.outputs import OutputStore, StorageUnavailable
 from orchestrator_stub.results import ResultRefused, ResultRules, refused_error
+from orchestrator_stub.views import iso
 from worker_app_fastwan.core.protocol import (
+    QUARANTINE_HEADER,
+    WAIT_HEADER,
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
@@ -36,6 +43,7 @@ log = logging.getLogger("orchestrator_stub.internal")
 
 JOB_ID = Path(pattern=ID_PATTERN, max_length=128)
 WORKER_ID = Path(pattern=ID_PATTERN, max_length=128)
+MAX_TOLD = 10_000  # quarantine refusals remembered for logging once; past that the memory starts over
 
 
 SECRET_NEEDED = (
@@ -45,24 +53,60 @@ SECRET_NEEDED = (
 
 
 def build_router(
-    store: Store, rules: ResultRules, outputs: OutputStore | None = None, *, secret_required: bool = False
+    store: Store,
+    rules: ResultRules,
+    outputs: OutputStore | None = None,
+    *,
+    secret_required: bool = False,
+    waiters: ClaimWaiters | None = None,
+    max_wait_s: float = 0.0,
 ) -> APIRouter:
     router = APIRouter(prefix="/internal", tags=["internal (X-Internal-Api-Key)"])
+    told: dict[str, float] = {}  # worker id: the quarantine end its refusal was logged for (once each)
+
+    async def now() -> float:
+        return await run_in_threadpool(store.now)
 
     @router.post(
         "/buffer/jobs/claim",
         response_model=ClaimResponse,
-        responses={204: {"description": "nothing queued"}, 403: {"description": "ATTEMPT_SECRET_REQUIRED"}},
+        responses={
+            204: {"description": f"nothing this worker can run is queued ({WAIT_HEADER}: how long it waited)"},
+            403: {"description": "ATTEMPT_SECRET_REQUIRED"},
+        },
     )
-    def claim(body: ClaimRequest) -> Response:
+    async def claim(body: ClaimRequest, request: Request) -> Response:
         if secret_required and not body.wants_attempt_secret:
             raise HTTPException(403, SECRET_NEEDED)
-        job = store.claim(body.worker_id, body.gpu_class, body.capabilities, with_secret=body.wants_attempt_secret)
+        # A v1.2 worker may ask to wait (`wait_s`); one that does not (older) is answered at once, as before.
+        granted = min(body.wait_s, max_wait_s) if waiters is not None else 0.0
+
+        async def claim_once() -> ClaimAnswer:
+            return await run_in_threadpool(
+                store.claim_for,
+                body.worker_id,
+                body.gpu_class,
+                body.capabilities,
+                with_secret=body.wants_attempt_secret,
+            )
+
+        if granted > 0 and waiters is not None:
+            answer = await wait_for_job(waiters, body.capabilities, claim_once, now, granted)
+        else:
+            answer = await claim_once()
+        job = answer.job
+        if job is not None and granted > 0 and await request.is_disconnected():
+            # The worker gave up waiting (or is stopping): the job goes back as it was, for the next claim.
+            await run_in_threadpool(store.release, job.job_id, body.worker_id, job.attempt)
+            job = None
         if job is None:
-            return Response(status_code=204)
+            headers = {WAIT_HEADER: f"{granted:g}"}
+            if answer.quarantined_until is not None:
+                headers[QUARANTINE_HEADER] = _quarantine_note(body.worker_id, answer, told)
+            return Response(status_code=204, headers=headers)
         output = None
         if outputs is not None and body.capabilities.output_target:
-            output = hand_out(store, outputs, job.job_id, job.attempt)
+            output = await run_in_threadpool(hand_out, store, outputs, job.job_id, job.attempt)
         claimed = ClaimedJob(
             job_id=job.job_id,
             input=job.input,
@@ -135,6 +179,18 @@ def build_router(
         return Response(status_code=204)
 
     return router
+
+
+def _quarantine_note(worker_id: str, answer: ClaimAnswer, told: dict[str, float]) -> str:
+    """The refusal's reason (a header, and the stub's log once per quarantine and worker)."""
+    until = answer.quarantined_until or 0.0
+    note = f"{answer.streak} failed attempts in a row; no jobs until {iso(until)}"
+    if told.get(worker_id) != until:
+        if len(told) > MAX_TOLD:
+            told.clear()
+        told[worker_id] = until
+        log.warning("claim refused: worker quarantined", extra={"worker_id": worker_id, "reason": note})
+    return note
 
 
 def _final_payload(body: StatusUpdate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -21,7 +21,6 @@ Everything is served by the stub itself: plain HTML, CSS and JavaScript, no buil
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter
         after: int | None = Query(default=None, ge=0, le=2**53),
         limit: int = Query(default=500, ge=1, le=1000),
     ) -> dict[str, Any]:
-        now = time.time()  # before the query: see OVERLAP_S
+        now = store.now()  # before the query (see OVERLAP_S), on the clock `updated_at` is written with
         event_id = store.latest_event_id()  # before it too: the page's stream resumes here, missing nothing
         if since == 0:  # the first load: the latest changes, newest first; older jobs stay out of the page
             rows = store.changed_since(0.0, limit)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
@@ -45,7 +44,7 @@ SUBMISSION["properties"] = SUBMISSION["properties"] | {
 MAX_OFFSET = 10**9  # far past any real listing, and far inside SQLite's 64-bit integers
 
 
-def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSettings) -> APIRouter:
+def build_router(store: Store, settings: StubSettings) -> APIRouter:
     router = APIRouter(tags=["public"])
 
     @router.get("/health")
@@ -84,8 +83,6 @@ def build_router(store: Store, on_new_job: Callable[[], None], settings: StubSet
             )
             error = {"code": "queue_full", "message": message, "retryable": True}
             return JSONResponse({"error": error}, status_code=429, headers={"Retry-After": "30"})
-        if created:
-            on_new_job()
         return JSONResponse(
             {"job_id": job_id}, status_code=201 if created else 200, headers={"Location": f"/v1/jobs/{job_id}"}
         )

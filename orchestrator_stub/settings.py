@@ -16,7 +16,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from orchestrator_stub.db.engine import is_postgres, mask_password
 from worker_app_fastwan.core.storage_settings import MAX_PRESIGN_S, STORAGE_SECRETS, StorageSettings
 
 SECRETS = ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET", *STORAGE_SECRETS)
@@ -59,12 +62,19 @@ class StubSettings(StorageSettings):
 
     STUB_HOST: str = "127.0.0.1"
     STUB_PORT: int = Field(default=8080, ge=1, le=65535)
-    STUB_DB: Path = Path("orchestrator_stub.sqlite3")
+    # A SQLite file, or a PostgreSQL URL (postgresql://user:password@host:port/db) for several replicas.
+    STUB_DB: str = "orchestrator_stub.sqlite3"
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)  # PostgreSQL connections per replica (and as many more)
     INTERNAL_API_KEY: SecretStr
 
     LEASE_SECONDS: float = Field(default=30.0, gt=0)
     LEASE_CHECK_S: float = Field(default=0.5, gt=0)
     MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # A fleet (orchestrator_stub/README.md, "A fleet"): retry elsewhere, quarantine, long-poll claims.
+    RETRY_ELSEWHERE_S: float = Field(default=30.0, ge=0)  # a failed attempt's worker is passed over this long
+    QUARANTINE_AFTER_FAILURES: int = Field(default=3, ge=0)  # failed attempts in a row that quarantine (0: never)
+    QUARANTINE_S: float = Field(default=600.0, gt=0)
+    CLAIM_WAIT_MAX_S: float = Field(default=30.0, ge=0, le=300)  # the longest a claim may wait for a job (0: none)
 
     WEBHOOK_MAX_ATTEMPTS: int = Field(default=5, ge=1)
     WEBHOOK_BASE_DELAY_S: float = Field(default=1.0, ge=0)
@@ -133,6 +143,25 @@ class StubSettings(StorageSettings):
     def _not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("STUB_DB", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("STUB_DB")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a SQLite file path or a postgresql:// URL")
+        if is_postgres(value):
+            try:
+                url = make_url(value.replace("postgres://", "postgresql://", 1))
+            except (ArgumentError, ValueError):
+                raise ValueError("not a PostgreSQL URL (postgresql://user:password@host:port/db)") from None
+            if not url.database:
+                raise ValueError("the PostgreSQL URL names no database (postgresql://user:password@host:port/db)")
         return value
 
     @field_validator("STORAGE_ORIGINS")
@@ -209,11 +238,12 @@ class StubSettings(StorageSettings):
         return tuple(o.strip().rstrip("/").lower() for o in self.STORAGE_ORIGINS.split(",") if o.strip())
 
     def summary(self) -> dict[str, object]:
-        """What start-up logs: every setting, the key masked."""
-        return {
+        """What start-up logs: every setting, the keys masked, and the database URL without its password."""
+        shown = {
             key: ("***" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
             for key, value in self.model_dump().items()
         }
+        return shown | {"STUB_DB": mask_password(self.STUB_DB)}
 
 
 def load_settings(env_file: str | None = ".env", **overrides: Any) -> StubSettings:
@@ -229,5 +259,6 @@ def load_settings(env_file: str | None = ".env", **overrides: Any) -> StubSettin
         msg = err["msg"].removeprefix("Value error, ")
         if not name:  # the storage rules: the line names its variable first
             raise StubSettingsError(f"invalid setting {msg}") from None
-        shown = "" if name in SECRETS else f" (got {err.get('input')!r})"
+        given = err.get("input")
+        shown = "" if name in SECRETS else f" (got {mask_password(given) if name == 'STUB_DB' else given!r})"
         raise StubSettingsError(f"invalid setting {name}: {msg}{shown}") from None

@@ -94,6 +94,8 @@ def worker_view(worker: dict[str, Any]) -> dict[str, Any]:
         "first_seen": iso(worker["first_seen"]),
         "last_seen": iso(worker["last_seen"]),
         "last_heartbeat": iso(worker["last_heartbeat"]),
+        # Set while the worker is in quarantine (its last attempts failed): it gets no job until then.
+        "quarantined_until": iso(worker.get("quarantined_until")),
     }
 
 

@@ -1,10 +1,10 @@
 """A wake-up call from any thread to a loop on the event loop (handlers run in a thread pool).
 
 `WakeSignal` is all a loop needs of it: `set()` from anywhere, `wait(timeout)` in the loop. Whoever waits
-re-reads the store afterwards, and also after the timeout: a wake-up is a hint, the store is the truth. So a
-port with several processes on one database can back the same interface with its database's notifications
-(PostgreSQL's LISTEN/NOTIFY: NOTIFY in the transaction that writes, and a listener in each replica calls
-`set()`), and a lost notification only delays a reader by one timeout.
+re-reads the store afterwards, and also after the timeout: a wake-up is a hint, the store is the truth. So
+with several replicas on one PostgreSQL database the same `Wakeup` is also set by the database's notifications
+(NOTIFY in the transaction that writes; each replica's `db.notify.Listener` calls `set()`), and a lost
+notification only delays a reader by one timeout.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ Each is a row of `webhook_deliveries`, queued in the transaction of the event it
 due (a job's webhooks go out in order) and leases it while it is in flight (`db/deliveries.py`); every attempt is
 kept in `webhook_attempts`. Delivery is at-least-once, with the same `webhook-id` on every attempt of one event
 (receivers de-duplicate on it) and the same body bytes. Delivery runs in tasks of its own, never inside a
-request: a slow receiver never delays a worker's call.
+request: a slow receiver never delays a worker's call. With replicas on one PostgreSQL database every replica
+runs a sender: the store hands each due delivery to one of them (`FOR UPDATE SKIP LOCKED`, then its lease), and
+a delivery whose replica died mid-attempt is taken by another once its lease runs out.
 
 Headers: `webhook-id`, `webhook-timestamp` (this attempt's, Unix seconds), `webhook-signature` (`v1,` + base64 of
 HMAC-SHA256 over `id.timestamp.body`, keyed per `settings.webhook_key`), and, deprecated, `X-Stub-Signature`
@@ -182,13 +184,13 @@ class WebhookSender:
             body = due.body if due.body is not None else await asyncio.to_thread(self._freeze_body, due)
             status_code, error = await self._post(client, due, body.encode("utf-8"))
             settings = self._settings
-            retry_at = None
+            retry_in = None
             if error is not None and due.attempt < settings.WEBHOOK_MAX_ATTEMPTS:
-                delay = backoff_s(due.attempt, settings.WEBHOOK_BASE_DELAY_S, settings.WEBHOOK_MAX_DELAY_S)
-                retry_at = time.time() + delay
-                asyncio.get_running_loop().call_later(delay, self._wakeup.set)  # not a scan later: on time
+                # A delay, not a time: the store adds it to its clock (the database's, with replicas).
+                retry_in = backoff_s(due.attempt, settings.WEBHOOK_BASE_DELAY_S, settings.WEBHOOK_MAX_DELAY_S)
+                asyncio.get_running_loop().call_later(retry_in, self._wakeup.set)  # not a scan later: on time
             state = await asyncio.to_thread(
-                self._store.webhook_attempt_done, due.delivery_id, due.attempt, status_code, error, retry_at=retry_at
+                self._store.webhook_attempt_done, due.delivery_id, due.attempt, status_code, error, retry_in=retry_in
             )
             if state == "gave_up":
                 log.warning("webhook gave up", extra={"job_id": due.job_id, "type": due.type, "attempts": due.attempt})

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["support.stubs", "support.procs"]
+pytest_plugins = ["support.databases", "support.stubs", "support.procs"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,6 +31,7 @@ TORCH_GROUP = "in-process torch"
 # The suite ends when its last group does: the longest (worker processes, model loads, real clocks) start
 # first, and the many short files fill the gaps after them. Only an order: a file not named here still runs.
 LONGEST_FIRST = (
+    "process/test_fleet_workers.py",
     "process/test_buffer_mode.py",
     "process/test_queue_mode.py",
     "process/test_cli.py",
@@ -40,7 +41,9 @@ LONGEST_FIRST = (
     "process/test_runner.py",
     TORCH_GROUP,
     "process/test_studio_browser.py",
+    "process/test_stub_replicas.py",
     "process/test_entrypoint.py",
+    "process/test_stub_fleet.py",
 )
 HERE = Path(__file__).parent
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from orchestrator_stub.db import attempts
 from orchestrator_stub.db.base import MAX_GPU_NAME_CHARS, MAX_MESSAGE_CHARS, StoreBase, clip, log
-from orchestrator_stub.db.events import CLAIMED, DISPATCHED, PROGRESS, RUNNING
-from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, dumps
+from orchestrator_stub.db.engine import Tx
+from orchestrator_stub.db.events import CLAIMED, DISPATCHED, PROGRESS, QUEUED, RUNNING
+from orchestrator_stub.db.schema import DISPATCHER_ID, FINAL, HELD, HELD_SQL, Queued, dumps
 from orchestrator_stub.leases import failure_requeues
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest, ProgressUpdate
 
@@ -51,6 +53,17 @@ class Claimed:
     attempt_secret: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """A claim's outcome: the job, or why none (`quarantined_until`), and when a job passed over for this worker
+    (retry elsewhere) becomes its to take (`retry_at`): a waiting claim need not wait longer than that."""
+
+    job: Claimed | None
+    quarantined_until: float | None = None
+    streak: int = 0
+    retry_at: float | None = None
+
+
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -67,40 +80,88 @@ class ClaimsMixin(StoreBase):
 
     def claim(self, worker_id: str, gpu_class: str, caps: Capabilities, *, with_secret: bool = False) -> Claimed | None:
         """Hand the oldest queued job this worker can run to it, or None; `with_secret`: with an attempt secret."""
-        now = self._clock()
-        modes = list(dict.fromkeys(caps.modes))
-        with self._tx() as (db, finals):
-            self._expire(db, finals, now)
-            self._touch_worker(db, worker_id, gpu_class, now)
-            if not modes:
-                return None
-            row = db.execute(
-                f"SELECT job_id, input, attempt FROM jobs WHERE status = 'queued'"
-                f" AND mode IN ({', '.join('?' * len(modes))}) AND width <= ? AND height <= ? AND num_frames <= ?"
-                " ORDER BY seq LIMIT 1",
-                (*modes, caps.max_width, caps.max_height, caps.max_frames),
-            ).fetchone()
-            if row is None:
-                return None
-            secret = secrets.token_urlsafe(32) if with_secret else None
-            db.execute(
-                "UPDATE jobs SET status = 'claimed', worker_id = ?, attempt = attempt + 1, lease_expires_at = ?,"
-                " stage = 'queued', progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = ?,"
-                " attempt_secret_hash = ? WHERE job_id = ?",
-                (worker_id, now + self.lease_seconds, now, secret and secret_hash(secret), row["job_id"]),
+        return self.claim_for(worker_id, gpu_class, caps, with_secret=with_secret).job
+
+    def claim_for(
+        self, worker_id: str, gpu_class: str, caps: Capabilities, *, with_secret: bool = False
+    ) -> ClaimAnswer:
+        """`claim`, with the reasons a worker got nothing: in quarantine, or only jobs passed over for it queued.
+
+        The oldest fitting job is taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL: two replicas' claims at
+        the same moment each get another job (or none), never the same one."""
+        modes: list[str] = list(dict.fromkeys(caps.modes))
+        with self._tx() as tx:
+            self._expire(tx)
+            if worker_id != DISPATCHER_ID and (stuck := self.quarantine.of(tx, worker_id)) is not None:
+                self._touch_worker(tx, worker_id, gpu_class)
+                return ClaimAnswer(None, quarantined_until=stuck[1], streak=stuck[0])
+            fits = "mode IN :modes AND width <= :w AND height <= :h AND num_frames <= :f"
+            shape = {"modes": modes or [""], "w": caps.max_width, "h": caps.max_height, "f": caps.max_frames}
+            row = tx.row(
+                f"SELECT job_id, input, attempt FROM jobs WHERE status = 'queued' AND {fits}"
+                " AND (avoid_worker_id IS NULL OR avoid_worker_id <> :me OR avoid_until <= :now)"
+                f" ORDER BY seq LIMIT 1{self.db.skip_locked}",
+                me=worker_id,
+                now=tx.now,
+                **shape,
             )
-            db.execute("UPDATE workers SET job_id = ? WHERE worker_id = ?", (row["job_id"], worker_id))
-            self._emit(db, row["job_id"], DISPATCHED if worker_id == DISPATCHER_ID else CLAIMED, now)
+            self._touch_worker(tx, worker_id, gpu_class, row["job_id"] if row else None)
+            if row is None:
+                retry_at = tx.scalar(
+                    f"SELECT MIN(avoid_until) FROM jobs WHERE status = 'queued' AND {fits}"
+                    " AND avoid_worker_id = :me AND avoid_until > :now",
+                    me=worker_id,
+                    now=tx.now,
+                    **shape,
+                )
+                return ClaimAnswer(None, retry_at=retry_at)
+            attempt = row["attempt"] + 1
+            secret = secrets.token_urlsafe(32) if with_secret else None
+            tx.run(
+                "UPDATE jobs SET status = 'claimed', worker_id = :w, attempt = :a, lease_expires_at = :until,"
+                " stage = 'queued', progress = 0, step = NULL, total_steps = NULL, message = NULL, updated_at = :now,"
+                " attempt_secret_hash = :hash, avoid_worker_id = NULL, avoid_until = NULL WHERE job_id = :j",
+                w=worker_id,
+                a=attempt,
+                until=tx.now + self.lease_seconds,
+                now=tx.now,
+                hash=secret and secret_hash(secret),
+                j=row["job_id"],
+            )
+            attempts.start(tx, row["job_id"], attempt, worker_id)
+            self._emit(tx, row["job_id"], DISPATCHED if worker_id == DISPATCHER_ID else CLAIMED)
         log.info(
             "job claimed",
             extra={
                 "job_id": row["job_id"],
                 "worker_id": worker_id,
-                "attempt": row["attempt"] + 1,
+                "attempt": attempt,
                 "attempt_secret": secret is not None,
             },
         )
-        return Claimed(row["job_id"], json.loads(row["input"]), row["attempt"] + 1, secret)
+        return ClaimAnswer(Claimed(row["job_id"], json.loads(row["input"]), attempt, secret))
+
+    def release(self, job_id: str, worker_id: str, attempt: int) -> bool:
+        """Undo a claim whose answer never reached its worker (it hung up while its claim waited): the job goes
+        back to the queue as it was, the attempt not counted. False when the claim is no longer as it was."""
+        with self._tx() as tx:
+            shape = tx.row(
+                "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, attempt = attempt - 1,"
+                " attempt_secret_hash = NULL, updated_at = :now"
+                " WHERE job_id = :j AND worker_id = :w AND attempt = :a AND status = 'claimed'"
+                " RETURNING mode, width, height, num_frames",
+                now=tx.now,
+                j=job_id,
+                w=worker_id,
+                a=attempt,
+            )
+            if shape is None:
+                return False
+            tx.run("DELETE FROM attempts WHERE job_id = :j AND attempt = :a", j=job_id, a=attempt)
+            tx.queued.append(Queued(job_id, shape["mode"], shape["width"], shape["height"], shape["num_frames"]))
+            self._emit(tx, job_id, QUEUED, {"released": True})
+        log.info("claim released: the worker hung up", extra={"job_id": job_id, "worker_id": worker_id})
+        return True
 
     def heartbeat(self, worker_id: str, beat: HeartbeatRequest) -> list[str] | None:
         """Record the beat, renew the lease of every job it names; returns the job ids this worker should cancel.
@@ -109,49 +170,47 @@ class ClaimsMixin(StoreBase):
         None (and nothing recorded): it names a job this worker holds under an attempt secret without that secret
         (v1.2), so it is not that worker's beat: anyone can name a worker id.
         """
-        now = self._clock()
         named = list(dict.fromkeys(([beat.job_id] if beat.job_id else []) + beat.job_ids))
-        with self._tx() as (db, finals):
-            self._expire(db, finals, now)
-            if not self._beat_proves(db, worker_id, named, beat.attempt_secrets):
+        with self._tx() as tx:
+            self._expire(tx)
+            if not self._beat_proves(tx, worker_id, named, beat.attempt_secrets):
                 return None
-            self._touch_worker(db, worker_id, beat.gpu_class, now)
-            db.execute(
-                "UPDATE workers SET state = ?, job_id = ?, stage = ?, progress = ?, gpu = ?, last_heartbeat = ?"
-                " WHERE worker_id = ?",
-                (
-                    beat.state,
-                    beat.job_id,
-                    beat.stage.value if beat.stage else None,
-                    beat.progress,
-                    dumps(beat.gpu.model_dump() | {"name": clip(beat.gpu.name, MAX_GPU_NAME_CHARS)}),
-                    now,
-                    worker_id,
-                ),
+            self._touch_worker(tx, worker_id, beat.gpu_class)
+            tx.run(
+                "UPDATE workers SET state = :state, job_id = :j, stage = :stage, progress = :p, gpu = :gpu,"
+                " last_heartbeat = :now WHERE worker_id = :w",
+                state=beat.state,
+                j=beat.job_id,
+                stage=beat.stage.value if beat.stage else None,
+                p=beat.progress,
+                gpu=dumps(beat.gpu.model_dump() | {"name": clip(beat.gpu.name, MAX_GPU_NAME_CHARS)}),
+                now=tx.now,
+                w=worker_id,
             )
             cancel = [
                 row["job_id"]
-                for row in db.execute(
-                    f"SELECT job_id FROM jobs WHERE worker_id = ? AND status IN {HELD_SQL} AND cancel_requested = 1",
-                    (worker_id,),
+                for row in tx.rows(
+                    f"SELECT job_id FROM jobs WHERE worker_id = :w AND status IN {HELD_SQL} AND cancel_requested = 1",
+                    w=worker_id,
                 )
             ]
             for job_id in named:
-                if not self._renew(db, job_id, worker_id, now) and self._lost(db, job_id, worker_id):
+                if not self._renew(tx, job_id, worker_id) and self._lost(tx, job_id, worker_id):
                     cancel.append(job_id)
         return list(dict.fromkeys(cancel))
 
     @staticmethod
-    def _beat_proves(db: Any, worker_id: str, named: list[str], given: dict[str, str]) -> bool:
+    def _beat_proves(tx: Tx, worker_id: str, named: list[str], given: dict[str, str]) -> bool:
         """Every named job this worker holds under a secret comes with that secret. Jobs it no longer holds need
         none: the beat only learns to stop them."""
         if not named:
             return True
-        rows = db.execute(
-            f"SELECT job_id, attempt_secret_hash FROM jobs WHERE worker_id = ? AND status IN {HELD_SQL}"
-            f" AND attempt_secret_hash IS NOT NULL AND job_id IN ({', '.join('?' * len(named))})",
-            (worker_id, *named),
-        ).fetchall()
+        rows = tx.rows(
+            f"SELECT job_id, attempt_secret_hash FROM jobs WHERE worker_id = :w AND status IN {HELD_SQL}"
+            " AND attempt_secret_hash IS NOT NULL AND job_id IN :named",
+            w=worker_id,
+            named=named,
+        )
         return all(proves(row["attempt_secret_hash"], given.get(row["job_id"])) for row in rows)
 
     def apply_status(
@@ -176,14 +235,13 @@ class ClaimsMixin(StoreBase):
         the job back to the queue while attempts remain; a caller that already retried on its own (the
         dispatcher) passes `requeue_retryable=False` to make its failure final.
         """
-        now = self._clock()
-        with self._tx() as (db, finals):
-            self._expire(db, finals, now)
-            row = db.execute(
+        with self._tx() as tx:
+            self._expire(tx)
+            row = tx.row(
                 "SELECT status, worker_id, final_by, attempt, cancel_requested, attempt_secret_hash FROM jobs"
-                " WHERE job_id = ?",
-                (job_id,),
-            ).fetchone()
+                f" WHERE job_id = :j{self.db.for_update}",
+                j=job_id,
+            )
             if row is None:
                 return StatusOutcome.missing
             if attempt is not None and attempt != row["attempt"]:
@@ -196,21 +254,27 @@ class ClaimsMixin(StoreBase):
             if row["status"] not in HELD or row["worker_id"] != worker_id:
                 return StatusOutcome.conflict
             if status == "running":
-                db.execute(
-                    "UPDATE jobs SET status = 'running', lease_expires_at = ?, updated_at = ? WHERE job_id = ?",
-                    (now + self.lease_seconds, now, job_id),
+                tx.run(
+                    "UPDATE jobs SET status = 'running', lease_expires_at = :until, updated_at = :now"
+                    " WHERE job_id = :j",
+                    until=tx.now + self.lease_seconds,
+                    now=tx.now,
+                    j=job_id,
                 )
                 if row["status"] != "running":  # a repeated `running` renews the lease, and is no news
-                    self._emit(db, job_id, RUNNING, now)
+                    self._emit(tx, job_id, RUNNING)
                 return StatusOutcome.applied
             if (
                 error is not None
                 and requeue_retryable
                 and failure_requeues(error, row["attempt"], bool(row["cancel_requested"]), self._max_attempts)
             ):
-                self._requeue(db, job_id, row["attempt"], worker_id, error, now)
+                self._end_attempt(tx, job_id, row["attempt"], worker_id, "requeued", error)
+                self._requeue(tx, job_id, row["attempt"], worker_id, error)
                 return StatusOutcome.requeued
-            self._finish(db, finals, job_id, status, result, error, worker_id, now)
+            ended = "cancelled" if (error or {}).get("code") == "cancelled" else status
+            self._end_attempt(tx, job_id, row["attempt"], worker_id, ended, error)
+            self._finish(tx, job_id, status, result, error, worker_id)
         return StatusOutcome.applied
 
     def record_progress(self, job_id: str, update: ProgressUpdate) -> bool:
@@ -220,57 +284,59 @@ class ClaimsMixin(StoreBase):
         the worker that holds the job now. Jobs the dispatcher holds are the exception: the queue-mode
         worker it fed reports under its own id, which the stub never learns.
         """
-        now = self._clock()
-        report = (
-            update.stage.value,
-            update.progress,
-            update.step,
-            update.total_steps,
-            clip(update.message, MAX_MESSAGE_CHARS) or None,
-        )
-        with self._tx() as (db, _):
-            row = db.execute(
+        report = {
+            "stage": update.stage.value,
+            "progress": update.progress,
+            "step": update.step,
+            "total_steps": update.total_steps,
+            "message": clip(update.message, MAX_MESSAGE_CHARS) or None,
+        }
+        with self._tx() as tx:
+            row = tx.row(
                 "SELECT stage, progress, step, total_steps, message FROM jobs"
-                f" WHERE job_id = ? AND status IN {HELD_SQL} AND worker_id IN (?, ?)",
-                (job_id, update.worker_id, DISPATCHER_ID),
-            ).fetchone()
+                f" WHERE job_id = :j AND status IN {HELD_SQL} AND worker_id IN (:w, :dispatcher){self.db.for_update}",
+                j=job_id,
+                w=update.worker_id,
+                dispatcher=DISPATCHER_ID,
+            )
             if row is None:
                 return False
-            db.execute(
-                "UPDATE jobs SET stage = ?, progress = ?, step = ?, total_steps = ?, message = ?, updated_at = ?"
-                " WHERE job_id = ?",
-                (*report, now, job_id),
+            tx.run(
+                "UPDATE jobs SET stage = :stage, progress = :progress, step = :step, total_steps = :total_steps,"
+                " message = :message, updated_at = :now WHERE job_id = :j",
+                now=tx.now,
+                j=job_id,
+                **report,
             )
-            if tuple(row) != report:  # the worker repeats itself between steps: only a change is an event
-                self._emit(db, job_id, PROGRESS, now)
+            if dict(row) != report:  # the worker repeats itself between steps: only a change is an event
+                self._emit(tx, job_id, PROGRESS)
             return True
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseState:
         """The dispatcher's renewal (in-process: it needs no secret)."""
-        now = self._clock()
-        with self._tx() as (db, finals):
-            self._expire(db, finals, now)
-            if not self._renew(db, job_id, worker_id, now):
+        with self._tx() as tx:
+            self._expire(tx)
+            if not self._renew(tx, job_id, worker_id):
                 return LeaseState.lost
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            return LeaseState.cancel if row["cancel_requested"] else LeaseState.held
+            row = tx.row("SELECT cancel_requested FROM jobs WHERE job_id = :j", j=job_id)
+            return LeaseState.cancel if row and row["cancel_requested"] else LeaseState.held
 
     def expire_leases(self) -> None:
-        """The sweeper's pass: due leases, and workers unheard of for too long."""
-        now = self._clock()
-        with self._tx() as (db, finals):
-            self._expire(db, finals, now)
-            self._prune_workers(db, now)
+        """The sweeper's pass (every replica runs one): due leases, and workers unheard of for too long."""
+        with self._tx() as tx:
+            self._expire(tx)
+            self._prune_workers(tx)
 
     def restart_held_leases(self) -> int:
-        """Make every held lease run out `lease_seconds` from now; returns how many. Called at start-up.
+        """Make every held lease run out `lease_seconds` from now at the earliest; returns how many. Called at
+        start-up.
 
         While the stub was down no worker could renew its lease, so the stored expiry times would take jobs
-        from workers that were still working (and throw their results away with a 409).
+        from workers that were still working (and throw their results away with a 409). With replicas, one
+        starting while the others serve only pushes back leases that would run out sooner anyway.
         """
-        with self._tx() as (db, _):
-            cur = db.execute(
-                f"UPDATE jobs SET lease_expires_at = ? WHERE status IN {HELD_SQL}",
-                (self._clock() + self.lease_seconds,),
+        with self._tx() as tx:
+            return tx.count(
+                f"UPDATE jobs SET lease_expires_at = :until WHERE status IN {HELD_SQL} AND lease_expires_at < :until",
+                until=tx.now + self.lease_seconds,
             )
-            return cur.rowcount

@@ -1,14 +1,17 @@
 """The event log: one row per state change of a job, written in the same transaction as the change.
 
 A row's `id` only grows, so a reader resumes after the last id it saw (SSE's `Last-Event-ID`) and nothing is
-sent twice or skipped. Because the log lives in the store, it survives restarts, and any process reading the
-same database (a replica of a future PostgreSQL port, issue 27) can serve every stream: an in-process wake-up
-only says "read again" (`orchestrator_stub/wakeup.py`), the rows are the truth.
+sent twice or skipped. Because the log lives in the store, it survives restarts, and every replica reading the
+same database serves every stream: a wake-up (in-process on SQLite, LISTEN/NOTIFY between replicas on
+PostgreSQL) only says "read again" (`orchestrator_stub/wakeup.py`), the rows are the truth.
 
-Ids must become visible in id order for that to hold. Here they do: every write transaction takes the whole
-database (`BEGIN IMMEDIATE`), one at a time. A port whose writers commit concurrently (PostgreSQL's sequences
-hand out ids before commit) must keep that property, e.g. by taking one transaction-level advisory lock
-before inserting an event.
+Ids must become visible in id order for that to hold: a reader that saw id 11 must never later find a 10. On
+SQLite every write transaction takes the whole database (`BEGIN IMMEDIATE`), one at a time. On PostgreSQL
+writers commit concurrently and a sequence hands out ids before commit, so the rows are written at the end of
+the transaction (`emit` only prepares one, `write` inserts them) under one transaction-level advisory lock
+(EVENT_LOCK), held from the first id to COMMIT: ids are taken and made visible one transaction at a time. The
+lock is the last one such a transaction takes (it waits on no row after it), so it can take part in no deadlock,
+and it is held for a few inserts and the commit only.
 
 Each event may also queue a webhook (`webhook_deliveries`), in the same transaction: a job chooses which with
 `notify_events`, and so no webhook is ever skipped, whatever crashes when.
@@ -17,10 +20,12 @@ Each event may also queue a webhook (`webhook_deliveries`), in the same transact
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.engine import RowMapping
+
+from orchestrator_stub.db.engine import Tx
 from orchestrator_stub.db.schema import dumps
 
 QUEUED = "queued"
@@ -35,6 +40,7 @@ CANCELLED = "cancelled"
 EVENT_TYPES = (QUEUED, CLAIMED, DISPATCHED, RUNNING, PROGRESS, CANCEL_REQUESTED, COMPLETED, FAILED, CANCELLED)
 FINAL_EVENTS = (COMPLETED, FAILED, CANCELLED)
 FINAL_EVENTS_SQL = "('completed', 'failed', 'cancelled')"
+EVENT_LOCK = 0x57_1B_DB_02  # PostgreSQL advisory lock: event ids taken and committed one transaction at a time
 
 # The Standard Webhooks event types, and the event that makes each.
 JOB_STARTED = "job.started"
@@ -63,8 +69,19 @@ class EventRow:
     data: str
 
     @staticmethod
-    def of(row: sqlite3.Row) -> EventRow:
-        return EventRow(row["id"], row["job_id"], row["type"], row["at"], row["data"])
+    def of(row: RowMapping) -> EventRow:
+        return EventRow(int(row["id"]), row["job_id"], row["type"], float(row["at"]), row["data"])
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event made inside a transaction, inserted at its end (`write`): its data is the job as of the change."""
+
+    job_id: str
+    type: str
+    at: float
+    data: str
+    hook: str | None  # the webhook it queues, if the job asked for that type
 
 
 def final_event_type(status: str, error: dict[str, Any] | None) -> str:
@@ -85,7 +102,7 @@ JOB_FIELDS = (
 )
 
 
-def job_fields(row: sqlite3.Row, job_id: str) -> dict[str, Any]:
+def job_fields(row: RowMapping, job_id: str) -> dict[str, Any]:
     """What every event carries: the job's state after the change, named as the job view names it."""
     return {
         "job_id": job_id,
@@ -101,36 +118,56 @@ def job_fields(row: sqlite3.Row, job_id: str) -> dict[str, Any]:
     }
 
 
-def emit(
-    db: sqlite3.Connection,
-    job_id: str,
-    event_type: str,
-    now: float,
-    *,
-    progress_every_s: float,
-    extra: dict[str, Any] | None = None,
-) -> bool:
-    """Append one event (inside the caller's transaction, after its change); returns whether it queued a
-    webhook. A `job.progress` webhook is queued at most once per `progress_every_s` per job: the stream has
-    every report, a receiver gets a sample."""
-    row = db.execute(f"SELECT {JOB_FIELDS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    data = job_fields(row, job_id) | (extra or {})
-    event_id = db.execute(
-        "INSERT INTO job_events (job_id, type, at, data) VALUES (?, ?, ?, ?) RETURNING id",
-        (job_id, event_type, now, dumps(data)),
-    ).fetchone()[0]
+def emit(tx: Tx, job_id: str, event_type: str, extra: dict[str, Any] | None = None) -> None:
+    """Make one event of the job (inside the caller's transaction, after its change): the job's fields are read
+    now, the row is inserted when the transaction ends (`write`)."""
+    row = tx.row(f"SELECT {JOB_FIELDS} FROM jobs WHERE job_id = :j", j=job_id)
+    assert row is not None, "an event of a job that is not there"
     hook = WEBHOOK_TYPES.get(event_type)
-    if hook is None or row["notify_url"] is None or hook not in wanted_webhooks(row["notify_events"]):
-        return False
-    if hook == JOB_PROGRESS:
-        last = db.execute(
-            "SELECT MAX(created_at) FROM webhook_deliveries WHERE job_id = ? AND type = ?", (job_id, JOB_PROGRESS)
-        ).fetchone()[0]
-        if last is not None and now - last < progress_every_s:
-            return False
-    db.execute(
-        "INSERT INTO webhook_deliveries (job_id, event_id, type, state, next_at, created_at)"
-        " VALUES (?, ?, ?, 'pending', ?, ?)",
-        (job_id, event_id, hook, now, now),
-    )
-    return True
+    if hook is not None and (row["notify_url"] is None or hook not in wanted_webhooks(row["notify_events"])):
+        hook = None
+    data = dumps(job_fields(row, job_id) | (extra or {}))
+    assert data is not None
+    tx.events.append(Pending(job_id, event_type, tx.now, data, hook))
+
+
+def write(tx: Tx, *, progress_every_s: float, postgres: bool) -> None:
+    """Insert the transaction's events, and the webhooks they queue, in order (just before COMMIT). A
+    `job.progress` webhook is queued at most once per `progress_every_s` per job: the stream has every report, a
+    receiver gets a sample."""
+    if not tx.events:
+        return
+    if postgres:
+        lock(tx)
+    for event in tx.events:
+        event_id = tx.scalar(
+            "INSERT INTO job_events (job_id, type, at, data) VALUES (:j, :t, :at, :data) RETURNING id",
+            j=event.job_id,
+            t=event.type,
+            at=event.at,
+            data=event.data,
+        )
+        if event.hook is None:
+            continue
+        if event.hook == JOB_PROGRESS:
+            last = tx.scalar(
+                "SELECT MAX(created_at) FROM webhook_deliveries WHERE job_id = :j AND type = :t",
+                j=event.job_id,
+                t=JOB_PROGRESS,
+            )
+            if last is not None and event.at - last < progress_every_s:
+                continue
+        tx.run(
+            "INSERT INTO webhook_deliveries (job_id, event_id, type, state, next_at, created_at)"
+            " VALUES (:j, :e, :t, 'pending', :at, :at)",
+            j=event.job_id,
+            e=event_id,
+            t=event.hook,
+            at=event.at,
+        )
+        tx.webhooks = True
+
+
+def lock(tx: Tx) -> None:
+    """PostgreSQL: take the event lock (until COMMIT) before writing events outside `write`."""
+    tx.run("SELECT pg_advisory_xact_lock(:lock)", lock=EVENT_LOCK)

@@ -1,4 +1,5 @@
-"""Bookkeeping the store keeps beside the jobs: workers seen, webhook and dispatch attempts."""
+"""Bookkeeping the store keeps beside the jobs: workers seen, webhook and dispatch attempts (which webhook is
+due, and how a delivery ends, is `deliveries.py`)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,41 @@ from orchestrator_stub.db.schema import loads
 
 
 class RecordsMixin(StoreBase):
-    """Workers, webhook deliveries and dispatch attempts."""
+    """Workers, webhook and dispatch attempts."""
 
     def workers(self, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
-        """The `limit` most recently heard workers, and how many the store keeps."""
-        with self._lock:
-            total = self._conn.execute("SELECT COUNT(*) FROM workers").fetchone()[0]
-            rows = self._conn.execute("SELECT * FROM workers ORDER BY last_seen DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(row) | {"gpu": loads(row["gpu"])} for row in rows], total
+        """The `limit` most recently heard workers (each with `quarantined_until`, None unless in quarantine),
+        and how many the store keeps."""
+        with self.db.reading(self._clock) as tx:
+            total = tx.scalar("SELECT COUNT(*) FROM workers")
+            rows = tx.rows("SELECT * FROM workers ORDER BY last_seen DESC LIMIT :limit", limit=limit)
+            stuck = self.quarantine.all(tx) if rows else {}
+        workers = [
+            dict(row) | {"gpu": loads(row["gpu"]), "quarantined_until": stuck.get(row["worker_id"])} for row in rows
+        ]
+        return workers, int(total)
 
     def webhook_attempts(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._read(
-            "SELECT attempt, at, status_code, error, ok, type FROM webhook_attempts WHERE job_id = ? ORDER BY id",
-            (job_id,),
+        rows = self._rows(
+            "SELECT attempt, at, status_code, error, ok, type FROM webhook_attempts WHERE job_id = :j ORDER BY id",
+            j=job_id,
         )
         return [dict(row) | {"ok": bool(row["ok"])} for row in rows]
 
     def dispatch_attempts(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._read(
-            "SELECT attempt, at, status_code, error FROM dispatch_attempts WHERE job_id = ? ORDER BY id", (job_id,)
+        rows = self._rows(
+            "SELECT attempt, at, status_code, error FROM dispatch_attempts WHERE job_id = :j ORDER BY id", j=job_id
         )
         return [dict(row) for row in rows]
 
     def add_dispatch_attempt(self, job_id: str, attempt: int, status_code: int | None, error: str | None) -> None:
-        with self._tx() as (db, _):
-            db.execute(
-                "INSERT INTO dispatch_attempts (job_id, attempt, at, status_code, error) VALUES (?, ?, ?, ?, ?)",
-                (job_id, attempt, self._clock(), status_code, error),
+        with self._tx() as tx:
+            tx.run(
+                "INSERT INTO dispatch_attempts (job_id, attempt, at, status_code, error)"
+                " VALUES (:j, :a, :now, :code, :error)",
+                j=job_id,
+                a=attempt,
+                now=tx.now,
+                code=status_code,
+                error=error,
             )

@@ -494,7 +494,8 @@ function workerItem(w) {
   const name = document.createElement("strong");
   name.textContent = w.worker_id;
   const badge = document.createElement("span");
-  const label = w.quiet ? "quiet" : w.state || "seen";
+  // Quarantined (its last attempts failed): the stub hands it no job until then; it comes back by itself.
+  const label = w.quarantined_until ? "quarantined" : w.quiet ? "quiet" : w.state || "seen";
   badge.className = `badge worker-${label}`;
   badge.textContent = label;
   head.append(name, " ", badge);
@@ -502,6 +503,7 @@ function workerItem(w) {
   const facts = [gpu.name || w.gpu_class || "unknown GPU"];
   if (gpu.memory_total_mb) facts.push(`${formatMb(gpu.memory_used_mb)} / ${formatMb(gpu.memory_total_mb)}`);
   facts.push(w.quiet ? `silent for ${Math.round(w.quiet_s)} s` : `heard ${Math.round(w.quiet_s)} s ago`);
+  if (w.quarantined_until) facts.push(`no jobs until ${new Date(w.quarantined_until).toLocaleTimeString()}`);
   const detail = document.createElement("p");
   detail.className = "hint";
   detail.textContent = facts.join(" · ");

@@ -25,8 +25,9 @@ STUB_ROUTES = {
 
 @pytest.fixture(scope="module")
 def fuzz_stub(module_stubs: Callable[..., StubProcess]) -> StubProcess:
-    # Private webhook targets refused, as in production: a fuzzed notify_url must never reach this box.
-    return module_stubs(WEBHOOK_ALLOW_PRIVATE="false")
+    # Private webhook targets refused, as in production: a fuzzed notify_url must never reach this box. A fuzzed
+    # claim that asks to wait (`wait_s`) waits a tenth of a second, not the default 30 s.
+    return module_stubs(WEBHOOK_ALLOW_PRIVATE="false", CLAIM_WAIT_MAX_S=0.1)
 
 
 def test_no_stub_route_answers_a_server_error(fuzz_stub: StubProcess) -> None:

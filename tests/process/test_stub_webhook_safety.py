@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
-import sqlite3
 from collections.abc import Callable
 
 import pytest
 from standardwebhooks import Webhook
 from support.stubs import WEBHOOK_SECRET, Answer, ScriptedServer, StubProcess, wait_for
 
+from orchestrator_stub.db import Database
 from worker_app_fastwan.edge.addresses import forbidden_address
 
 
@@ -115,9 +115,11 @@ def test_every_delivery_error_is_a_failed_attempt_ending_in_gave_up(
     stub = stub_factory(WEBHOOK_ALLOW_PRIVATE=allow_private, WEBHOOK_MAX_ATTEMPTS=3)
     job_ids = [stub.submit(notify_url="https://hooks.example.com/hook") for _ in BAD_URLS]
     stub.kill()
-    with sqlite3.connect(stub.db) as db:
+    database = Database(stub.database or str(stub.db))  # SQLite or PostgreSQL, whichever the stub runs on
+    with database.transaction(None) as tx:
         for job_id, bad_url in zip(job_ids, BAD_URLS, strict=True):
-            db.execute("UPDATE jobs SET notify_url = ? WHERE job_id = ?", (bad_url, job_id))
+            tx.run("UPDATE jobs SET notify_url = :url WHERE job_id = :j", url=bad_url, j=job_id)
+    database.dispose()
     stub.start()
     for job_id in job_ids:
         assert stub.post(f"/v1/jobs/{job_id}/cancel", key=None).status_code == 200

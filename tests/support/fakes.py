@@ -158,6 +158,9 @@ class FakeOrchestrator:
 
     jobs: list[dict[str, Any]] = field(default_factory=list)  # handed out in order, then 204
     claim_codes: list[int] = field(default_factory=list)  # answered (and consumed) before any job
+    empty_claims: int = 0  # 204s answered (and consumed) before the first job
+    long_poll: bool = False  # a v1.3 orchestrator: its 204 says it waited (X-Claim-Wait-S), at once here
+    claim_note: str | None = None  # the 204's X-Worker-Quarantined
     status_codes: dict[str, list[int]] = field(default_factory=dict)  # per job id, consumed in turn
     cancel_job_ids: list[str] = field(default_factory=list)
     heartbeat_delay_s: float = 0.0
@@ -170,8 +173,12 @@ class FakeOrchestrator:
         if path.endswith("/claim"):
             if self.claim_codes:
                 return httpx.Response(self.claim_codes.pop(0), json={"detail": "scripted"})
-            if not self.jobs:
-                return httpx.Response(204)
+            if not self.jobs or self.empty_claims > 0:
+                self.empty_claims -= 1
+                headers = {"X-Claim-Wait-S": str(body["wait_s"])} if self.long_poll else {}
+                if self.claim_note:
+                    headers["X-Worker-Quarantined"] = self.claim_note
+                return httpx.Response(204, headers=headers)
             return httpx.Response(200, json={"job": self.jobs.pop(0)})
         if path.endswith("/heartbeat"):
             if self.heartbeat_delay_s:

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from support.databases import Databases
 from support.http_servers import ThreadedServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +50,9 @@ FAST_ENV = {
     # Webhook receivers in tests listen on loopback; tests of the vetting set it back to false.
     "WEBHOOK_ALLOW_PRIVATE": "true",
     "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    # Off unless a test is about them (test_stub_fleet.py): the others drive one worker id through failures.
+    "RETRY_ELSEWHERE_S": "0",
+    "QUARANTINE_AFTER_FAILURES": "0",
 }
 
 
@@ -109,12 +113,16 @@ def job_result(job_id: str, sha256: str = SHA) -> dict[str, Any]:
 
 @dataclass
 class StubProcess:
-    """`python -m orchestrator_stub` on a free loopback port, with HTTP helpers for both APIs."""
+    """`python -m orchestrator_stub` on a free loopback port, with HTTP helpers for both APIs.
+
+    `db` is the stub's own file (SQLite) and its folder the stub's working directory; `database` is its STUB_DB
+    (the same file, or a PostgreSQL URL: then `db` names no file)."""
 
     db: Path
     log_path: Path
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
+    database: str = ""
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
@@ -145,7 +153,7 @@ class StubProcess:
             "INTERNAL_API_KEY": API_KEY,
             **self.env,
             "STUB_PORT": str(self.port),
-            "STUB_DB": str(self.db),
+            "STUB_DB": self.database or str(self.db),
             "PYTHONPATH": str(REPO),
         }
         with self.log_path.open("ab") as log:
@@ -232,21 +240,27 @@ class StubProcess:
 
 @dataclass
 class Stubs:
-    """Stubs started by one test or module, each with its own database in `folder`; all are killed (and their
-    logs printed, which pytest shows when the test fails) at `close()`."""
+    """Stubs started by one test or module, each with its own database (of `databases`' backend) unless told
+    to share one; all are killed (and their logs printed, which pytest shows when the test fails) at `close()`."""
 
     folder: Path
+    databases: Databases | None = None
     started: list[StubProcess] = field(default_factory=list)
 
-    def start(self, *args: str, **env: Any) -> StubProcess:
-        """`python -m orchestrator_stub *args` with `env`, on a free loopback port."""
+    def start(self, *args: str, database: str | None = None, **env: Any) -> StubProcess:
+        """`python -m orchestrator_stub *args` with `env`, on a free loopback port; `database`: another stub's
+        STUB_DB (a replica of it), else a fresh one."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n = len(self.started)
+        file = self.folder / f"stub{n}.sqlite3"
+        if database is None and self.databases is not None and self.databases.backend != "sqlite":
+            database = self.databases.fresh()
         stub = StubProcess(
-            db=self.folder / f"stub{n}.sqlite3",
+            db=Path(database) if database and not database.startswith("postgres") else file,
             log_path=self.folder / f"stub{n}.log",
             env={k: str(v) for k, v in env.items()},
             args=list(args),
+            database=database or str(file),
         )
         self.started.append(stub)
         return stub.start()
@@ -259,9 +273,10 @@ class Stubs:
 
 
 @pytest.fixture
-def stub_factory(tmp_path: Path) -> Iterator[Callable[..., StubProcess]]:
-    """`stub_factory(*cli_args, **env)` starts a stub with its own database; all are killed at teardown."""
-    stubs = Stubs(tmp_path)
+def stub_factory(tmp_path: Path, databases: Databases) -> Iterator[Callable[..., StubProcess]]:
+    """`stub_factory(*cli_args, **env)` starts a stub with its own database (`database=other.database`: on
+    another's, a replica); all are killed at teardown."""
+    stubs = Stubs(tmp_path, databases)
     yield stubs.start
     stubs.close()
 
@@ -272,9 +287,12 @@ def stub(stub_factory: Callable[..., StubProcess]) -> StubProcess:
 
 
 @pytest.fixture(scope="module")
-def module_stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., StubProcess]]:
+def module_stubs(
+    tmp_path_factory: pytest.TempPathFactory, stub_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., StubProcess]]:
     """`module_stubs(*cli_args, **env)` starts a stub that lives as long as the test module."""
-    stubs = Stubs(tmp_path_factory.mktemp("stubs"))
+    folder = tmp_path_factory.mktemp("stubs")
+    stubs = Stubs(folder, Databases(stub_backend, folder / "db", request))
     yield stubs.start
     stubs.close()
 

@@ -13,8 +13,8 @@ import logging
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from worker_app_fastwan.core.clock import SYSTEM_CLOCK, Clock
-from worker_app_fastwan.core.protocol import ClaimedJob, ClaimRequest
-from worker_app_fastwan.orchestrator.client import OrchestratorClient, OrchestratorRejected
+from worker_app_fastwan.core.protocol import ClaimRequest
+from worker_app_fastwan.orchestrator.client import ClaimReply, OrchestratorClient, OrchestratorRejected
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def refusal_backoff(poll_s: float, max_s: float) -> wait_exponential_jitter:
 
 async def claim_next(
     client: OrchestratorClient, request: ClaimRequest, *, poll_s: float, max_s: float, clock: Clock = SYSTEM_CLOCK
-) -> ClaimedJob | None:
-    """The next job, or None when nothing is queued; refusals are retried (cancel the task to stop)."""
+) -> ClaimReply:
+    """The next job, or why none; refusals are retried (cancel the task to stop)."""
     retrying = AsyncRetrying(
         sleep=clock.sleep,
         retry=retry_if_exception_type(OrchestratorRejected),
@@ -35,7 +35,7 @@ async def claim_next(
         before_sleep=_log_refusal,
         reraise=True,
     )
-    return await retrying(client.claim, request)
+    return await retrying(client.claim_reply, request)
 
 
 def _log_refusal(state: RetryCallState) -> None:

@@ -49,6 +49,9 @@ from worker_app_fastwan.orchestrator.client import (
 from worker_app_fastwan.orchestrator.progress import ProgressThrottle
 
 log = logging.getLogger(__name__)
+# After a claim the orchestrator held open (v1.3), the next follows at once, but never sooner than this: an
+# orchestrator that says it waited and answers at once must not turn the loop into a flood.
+MIN_CLAIM_INTERVAL_S = 0.05
 
 
 class Slot:
@@ -81,6 +84,8 @@ class Slot:
         self.runner = make_runner(listeners=[self.reporter.report_progress, self.held.on_progress])
         self.heartbeat = Heartbeat(settings.HEARTBEAT_INTERVAL_S, self._beat, clock=clock)
         self.jobs_claimed = 0
+        self._claim_waited = False  # the last empty claim was held open by the orchestrator (v1.3 long poll)
+        self._claim_note: str | None = None  # why the orchestrator gives no jobs (a quarantine), last said
         self.accepting = False  # model warm and the outbox flushed: claims may start
         self.out_reason: str | None = None  # why the slot went out (its GPU process failed for good)
         self._went_out = asyncio.Event()
@@ -236,7 +241,10 @@ class Slot:
             if not await self.jobs.room(1 if self.settings.BUFFER_PIPELINING else 0):
                 continue
             # A claim cut short (a signal, a report that started failing) may already have been granted:
-            # that job's lease runs out and the orchestrator hands it out again.
+            # that job's lease runs out and the orchestrator hands it out again (one that waited for a job sees
+            # the hang-up and puts the job back at once).
+            self._claim_waited = False
+            started = self._clock.now()
             job = await self._stopping.unless(self.jobs.unless_stalled(self._claim()))
             if job is not None:
                 await self._start(job)
@@ -245,16 +253,32 @@ class Slot:
             elif self.exit_when_idle and not self._stopping.is_set():
                 log.info("nothing queued; exiting (BUFFER_EXIT_WHEN_IDLE)")
                 break
-            else:
+            elif self._claim_waited:  # the orchestrator already waited for a job (v1.3): ask again at once
+                await self._stopping.unless(self._clock.sleep(MIN_CLAIM_INTERVAL_S - (self._clock.now() - started)))
+            else:  # an orchestrator that answers at once (v1.2, or one that waits no more): poll
                 await self._stopping.unless(self._clock.sleep(self.settings.CLAIM_POLL_S))
         return ExitCode.OK
 
     async def _claim(self) -> ClaimedJob | None:
         caps, poll_s, max_s = self.runner.capabilities(), self.settings.CLAIM_POLL_S, self.settings.RETRY_MAX_S
+        # A burst run that exits when idle must hear "nothing" at once; otherwise the claim may wait for a job.
+        wait_s = 0.0 if self.exit_when_idle else self.settings.CLAIM_WAIT_S
         request = ClaimRequest(
-            worker_id=self.worker_id, gpu_class=self.gpu_class, capabilities=caps, wants_attempt_secret=True
+            worker_id=self.worker_id,
+            gpu_class=self.gpu_class,
+            capabilities=caps,
+            wants_attempt_secret=True,
+            wait_s=wait_s,
         )
-        return await claim_next(self.client, request, poll_s=poll_s, max_s=max_s, clock=self._clock)
+        reply = await claim_next(self.client, request, poll_s=poll_s, max_s=max_s, clock=self._clock)
+        self._claim_waited = reply.waited
+        if reply.note != self._claim_note:  # a quarantine (or its end): said once, not at every claim
+            if reply.note:
+                log.warning("the orchestrator gives this worker no jobs", extra={"reason": reply.note})
+            elif reply.job is not None:
+                log.info("the orchestrator gives this worker jobs again")
+            self._claim_note = reply.note if reply.job is None else None
+        return reply.job
 
     # ------------------------------------------------------------ one job: the GPU's part here, the rest behind
 

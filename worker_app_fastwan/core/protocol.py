@@ -21,6 +21,10 @@ MAX_ATTEMPT = 1_000_000  # far above any orchestrator's attempts, and far below 
 # printable ASCII; 256 characters leave room for any token format and keep it far inside the 64 KiB body cap.
 MAX_SECRET_CHARS = 256
 AttemptSecret = Annotated[str, StringConstraints(pattern=r"^[!-~]+$", max_length=MAX_SECRET_CHARS)]
+# v1.3 long-poll claims: a claim's wait, and the 204's headers (how long the orchestrator waited; a quarantine).
+MAX_CLAIM_WAIT_S = 3600.0
+WAIT_HEADER = "X-Claim-Wait-S"
+QUARANTINE_HEADER = "X-Worker-Quarantined"
 # Steps, sizes, megabytes: far above any real value, and never an OverflowError where SQLite stores them.
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
@@ -95,6 +99,11 @@ class ClaimRequest(_Body):
     # v1.2: this worker proves it holds an attempt (it sends the claim's `attempt_secret` back with every status
     # and heartbeat), so the orchestrator may hand one out. Absent (a v1.1 worker): no secret is handed out.
     wants_attempt_secret: bool = False
+    # v1.3: when nothing fits, the orchestrator may hold the claim open up to this long and answer as soon as a
+    # job comes (a long poll). 0 (and a v1.2 worker's absent field): answer at once. The orchestrator waits at
+    # most its own bound and says how long it granted in the 204's `X-Claim-Wait-S`; an orchestrator without
+    # the header did not wait, and the worker sleeps CLAIM_POLL_S as before.
+    wait_s: float = Field(default=0.0, ge=0.0, le=MAX_CLAIM_WAIT_S, allow_inf_nan=False)
 
 
 class ClaimedJob(_Body):

@@ -71,6 +71,10 @@ class Settings(StorageSettings):
 
     HEARTBEAT_INTERVAL_S: float = Field(default=5.0, gt=0)
     CLAIM_POLL_S: float = Field(default=1.5, gt=0)
+    # Buffer mode: how long a claim asks the orchestrator to wait for a job when none is queued (protocol v1.3's
+    # long poll: the job starts the moment it is submitted). 0, or an orchestrator that does not wait: poll
+    # every CLAIM_POLL_S instead. Kept under the idle timeout of any proxy in between (often 60 s).
+    CLAIM_WAIT_S: float = Field(default=20.0, ge=0, le=300)
     PROGRESS_MIN_INTERVAL_S: float = Field(default=1.0, ge=0)
     JOB_TIMEOUT_S: float = Field(default=900.0, gt=0)
     DRAIN_TIMEOUT_S: float = Field(default=120.0, ge=0)

@@ -26,6 +26,8 @@ from tenacity import (
 )
 
 from worker_app_fastwan.core.protocol import (
+    QUARANTINE_HEADER,
+    WAIT_HEADER,
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
@@ -64,6 +66,17 @@ class OrchestratorRejected(OrchestratorError):
     def __init__(self, call: str, status_code: int, detail: str = "") -> None:
         self.status_code = status_code
         super().__init__(f"{call}: orchestrator answered HTTP {status_code}" + (f": {detail}" if detail else ""))
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    """A claim's answer: the job, or None with what the orchestrator said about it (v1.3): whether it held the
+    claim open waiting for a job (`waited`: claim again at once, no poll sleep), and why this worker got nothing
+    (`note`, e.g. a quarantine), if it said."""
+
+    job: ClaimedJob | None
+    waited: bool = False
+    note: str | None = None
 
 
 class HeartbeatFailed(OrchestratorError):
@@ -140,6 +153,7 @@ class OrchestratorClient:
         self.base_url = base_url.rstrip("/")
         self.shown_url = mask_userinfo(self.base_url)  # what logs and reprs show: never a user:password
         self.retry = RetryPolicy(initial_s=retry_initial_s, max_s=retry_max_s)
+        self._timeout_s = timeout_s
         self._quick = httpx.Timeout(quick_timeout_s)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers={API_KEY_HEADER: api_key}, timeout=timeout_s, transport=transport
@@ -172,12 +186,20 @@ class OrchestratorClient:
 
     async def claim(self, req: ClaimRequest, *, deadline_s: float | None = None) -> ClaimedJob | None:
         """The next job, or None when nothing is queued (204)."""
+        return (await self.claim_reply(req, deadline_s=deadline_s)).job
+
+    async def claim_reply(self, req: ClaimRequest, *, deadline_s: float | None = None) -> ClaimReply:
+        """The next job, or why not. A claim asking to wait (`wait_s`) gets that much longer to be answered."""
+        timeout = httpx.Timeout(self._timeout_s + req.wait_s) if req.wait_s > 0 else None
         response: httpx.Response = await self.retry.retrying("claim", deadline_s)(
-            self._post, "claim", "/internal/buffer/jobs/claim", req
+            self._post, "claim", "/internal/buffer/jobs/claim", req, timeout=timeout
         )
         if response.status_code == 204:
-            return None
-        return _parse(ClaimResponse, response, "claim").job
+            note = response.headers.get(QUARANTINE_HEADER)
+            return ClaimReply(
+                None, waited=_waited(response.headers.get(WAIT_HEADER)), note=note[:500] if note else None
+            )
+        return ClaimReply(_parse(ClaimResponse, response, "claim").job)
 
     async def heartbeat(self, worker_id: str, hb: HeartbeatRequest) -> HeartbeatResponse:
         """One quick attempt; raises `HeartbeatFailed` on any failure."""
@@ -234,6 +256,14 @@ class OrchestratorClient:
         if code in RETRYABLE_STATUSES or code >= 500:
             raise RetryableStatus(call, code)
         raise OrchestratorRejected(call, code)
+
+
+def _waited(header: str | None) -> bool:
+    """Whether a 204's `X-Claim-Wait-S` says the orchestrator held the claim (a v1.2 one sends none)."""
+    try:
+        return header is not None and float(header) > 0
+    except ValueError:
+        return False
 
 
 def _parse(model: type[_Body], response: httpx.Response, call: str) -> _Body:

@@ -12,7 +12,7 @@ from support.clock import FakeClock
 
 from worker_app_fastwan.buffer.claims import claim_next
 from worker_app_fastwan.core.protocol import ClaimedJob, ClaimRequest
-from worker_app_fastwan.orchestrator.client import OrchestratorRejected
+from worker_app_fastwan.orchestrator.client import ClaimReply, OrchestratorRejected
 
 pytestmark = pytest.mark.anyio
 POLL_S, MAX_S = 1.0, 10.0
@@ -29,15 +29,16 @@ class RefusingClient:
     def __init__(self, refusals: int, status: int = 403, job: ClaimedJob | None = None) -> None:
         self.refusals, self.status, self.job, self.calls = refusals, status, job, 0
 
-    async def claim(self, request: ClaimRequest) -> ClaimedJob | None:
+    async def claim_reply(self, request: ClaimRequest) -> ClaimReply:
         self.calls += 1
         if self.calls <= self.refusals:
             raise OrchestratorRejected("claim", self.status)
-        return self.job
+        return ClaimReply(self.job)
 
 
 async def _claim(client: Any, clock: FakeClock) -> ClaimedJob | None:
-    return await claim_next(client, ClaimRequest(worker_id="w-1"), poll_s=POLL_S, max_s=MAX_S, clock=clock)
+    reply = await claim_next(client, ClaimRequest(worker_id="w-1"), poll_s=POLL_S, max_s=MAX_S, clock=clock)
+    return reply.job
 
 
 async def test_refusals_back_off_exponentially_with_jitter_up_to_the_cap(caplog) -> None:

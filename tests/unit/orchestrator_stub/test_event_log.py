@@ -1,5 +1,5 @@
-"""The event log, webhook deliveries and the event hub in-process, on an injected clock (test_stub_events.py drives
-the same through a real stub over HTTP)."""
+"""The event log, webhook deliveries and the event hub in-process, on an injected clock, on SQLite and PostgreSQL
+(test_stub_events.py drives the same through a real stub over HTTP)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import asyncio
 import base64
 import json
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
+from support import legacy_db
+from support.databases import Databases
 
 from orchestrator_stub.db import Store
-from orchestrator_stub.db.schema import SCHEMA
 from orchestrator_stub.event_hub import EventHub
 from orchestrator_stub.settings import StubSettingsError, load_settings
 from orchestrator_stub.wakeup import Wakeup
@@ -35,8 +39,15 @@ class Clock:
         return self.now
 
 
-def make_store(tmp_path: Path, clock: Clock, **kwargs: Any) -> Store:
-    return Store(tmp_path / "stub.sqlite3", lease_seconds=30, max_attempts=2, clock=clock, **kwargs)
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
+
+@pytest.fixture
+def make_store(store_factory: Callable[..., Store]) -> Callable[..., Store]:
+    def make(clock: Clock, **kwargs: Any) -> Store:
+        return store_factory(lease_seconds=30, max_attempts=2, clock=clock, **kwargs)
+
+    return make
 
 
 def submit(store: Store, notify: tuple[str, ...] | None = None, url: str | None = None) -> str:
@@ -61,10 +72,10 @@ def kinds(store: Store, job_id: str) -> list[str]:
     return [e.type for e in store.events_after(0, 1000, job_id)]
 
 
-def test_every_change_is_one_event_in_order(tmp_path: Path) -> None:
+def test_every_change_is_one_event_in_order(make_store: Callable[..., Store]) -> None:
     clock = Clock()
     woken: list[str] = []
-    store = make_store(tmp_path, clock, on_event=lambda: woken.append("event"))
+    store = make_store(clock, on_event=lambda: woken.append("event"))
     job_id = submit(store)
     assert store.claim("w1", "gpu", Capabilities()) is not None
     assert store.apply_status(job_id, "w1", "running", None, None).value == "applied"
@@ -91,9 +102,9 @@ def test_every_change_is_one_event_in_order(tmp_path: Path) -> None:
     assert store.job_stream_start(job_id) == (True, events[-1].id, store.latest_event_id())
 
 
-def test_a_requeue_and_a_timeout_are_events_too(tmp_path: Path) -> None:
+def test_a_requeue_and_a_timeout_are_events_too(make_store: Callable[..., Store]) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock)
+    store = make_store(clock)
     job_id = submit(store)
     store.claim("w1", "gpu", Capabilities())
     clock.now += 31
@@ -106,9 +117,9 @@ def test_a_requeue_and_a_timeout_are_events_too(tmp_path: Path) -> None:
     assert requeued["requeued"] is True and requeued["last_error"]["code"] == "timeout"
 
 
-def test_webhooks_are_queued_only_for_the_events_a_job_asked_for(tmp_path: Path) -> None:
+def test_webhooks_are_queued_only_for_the_events_a_job_asked_for(make_store: Callable[..., Store]) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock, webhook_progress_s=5)
+    store = make_store(clock, webhook_progress_s=5)
     quiet, chatty = submit(store), submit(store, ALL)
     default = submit(store, url="http://hooks.example/d")
     for job_id in (quiet, chatty, default):
@@ -119,15 +130,16 @@ def test_webhooks_are_queued_only_for_the_events_a_job_asked_for(tmp_path: Path)
         store.apply_status(job_id, "w1", "failed", None, ERROR)
     due = store.due_webhooks(100, lease_s=60, max_attempts=5)
     assert {d.job_id for d in due} == {chatty, default}, "one due per job: its oldest"
-    chatty_types = [row[0] for row in store._read("SELECT type FROM webhook_deliveries WHERE job_id = ?", (chatty,))]
+    rows = store._rows("SELECT type FROM webhook_deliveries WHERE job_id = :j ORDER BY id", j=chatty)
+    chatty_types = [row["type"] for row in rows]
     assert chatty_types == ["job.started", "job.progress", "job.progress", "job.failed"]
     assert [d.type for d in due if d.job_id == default] == ["job.failed"]
     assert store.get_job(quiet)["webhook_state"] is None and store.get_job(default)["webhook_state"] == "pending"
 
 
-def test_a_jobs_webhooks_go_out_in_order_leased_and_once_each(tmp_path: Path) -> None:
+def test_a_jobs_webhooks_go_out_in_order_leased_and_once_each(make_store: Callable[..., Store]) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock, webhook_progress_s=0)
+    store = make_store(clock, webhook_progress_s=0)
     job_id = submit(store, ("job.started", "job.progress", "job.failed"))
     store.claim("w1", "gpu", Capabilities())
     report(store, job_id, 1)
@@ -171,12 +183,41 @@ def test_a_jobs_webhooks_go_out_in_order_leased_and_once_each(tmp_path: Path) ->
     ]
 
 
+@pytest.mark.backends("postgresql")
+def test_event_ids_become_visible_in_order_while_replicas_write_at_once(
+    store_factory: Callable[..., Store], databases: Databases
+) -> None:
+    url = databases.fresh()
+    replicas = [store_factory(database=url, lease_seconds=30, max_attempts=2) for _ in range(2)]
+    jobs = [submit(replicas[0]) for _ in range(8)]
+    for n in range(8):
+        assert replicas[0].claim(f"w{n}", "gpu", Capabilities()) is not None
+    stop, seen = threading.Event(), []
+
+    def follow() -> None:  # what a stream does: read past the last id it saw, again and again
+        cursor = 0
+        while True:
+            last_round = stop.is_set()
+            rows = replicas[1].events_after(cursor, 1000)
+            seen.extend(row.id for row in rows)
+            cursor = rows[-1].id if rows else cursor
+            if last_round and not rows:
+                return
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    with ThreadPoolExecutor(8) as pool:  # eight workers report at once, through both replicas
+        list(pool.map(lambda n: [report(replicas[n % 2], jobs[n], s, worker=f"w{n}") for s in range(1, 11)], range(8)))
+    stop.set()
+    reader.join(30)
+    written = [e.id for e in replicas[0].events_after(0, 10_000)]
+    assert len(written) == 8 * 12 and seen == written, "a follower skipped an event committed after a later one"
+
+
 def test_a_restart_makes_pending_webhooks_due_and_migrates_old_pending_ones(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    old_schema = SCHEMA.split("-- The event log")[0].replace("    notify_events TEXT,\n", "")
-    old_schema = old_schema.replace(",\n    delivery_id INTEGER,\n    type TEXT\n", "\n")
-    with sqlite3.connect(path) as db:  # a stub from before the event log: a final job whose webhook is pending
-        db.executescript(old_schema)
+    legacy_db.make(path)  # a stub from before the event log: a final job whose webhook is pending
+    with sqlite3.connect(path) as db:
         db.execute(
             "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, stage, notify_url, error,"
             " webhook_state, created_at, updated_at, completed_at)"
@@ -199,9 +240,9 @@ def test_a_restart_makes_pending_webhooks_due_and_migrates_old_pending_ones(tmp_
     assert [d.delivery_id for d in store.due_webhooks(10, lease_s=60, max_attempts=5)] == [due.delivery_id]
 
 
-def test_old_events_are_pruned_but_each_final_one_kept(tmp_path: Path) -> None:
+def test_old_events_are_pruned_but_each_final_one_kept(make_store: Callable[..., Store]) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock)
+    store = make_store(clock)
     old, running = submit(store), submit(store)
     store.claim("w1", "gpu", Capabilities())
     report(store, old, 1)
@@ -222,12 +263,12 @@ async def until(check: Any) -> None:
     raise AssertionError("timed out")
 
 
-def test_the_hub_reads_once_and_streams_catch_up_from_the_store(tmp_path: Path) -> None:
+def test_the_hub_reads_once_and_streams_catch_up_from_the_store(make_store: Callable[..., Store]) -> None:
     async def scenario() -> None:
         clock = Clock()
         wakeup = Wakeup()
         wakeup.bind(asyncio.get_running_loop())
-        store = make_store(tmp_path, clock, on_event=wakeup.set)
+        store = make_store(clock, on_event=wakeup.set)
         early = submit(store)  # before the hub starts: only the store has it
         hub = EventHub(store, wakeup, poll_s=30, ring_events=4)
         task = asyncio.create_task(hub.run())

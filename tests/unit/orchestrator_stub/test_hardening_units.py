@@ -7,15 +7,16 @@ import io
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from support import legacy_db
 
 from orchestrator_stub.app import create_app
 from orchestrator_stub.db import Store, UnencodableText
-from orchestrator_stub.db.schema import SCHEMA
 from orchestrator_stub.image_check import trailing_bytes
 from orchestrator_stub.results import StorageOrigins
 from orchestrator_stub.settings import load_settings
@@ -105,20 +106,25 @@ def test_storage_origins_match_scheme_host_and_port(url: str, allowed: bool) -> 
     assert StorageOrigins(("http://stub:8080", "https://*.backblazeb2.com")).allows(url) is allowed
 
 
-def test_the_store_refuses_text_it_cannot_encode(tmp_path: Path) -> None:
-    store = Store(tmp_path / "stub.sqlite3", lease_seconds=30, max_attempts=3)
+@pytest.mark.backends("sqlite", "postgresql")
+def test_the_store_refuses_text_it_cannot_encode(store_factory: Callable[..., Store]) -> None:
+    store = store_factory(lease_seconds=30, max_attempts=3)
     bad = JobInput.model_construct(**(JobInput(prompt="x").model_dump() | {"prompt": "a fox \ud800"}))
     with pytest.raises(UnencodableText):
         store.create_job(bad, notify_url=None, idempotency_key=None, fingerprint="f")
     with pytest.raises(UnencodableText):
         store.create_job(JobInput(prompt="x"), notify_url="https://x/\udfff", idempotency_key=None, fingerprint="f")
+    # PostgreSQL's text takes no NUL (SQLite's would): refused on both, so a request cannot fail on one only.
+    with pytest.raises(UnencodableText):
+        store.create_job(JobInput(prompt="x"), notify_url="https://x/\x00", idempotency_key=None, fingerprint="f")
+    with pytest.raises(UnencodableText):
+        store.claim("w1", "gpu\x00class", Capabilities())
     assert store.counts()["queued"] == 0
 
 
 def test_a_database_from_before_attempt_secrets_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
+    path = legacy_db.make(tmp_path / "old.sqlite3", legacy_db.before_attempt_secrets())
     with sqlite3.connect(path) as db:  # the schema as it was, without the v1.2 column
-        db.executescript(SCHEMA.replace("    attempt_secret_hash TEXT,\n", ""))
         db.execute(
             "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, stage, created_at, updated_at)"
             " VALUES ('old-job', 'queued', ?, 't2v', 1280, 704, 121, 'queued', 1, 1)",

@@ -1,9 +1,12 @@
-"""The stub's leases in-process, on an injected clock: no sleeps, every boundary exact. (test_stub_leases.py
-drives the same rules through a real stub process over HTTP.)"""
+"""The stub's leases in-process, on an injected clock: no sleeps, every boundary exact, on SQLite and on
+PostgreSQL. (test_stub_leases.py drives the same rules through a real stub process over HTTP.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from orchestrator_stub.db import Store
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest
@@ -18,8 +21,12 @@ class Clock:
         return self.now
 
 
-def store(tmp_path: Path, clock: Clock, max_attempts: int = 2) -> Store:
-    return Store(tmp_path / "stub.sqlite3", lease_seconds=30, max_attempts=max_attempts, clock=clock)
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+StoreFactory = Callable[..., Any]
+
+
+def store(factory: StoreFactory, clock: Clock, max_attempts: int = 2) -> Store:
+    return factory(lease_seconds=30, max_attempts=max_attempts, clock=clock)  # type: ignore[no-any-return]
 
 
 def submit(s: Store) -> str:
@@ -28,9 +35,9 @@ def submit(s: Store) -> str:
     return job_id
 
 
-def test_a_lease_holds_until_it_runs_out_then_the_job_is_requeued(tmp_path: Path) -> None:
+def test_a_lease_holds_until_it_runs_out_then_the_job_is_requeued(store_factory: StoreFactory) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = store(store_factory, clock)
     job_id = submit(s)
     assert (claimed := s.claim("w1", "gpu", Capabilities())) is not None and claimed.job_id == job_id
 
@@ -46,9 +53,9 @@ def test_a_lease_holds_until_it_runs_out_then_the_job_is_requeued(tmp_path: Path
     assert again is not None and (again.job_id, again.attempt) == (job_id, 2)
 
 
-def test_a_heartbeat_naming_the_job_renews_its_lease(tmp_path: Path) -> None:
+def test_a_heartbeat_naming_the_job_renews_its_lease(store_factory: StoreFactory) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = store(store_factory, clock)
     job_id = submit(s)
     s.claim("w1", "gpu", Capabilities())
 
@@ -59,9 +66,9 @@ def test_a_heartbeat_naming_the_job_renews_its_lease(tmp_path: Path) -> None:
     assert s.get_job(job_id)["status"] == "claimed"
 
 
-def test_the_last_attempt_running_out_times_the_job_out(tmp_path: Path) -> None:
+def test_the_last_attempt_running_out_times_the_job_out(store_factory: StoreFactory) -> None:
     clock = Clock()
-    s = store(tmp_path, clock, max_attempts=1)
+    s = store(store_factory, clock, max_attempts=1)
     job_id = submit(s)
     s.claim("w1", "gpu", Capabilities())
 

@@ -6,19 +6,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from support import legacy_db
+from support.databases import Databases
 
 from orchestrator_stub.db import Store
-from orchestrator_stub.db.schema import SCHEMA
 from orchestrator_stub.settings import StubSettingsError, load_settings
 from worker_app_fastwan.core.schema import JobInput
 
 
 def test_a_database_from_before_output_targets_opens_and_gains_the_table(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    before = SCHEMA.split("-- v1.2 output targets")[0]
+    before = legacy_db.before_output_targets()
     assert "output_targets" not in before
+    path = legacy_db.make(tmp_path / "old.sqlite3", before)
     with sqlite3.connect(path) as db:
-        db.executescript(before)
         db.execute(
             "INSERT INTO jobs (job_id, status, input, mode, width, height, num_frames, created_at, updated_at)"
             " VALUES ('old-job', 'queued', '{\"prompt\": \"x\"}', 't2v', 256, 256, 9, 1, 1)"
@@ -36,8 +36,9 @@ def test_a_database_from_before_output_targets_opens_and_gains_the_table(tmp_pat
         store.close()
 
 
-def test_a_new_job_and_its_target_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "stub.sqlite3"
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_new_job_and_its_target_survive_reopening(databases: Databases) -> None:
+    path = databases.fresh()
     store = Store(path, lease_seconds=30, max_attempts=3)
     job_id, _ = store.create_job(JobInput(prompt="p"), notify_url=None, idempotency_key=None, fingerprint="f")
     store.add_output_target(job_id, 1, f"videos/{job_id}/a1-y.mp4", None, 1.0)
