@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 # rewrites it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test test-postgresql demo studio bench lint lock container-test clean
+.PHONY: setup test test-postgresql demo studio bench quality train-miniature lint lock container-test clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,15 @@ studio: setup
 
 bench: setup
 	$(PY) bench/cpu_bench.py
+
+# Does the generation path still make the video the prompt asks for? The miniature model over its whole world
+# (docs/miniature.md): an accuracy table, exit 1 below the issue's bar. 2-8 minutes on 2 cores.
+quality: setup
+	nice $(PY) bench/miniature_eval.py
+
+# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 2,200 CPU-seconds).
+train-miniature: setup
+	nice $(PY) -m worker_app_fastwan.miniature.train
 
 # The chaos runs (RELIABILITY.md), niced so they yield to interactive work: about 10 minutes each on 2 cores,
 # the stub on SQLite, then on PostgreSQL as two replicas behind the proxy (one killed and restarted).

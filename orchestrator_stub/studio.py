@@ -1,9 +1,9 @@
 """`make studio` (`python -m orchestrator_stub.studio`): the page with a real worker on this machine, no GPU.
 
 Starts the orchestrator stub and one buffer-mode worker with the tiny model (the real diffusers Wan classes,
-random weights: the videos are noise, the path is production's) and local storage, prints the page's URL,
-and runs until Ctrl-C (SIGINT) or SIGTERM; then it stops the worker (it finishes or hands back its job and
-reports) and the stub, each with SIGTERM, and exits 0 when both stopped cleanly.
+the miniature FastWan trained here: videos of its synthetic world, the path is production's) and local
+storage, prints the page's URL, and runs until Ctrl-C (SIGINT) or SIGTERM; then it stops the worker (it
+finishes or hands back its job and reports) and the stub, each with SIGTERM, and exits 0 when both stopped cleanly.
 
 Jobs, videos and uploads stay in the folder (`.studio/` by default) from one run to the next. The worker
 downloads uploaded images from the stub's own origin without ALLOW_PRIVATE_IMAGE_URLS, as on a real box.

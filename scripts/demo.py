@@ -1,9 +1,11 @@
 """`make demo` (`python scripts/demo.py`): the whole buffer-mode path on this machine, no GPU.
 
 Starts the orchestrator stub (SQLite in .demo/, a random INTERNAL_API_KEY, a free loopback port), a
-buffer-mode worker with the tiny model and local storage, and a loopback server for the input image;
-submits a text-to-video and an image-to-video job through the stub's public API, shows their progress,
-prints where the MP4s are, then stops both processes with SIGTERM. Exits non-zero if anything failed.
+buffer-mode worker with the tiny model (the miniature FastWan trained on its synthetic world) and local
+storage, and a loopback server for the input image; submits a text-to-video and an image-to-video job
+through the stub's public API, shows what each asked for and its progress, prints where the MP4s are and
+saves a contact sheet (a PNG strip of frames) beside each, with what the frames show measured against the
+prompt, then stops both processes with SIGTERM. Exits non-zero if anything failed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from typing import Any
 import httpx
 
 DEMO_DIR = Path(".demo")
-JOB = {"width": 512, "height": 288, "num_frames": 25, "fps": 12, "num_inference_steps": 3}
+# The miniature's world at the size it was trained at (docs/miniature.md).
+JOB = {"width": 128, "height": 128, "num_frames": 17, "fps": 8, "num_inference_steps": 3}
+T2V_PROMPT = "a red circle moving right"
+I2V_PROMPT = "a yellow circle moving up"
+I2V_IMAGE_SEED = 3  # where the input image puts the yellow circle
 DEADLINE_S = 300.0
 POLL_S = 0.25
 
@@ -91,7 +97,10 @@ def run_demo(root: Path, image_url: str, procs: list[Proc]) -> None:
         print(f"orchestrator stub on {base} (database {root / 'stub.sqlite3'})")
         procs.append(start_worker(root, key, base))
         print("buffer worker starting (loads the tiny model in its GPU process)…")
-        job_ids = {mode: submit(http, job) for mode, job in demo_jobs(image_url).items()}
+        jobs = demo_jobs(image_url)
+        for mode, job in jobs.items():
+            show_request(mode, job)
+        job_ids = {mode: submit(http, job) for mode, job in jobs.items()}
         views = follow(http, job_ids, procs[1])
     report(views)
     stop_all(procs)
@@ -99,9 +108,17 @@ def run_demo(root: Path, image_url: str, procs: list[Proc]) -> None:
 
 def demo_jobs(image_url: str) -> dict[str, dict[str, Any]]:
     return {
-        "t2v": {**JOB, "prompt": "a lighthouse on a cliff at dusk, waves below", "seed": 7},
-        "i2v": {**JOB, "prompt": "the colours drift slowly across the frame", "seed": 8, "image_url": image_url},
+        "t2v": {**JOB, "prompt": T2V_PROMPT, "seed": 7},
+        "i2v": {**JOB, "prompt": I2V_PROMPT, "seed": 8, "image_url": image_url},
     }
+
+
+def show_request(mode: str, job: dict[str, Any]) -> None:
+    image = f", starting from {job['image_url']}" if job.get("image_url") else ""
+    print(
+        f"  [{mode}] asked for {job['prompt']!r}: {job['width']}x{job['height']}, {job['num_frames']} frames "
+        f"@ {job['fps']} fps, seed {job['seed']}{image}"
+    )
 
 
 def start_stub(root: Path, key: str, port: int) -> Proc:
@@ -182,11 +199,31 @@ def report(views: dict[str, dict[str, Any]]) -> None:
         frames = count_frames(path)
         if frames != result["num_frames"]:
             raise DemoFailed(f"{path} has {frames} frames, the result says {result['num_frames']}")
+        sheet, shows = contact_sheet_and_reading(path, view["input"]["prompt"])
         print(
             f"  {mode}: {path}\n       {path.stat().st_size:,} bytes, {frames} frames, "
             f"{result['width']}x{result['height']} @ {result['fps']} fps, seed {result['seed']}, "
-            f"{result['timings']['total_s']:.1f}s in the worker"
+            f"{result['timings']['total_s']:.1f}s in the worker\n"
+            f"       contact sheet {sheet}\n       {shows}"
         )
+
+
+def contact_sheet_and_reading(path: Path, prompt: str) -> tuple[Path, str]:
+    """The strip of frames beside the MP4, and what its frames show against what the prompt asked."""
+    from worker_app_fastwan.miniature.measure import measure
+    from worker_app_fastwan.miniature.sheet import contact_sheet, read_frames
+    from worker_app_fastwan.miniature.world import parse_prompt
+
+    frames = read_frames(path)
+    sheet = path.with_suffix(".png")
+    contact_sheet(frames).save(sheet, optimize=True)
+    found = measure(frames)
+    spec = parse_prompt(prompt)
+    seen = f"shows a {found.colour} {found.shape}, {found.motion}" if found.colour else "shows no object"
+    if spec is None:
+        return sheet, seen
+    wrong = [name for name, right in found.verdict(spec).items() if not right]
+    return sheet, f"{seen}: {'as asked' if not wrong else 'NOT as asked (' + ', '.join(wrong) + ')'}"
 
 
 def count_frames(path: Path) -> int:
@@ -261,15 +298,16 @@ def image_server() -> Iterator[str]:
         server.server_close()
 
 
-def demo_png(width: int = 512, height: int = 288) -> bytes:
-    """Two crossing colour gradients: enough structure for the video to visibly start from it."""
+def demo_png() -> bytes:
+    """A first frame of the miniature's world: the yellow circle the image-to-video prompt moves up."""
     from PIL import Image
 
-    size = (width, height)
-    across = Image.linear_gradient("L").rotate(90).resize(size)
-    down = Image.linear_gradient("L").resize(size)
+    from worker_app_fastwan.miniature.world import first_frame, parse_prompt
+
+    spec = parse_prompt(I2V_PROMPT)
+    assert spec is not None
     buf = io.BytesIO()
-    Image.merge("RGB", (across, down, Image.new("L", size, 96))).save(buf, "PNG")
+    Image.fromarray(first_frame(spec, JOB["width"], JOB["height"], seed=I2V_IMAGE_SEED)).save(buf, "PNG")
     return buf.getvalue()
 
 

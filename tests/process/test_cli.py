@@ -24,7 +24,7 @@ from worker_app_fastwan.core.exit_codes import ExitCode
 from worker_app_fastwan.core.settings import DEFAULT_MODEL_ID
 
 COLUMNS = 400  # wide enough that no logical line wraps: a line counted is a line printed
-SMALL = ("--width", "256", "--height", "256", "--frames", "9", "--fps", "8")
+SMALL = ("--width", "128", "--height", "128", "--frames", "9", "--fps", "8")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 STAGES = ("loading the model", "encoding the prompt", "denoising", "decoding", "encoding the video", "writing the file")
 
@@ -110,11 +110,11 @@ def test_generate_in_a_terminal_shows_progress_stages_steps_and_a_summary(tmp_pa
     summary = "\n".join(screen_lines(raw)[-5:])
     assert re.search(rf"video\s+fox\.mp4\s+\({re.escape(size)}\)", summary), summary
     assert re.search(r"duration\s+1\.12 s\s+\(9 frames ÷ 8 fps\)", summary), summary
-    assert re.search(r"resolution\s+256×256", summary) and re.search(r"seed\s+4\b", summary), summary
+    assert re.search(r"resolution\s+128×128", summary) and re.search(r"seed\s+4\b", summary), summary
     assert re.search(r"timings\s+model load [\d.]+ s · generation [\d.]+ s · encode", summary), summary
     assert "torchvision" not in plain  # the image processor's notice is filtered at its source logger
     frames, _ = read_video(out)
-    assert frames.shape == (9, 256, 256, 3)
+    assert frames.shape == (9, 128, 128, 3)
 
 
 def test_json_flag_puts_the_outcome_on_stdout_in_a_terminal_too(tmp_path):
@@ -171,7 +171,7 @@ def test_generate_piped_is_json_lines_and_the_result_on_stdout(tmp_path):
     assert (result["mode"], result["seed"], result["num_frames"]) == ("i2v", 8, 13)
     assert result["video_url"] == out.resolve().as_uri() and result["bytes"] == out.stat().st_size
     frames, meta = read_video(out)
-    assert frames.shape == (13, 256, 256, 3) and meta["fps"] == 10
+    assert frames.shape == (13, 128, 128, 3) and meta["fps"] == 10
 
 
 def test_generation_failure_piped_is_exit_1_with_the_error_on_stdout(tmp_path):

@@ -13,7 +13,7 @@ from support.procs import WorkerProcess, wait_final, wait_health
 from support.stubs import free_port
 from support.video import read_video
 
-SMALL = {"width": 256, "height": 256, "num_frames": 9}
+SMALL = {"width": 128, "height": 128, "num_frames": 9}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_a_job_is_generated_and_its_result_stored(dispatched):
     result = view["result"]
     assert result["job_id"] == view["job_id"] and result["seed"] == 5
     frames, _ = read_video(Path(result["video_url"].removeprefix("file://")))
-    assert frames.shape == (9, 256, 256, 3)
+    assert frames.shape == (9, 128, 128, 3)
 
 
 def test_a_422_from_the_worker_is_final_after_one_attempt(dispatched):

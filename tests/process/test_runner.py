@@ -22,7 +22,7 @@ from worker_app_fastwan.gpu_child.handle import ChildState
 from worker_app_fastwan.job.runner import Busy, build_runner
 from worker_app_fastwan.job.storage import LocalStorage
 
-SMALL = {"width": 256, "height": 256, "num_frames": 9}
+SMALL = {"width": 128, "height": 128, "num_frames": 9}
 # The tiny model's pacing (pipelines/tiny.py): each denoising step lasts a second more, as on a GPU, so a job
 # can be cancelled or time out mid-job without keeping the CPU busy.
 PACED = "[tiny:pace=1]"
@@ -66,7 +66,7 @@ async def test_t2v_job_result_matches_the_stored_video(runner):
     assert result.bytes == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
     assert (result.seed, result.mode, result.num_frames) == (4, "t2v", 9)
     frames, _ = read_video(path)
-    assert frames.shape == (9, 256, 256, 3)
+    assert frames.shape == (9, 128, 128, 3)
     assert result.timings.inference_s > 0 and result.timings.total_s >= result.timings.inference_s
     stages = [s for s, _ in seen]
     assert (

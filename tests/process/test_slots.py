@@ -27,7 +27,7 @@ from support.slots import DelayedUploadWorker, StatusProxy
 from support.stubs import StubProcess, wait_for
 
 # About a second or two of generation per job on 2 idle cores.
-JOB = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 2}
+JOB = {"width": 128, "height": 128, "num_frames": 9, "num_inference_steps": 2}
 UPLOAD_DELAY_S = 3.0
 LEASE_S = 2.5  # shorter than an upload: only the heartbeat's job_ids keep the uploading job's lease
 

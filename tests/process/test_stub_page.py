@@ -65,7 +65,7 @@ def test_form_limits_are_the_apis_own(page_stub: StubProcess) -> None:
     model = JobInput.model_fields
     assert fields["width"]["default"] == model["width"].default
     assert fields["num_frames"]["default"] == model["num_frames"].default
-    assert (fields["width"]["min"], fields["width"]["max"], fields["width"]["step"]) == (256, 1280, 32)
+    assert (fields["width"]["min"], fields["width"]["max"], fields["width"]["step"]) == (128, 1280, 32)
     assert fields["num_frames"]["step"] == 4
     steps = fields["num_inference_steps"]
     for value, ok in ((steps["min"], True), (steps["max"], True), (steps["max"] + 1, False)):

@@ -23,6 +23,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "orchestrator": {"core"},  # the orchestrator's client and progress reports
     "pipelines": {"core", "model"},  # never gpu_child: the backends know nothing of the process they run in
     "gpu_child": {"core", "model", "pipelines"},
+    # the miniature's world, measurements and training: for tests, benchmarks and scripts only. The tiny
+    # backend reads its weights folder, never its code, so no process of the worker imports it.
+    "miniature": {"core", "pipelines"},
     "job": {"core", "edge", "model", "gpu_child"},
     "buffer": {"core", "orchestrator", "job"},
     "queue_mode": {"core", "edge", "orchestrator", "job"},

@@ -29,6 +29,8 @@ MAX_LINES = 450
 REVIEWED = {
     "worker_app_fastwan/job/runner.py": "one job path (validate, image, GPU child, upload) and the factory that "
     "builds it with its GPU process; its helpers already live in job/result.py, job/image.py, job/capacity.py",
+    "worker_app_fastwan/miniature/train.py": "one training run, its three stages in the order they run (VAE, "
+    "latents, denoiser) and the plan that drives them; the run's record already lives in miniature/record.py",
 }
 
 

@@ -109,9 +109,9 @@ def cheap(case: Any) -> Any:
     body = case.body
     if isinstance(body, dict):
         for field in ("width", "height"):
-            value = body.get(field, 256)
-            if type(value) is int and 256 <= value <= 1280 and value % 32 == 0:
-                body[field] = 256
+            value = body.get(field, 128)
+            if type(value) is int and 128 <= value <= 1280 and value % 32 == 0:
+                body[field] = 128
         frames = body.get("num_frames", 5)
         if type(frames) is int and 5 <= frames <= 241 and (frames - 1) % 4 == 0:
             body["num_frames"] = 5

@@ -34,7 +34,9 @@ JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 WorkerId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 MAX_PROMPT_CHARS = 4000
-MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 1280, 32
+# 128: the miniature model's world is 128x128 and up (docs/miniature.md); a GPU deployment may still refuse
+# smaller jobs than it serves well (docs/protocol.md).
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 128, 1280, 32
 MIN_FRAMES, MAX_FRAMES = 5, 241
 MAX_SEED = 2**63
 # FastWan was distilled for exactly 3 DMD steps ([1000, 757, 522]); 1-2 run a prefix of that schedule.

@@ -145,7 +145,7 @@ def model_check(settings: Settings) -> Check:
     from worker_app_fastwan.model.fetch import cached_snapshot, hub_offline, model_dir_problem
 
     if settings.PIPELINE_BACKEND == "tiny":
-        return skip("model", "PIPELINE_BACKEND=tiny builds its random-weight model in memory: no weights needed")
+        return skip("model", "PIPELINE_BACKEND=tiny loads the miniature shipped in the package: nothing to download")
     if settings.MODEL_PATH is not None:
         path = Path(settings.MODEL_PATH).expanduser()
         problem = model_dir_problem(path)

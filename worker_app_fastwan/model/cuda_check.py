@@ -27,6 +27,6 @@ def require_cuda(settings: Settings) -> None:
     )
     raise ModelUnavailable(
         f"no CUDA device: {why}; the {settings.PIPELINE_BACKEND} backend would run the 5B model on the CPU "
-        "for hours per video. To try the code path use PIPELINE_BACKEND=tiny (tiny random weights, seconds); "
+        "for hours per video. To try the code path use PIPELINE_BACKEND=tiny (a miniature trained here, seconds); "
         "to insist on the CPU set ALLOW_CPU_INFERENCE=true"
     )

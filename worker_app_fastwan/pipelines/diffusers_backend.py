@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
+from transformers.utils import logging as transformers_logging
 
 from worker_app_fastwan.core.devices import DeviceInfo
 from worker_app_fastwan.core.schema import JobInput
@@ -65,6 +66,9 @@ def set_vae_precision(vae: torch.nn.Module, encoder: torch.dtype, decoder: torch
 
 def load_parts(source: str | Path, precision: Precision) -> WanParts:
     """The four components from a diffusers-format folder (the real loading code, also run on the tiny model)."""
+    # transformers draws a "Loading weights" bar on stderr, which is JSON lines when the CLI is piped and has a
+    # display of its own in a terminal: the process that loads is the GPU child, where no bar belongs.
+    transformers_logging.disable_progress_bar()
     vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=precision.vae_encoder).eval()
     set_vae_precision(vae, precision.vae_encoder, precision.vae_decoder)
     return WanParts(

@@ -1,7 +1,9 @@
-"""The `tiny` backend: diffusers' real Wan 2.2 TI2V classes with tiny random weights, built in-process.
+"""The `tiny` backend: the miniature FastWan trained here (worker_app_fastwan/miniature), on the CPU.
 
-Same pipeline, scheduler, VAE round trip and image conditioning as production, on CPU in under a second
-for the smallest job; what tests, CI and `make demo` run. Not a mock: only the sizes differ.
+The same diffusers Wan 2.2 TI2V classes as production, narrower, with weights trained on a synthetic world
+(one coloured square or circle on a dark background, moving as the prompt says: `a red square moving
+left`; docs/miniature.md). Loaded by the production loader and sampled by the production path, so its
+videos show whether that path still makes what the prompt asks for. What tests, CI and `make demo` run.
 
 Test faults: a prompt containing `[tiny:oom]` raises the same `torch.OutOfMemoryError` CUDA raises, and
 `[tiny:crash]` kills the GPU process, so the worker's recovery paths can be exercised without a GPU.
@@ -13,96 +15,37 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
-from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from worker_app_fastwan.core.devices import DeviceInfo
 from worker_app_fastwan.core.schema import JobInput, Stage
 from worker_app_fastwan.pipelines.base import Backend, Generation, ProgressCallback
+from worker_app_fastwan.pipelines.diffusers_backend import Precision, load_parts
 from worker_app_fastwan.pipelines.wan import WanGenerator, WanParts
 
-WEIGHTS_SEED = 0
+# The shipped weights. A folder, not an import: the miniature package (its world, measurements and training)
+# sits above the pipelines and is only for tests, benchmarks and the training script.
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "miniature" / "weights"
+MODEL_NAME = "fastwan-miniature"
 OOM_TOKEN, CRASH_TOKEN = "[tiny:oom]", "[tiny:crash]"
 CRASH_EXIT_CODE = 86
 PACE = re.compile(r"\[tiny:pace=(\d{1,2}(?:\.\d{1,3})?)\]")  # at most 99.999 s a step
 
 
-def _tokenizer() -> T5Tokenizer:
-    # A Unigram vocabulary built in memory: letters and digits, no download. extra_ids=0, else 100
-    # sentinel tokens are added and the ids outgrow the encoder's vocabulary.
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -0.5)]
-    pieces += [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
-def build_tiny_parts() -> WanParts:
-    """Deterministic tiny weights (same every time), the published configs scaled down."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHTS_SEED)
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=48,
-            in_channels=12,
-            out_channels=12,
-            is_residual=True,
-            patch_size=2,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            scale_factor_spatial=16,
-            scale_factor_temporal=4,
-            temperal_downsample=[False, True, True],
-            latents_mean=[0.0] * 48,
-            latents_std=[1.0] * 48,
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=48,
-            out_channels=48,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,  # 64 > 1280 / 32 patches
-        )
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=64,
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=16,
-                feed_forward_proj="gated-gelu",
-            )
-        )
-    parts = WanParts(tokenizer=_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae)
-    for module in (parts.text_encoder, parts.transformer, parts.vae):
-        module.eval()
-    return parts
+def load_miniature(folder: Path = WEIGHTS_DIR) -> WanParts:
+    """The miniature's weights through the production loader, float32 on the CPU."""
+    f32 = torch.float32
+    return load_parts(folder, Precision(f32, f32, f32, f32))
 
 
 def save_tiny_model(folder: Path) -> Path:
-    """Write the tiny model in the diffusers folder layout, so the real loading code can be tested."""
-    from worker_app_fastwan.pipelines.dmd import make_scheduler
-
-    parts = build_tiny_parts()
-    parts.transformer.save_pretrained(folder / "transformer")
-    parts.vae.save_pretrained(folder / "vae")
-    parts.text_encoder.save_pretrained(folder / "text_encoder")
-    parts.tokenizer.save_pretrained(folder / "tokenizer")
-    make_scheduler().save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text('{"_class_name": "WanPipeline", "_diffusers_version": "0.42.1"}\n')
+    """A copy of the shipped folder, for tests of the loading code on a folder of their own."""
+    shutil.copytree(WEIGHTS_DIR, folder)
     return folder
 
 
@@ -113,7 +56,14 @@ class TinyBackend(Backend):
         self.generator: WanGenerator | None = None
 
     def load(self) -> None:
-        self.generator = WanGenerator(build_tiny_parts(), torch.device("cpu"))
+        self.generator = WanGenerator(load_miniature(), torch.device("cpu"))
+
+    def warmup(self) -> None:
+        """One small job (the world's smallest size, one step): every test worker starts with it, and the path
+        is the same at any size."""
+        job = JobInput(prompt="warm-up", width=128, height=128, num_frames=5, num_inference_steps=1, seed=0)
+        for _ in self.generate(job, None, lambda *_: None).frames:
+            pass
 
     def generate(self, job: JobInput, image: Image.Image | None, progress: ProgressCallback) -> Generation:
         assert self.generator is not None, "load() first"
@@ -123,10 +73,13 @@ class TinyBackend(Backend):
             os._exit(CRASH_EXIT_CODE)
         if pace := PACE.search(job.prompt):
             progress = _paced(progress, float(pace.group(1)))
+            # The token is an instruction to this backend, not part of what the model is asked to draw: a
+            # paced job makes the video its prompt without the token makes (the tests judge what it shows).
+            job = job.model_copy(update={"prompt": PACE.sub("", job.prompt).strip()})
         return self.generator.generate(job, image, progress)
 
     def device_info(self) -> DeviceInfo:
-        return DeviceInfo(backend=self.name, model="tiny-random-wan2.2-ti2v", device="cpu", name="cpu")
+        return DeviceInfo(backend=self.name, model=MODEL_NAME, device="cpu", name="cpu")
 
 
 def _paced(progress: ProgressCallback, step_s: float) -> ProgressCallback:

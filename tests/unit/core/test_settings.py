@@ -16,7 +16,7 @@ BAD_FIELDS = [
     ({"prompt": "a", "image_url": "ftp://host/x.png"}, "image_url"),
     ({"prompt": "a", "image_url": "not a url"}, "image_url"),
     ({"prompt": "a", "width": 500}, "width"),
-    ({"prompt": "a", "width": 224}, "width"),
+    ({"prompt": "a", "width": 96}, "width"),
     ({"prompt": "a", "height": 1312}, "height"),
     ({"prompt": "a", "num_frames": 8}, "num_frames"),
     ({"prompt": "a", "num_frames": 1}, "num_frames"),

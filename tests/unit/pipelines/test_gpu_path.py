@@ -1,6 +1,6 @@
 """The GPU path's placement, precision, hooks, attention choice and compilation, checked on the CPU.
 
-The real diffusers modules with tiny random weights, loaded through the production loading code; only the
+The real diffusers modules with the miniature's trained weights, loaded through the production loading code; only the
 device differs. Where a GPU would move weights, the test records where each component was sent.
 """
 
