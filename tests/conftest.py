@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # process (this one and every worker, GPU child or CLI it starts) keeps them from fighting over the cores,
     # where OpenMP's waiting threads would spin. A test that needs another count sets its own.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A run started in the background by a non-interactive shell (`make test &`, some CI agents) inherits
+    # SIGINT ignored, and so would every process a test starts: the Ctrl-C tests (the CLI's exit 130, the
+    # entrypoint's forwarding) would then fail though the product is right (it keeps an inherited SIG_IGN,
+    # as a background job should). A handler here is reset to the default in each child at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if missing := [name for name in LONGEST_FIRST if name != TORCH_GROUP and not (HERE / name).is_file()]:
         raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that are gone: {missing}")
 
