@@ -12,12 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.b2 import new_api
+from support.b2 import doctor_b2_settings, new_api
 from support.http_servers import free_port
 from support.stubs import API_KEY, REPO, StubProcess
 
 from worker_app_fastwan.core.exit_codes import ExitCode
-from worker_app_fastwan.core.settings import load_settings
 from worker_app_fastwan.doctor import run_doctor
 from worker_app_fastwan.doctor.report import Status
 from worker_app_fastwan.model.fetch import REQUIRED_SUBFOLDERS
@@ -147,22 +146,9 @@ def test_entrypoint_runs_doctor(tmp_path):
 # ---- the whole check run in this process (the CUDA probe is still a process of its own) ---------------
 
 
-def _b2_settings(tmp_path, key_id: str, key: str, bucket: str = "videos-bucket"):
-    return load_settings(
-        env_file=None,
-        STORAGE_BACKEND="b2",
-        B2_KEY_ID=key_id,
-        B2_APP_KEY=key,
-        B2_BUCKET_NAME=bucket,
-        B2_PREFIX="fastwan/",
-        STATE_DIR=tmp_path / "state",
-        PIPELINE_BACKEND="tiny",
-    )
-
-
 def test_run_doctor_masks_secrets_in_every_line(tmp_path):
     api, key_id, key = new_api()
-    settings = _b2_settings(tmp_path, key_id, B2_SECRET, bucket="absent")
+    settings = doctor_b2_settings(tmp_path, key_id, B2_SECRET, bucket="absent")
     out = io.StringIO()
     code = run_doctor(settings, b2_api=api, out=out)
     assert code == ExitCode.FAILED and "✗ storage: b2" in out.getvalue()

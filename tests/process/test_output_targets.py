@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,20 +43,11 @@ CREDENTIAL_PREFIXES = ("AWS_", "B2_", "S3_")
 class NoCredentialsWorker(WorkerProcess):
     """A worker started with an environment that holds no storage variable at all (a rented box's)."""
 
-    def start(self) -> NoCredentialsWorker:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(CREDENTIAL_PREFIXES)}
         env |= {**self.env, "PYTHONPATH": str(REPO)}
         assert not any(k.startswith(CREDENTIAL_PREFIXES) for k in env if k != "STORAGE_BACKEND")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker_app_fastwan", self.command],
-                env=env,
-                cwd=self.folder,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
+        return env
 
 
 @dataclass

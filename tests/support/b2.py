@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import threading
 from collections import Counter
+from pathlib import Path
 
 from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache, RawSimulator
 from b2sdk.v2.exception import ServiceError
+
+from worker_app_fastwan.core.settings import Settings, load_settings
 
 
 class FlakySimulator(RawSimulator):
@@ -44,6 +47,20 @@ def new_api(max_upload_workers: int = 10) -> tuple[B2Api, str, str]:
     api = B2Api(InMemoryAccountInfo(), InMemoryCache(), max_upload_workers=max_upload_workers, api_config=config)
     key_id, key = api.session.raw_api.create_account()
     return api, key_id, key
+
+
+def doctor_b2_settings(tmp_path: Path, key_id: str, key: str, bucket: str = "videos-bucket") -> Settings:
+    """Settings of a box storing on B2 under `fastwan/`, as doctor's storage probe sees them."""
+    return load_settings(
+        env_file=None,
+        STORAGE_BACKEND="b2",
+        B2_KEY_ID=key_id,
+        B2_APP_KEY=key,
+        B2_BUCKET_NAME=bucket,
+        B2_PREFIX="fastwan/",
+        STATE_DIR=tmp_path / "state",
+        PIPELINE_BACKEND="tiny",
+    )
 
 
 def download(api: B2Api, bucket_name: str, key: str) -> bytes:

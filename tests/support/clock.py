@@ -45,3 +45,14 @@ async def settle(rounds: int = 20) -> None:
     """Let every task that can run, run (and what it wakes in turn), without time passing."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+class ManualClock:
+    """A clock for code that calls its clock for the time (the stub's store, its throttles): the time is `now`,
+    moved by the test."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now

@@ -91,9 +91,13 @@ class WorkerProcess:
     def outbox(self) -> Path:
         return self.state_dir / "outbox"
 
+    def environment(self) -> dict[str, str]:
+        """What the process starts with: this process's environment, the worker's own settings over it."""
+        return {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+
     def start(self) -> WorkerProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        env = self.environment()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_app_fastwan", self.command],

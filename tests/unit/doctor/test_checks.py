@@ -5,7 +5,7 @@ process: tests/process/test_doctor.py."""
 from __future__ import annotations
 
 import pytest
-from support.b2 import new_api
+from support.b2 import doctor_b2_settings, new_api
 
 from worker_app_fastwan.core.settings import load_settings
 from worker_app_fastwan.doctor.checks import cuda_checks, orchestrator_check, storage_check
@@ -18,24 +18,11 @@ B2_SECRET = "K005-doctor-secret-app-key-93ab"
 # ---- B2 through b2sdk's simulator, in process ------------------------------------------------------------
 
 
-def _b2_settings(tmp_path, key_id: str, key: str, bucket: str = "videos-bucket"):
-    return load_settings(
-        env_file=None,
-        STORAGE_BACKEND="b2",
-        B2_KEY_ID=key_id,
-        B2_APP_KEY=key,
-        B2_BUCKET_NAME=bucket,
-        B2_PREFIX="fastwan/",
-        STATE_DIR=tmp_path / "state",
-        PIPELINE_BACKEND="tiny",
-    )
-
-
 def test_b2_probe_writes_and_deletes_under_the_prefix(tmp_path):
     api, key_id, key = new_api()
     api.authorize_account(realm="production", application_key_id=key_id, application_key=key)
     bucket = api.create_bucket("videos-bucket", "allPrivate")
-    check = storage_check(_b2_settings(tmp_path, key_id, key), b2_api=api)
+    check = storage_check(doctor_b2_settings(tmp_path, key_id, key), b2_api=api)
     assert check.status is Status.ok and "wrote and deleted fastwan/doctor/" in check.detail, check
     assert list(bucket.ls(recursive=True, latest_only=False)) == [], "the probe object is gone"
 
@@ -44,9 +31,9 @@ def test_b2_wrong_key_or_bucket_fails_without_the_key(tmp_path):
     api, key_id, key = new_api()
     api.authorize_account(realm="production", application_key_id=key_id, application_key=key)
     api.create_bucket("videos-bucket", "allPrivate")
-    wrong = storage_check(_b2_settings(tmp_path, key_id, B2_SECRET), b2_api=new_api()[0])
+    wrong = storage_check(doctor_b2_settings(tmp_path, key_id, B2_SECRET), b2_api=new_api()[0])
     assert wrong.status is Status.fail and B2_SECRET not in wrong.line()
-    missing = storage_check(_b2_settings(tmp_path, key_id, key, bucket="no-such-bucket"), b2_api=api)
+    missing = storage_check(doctor_b2_settings(tmp_path, key_id, key, bucket="no-such-bucket"), b2_api=api)
     assert missing.status is Status.fail and "B2_BUCKET_NAME" in missing.detail
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 from support import legacy_db
+from support.clock import ManualClock
 from support.databases import Databases
 
 from orchestrator_stub.db import Store
@@ -31,20 +32,12 @@ ERROR = {"code": "internal", "message": "boom", "retryable": False}
 ALL = ("job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 
 @pytest.fixture
 def make_store(store_factory: Callable[..., Store]) -> Callable[..., Store]:
-    def make(clock: Clock, **kwargs: Any) -> Store:
+    def make(clock: ManualClock, **kwargs: Any) -> Store:
         return store_factory(lease_seconds=30, max_attempts=2, clock=clock, **kwargs)
 
     return make
@@ -73,7 +66,7 @@ def kinds(store: Store, job_id: str) -> list[str]:
 
 
 def test_every_change_is_one_event_in_order(make_store: Callable[..., Store]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     woken: list[str] = []
     store = make_store(clock, on_event=lambda: woken.append("event"))
     job_id = submit(store)
@@ -103,7 +96,7 @@ def test_every_change_is_one_event_in_order(make_store: Callable[..., Store]) ->
 
 
 def test_a_requeue_and_a_timeout_are_events_too(make_store: Callable[..., Store]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = make_store(clock)
     job_id = submit(store)
     store.claim("w1", "gpu", Capabilities())
@@ -118,7 +111,7 @@ def test_a_requeue_and_a_timeout_are_events_too(make_store: Callable[..., Store]
 
 
 def test_webhooks_are_queued_only_for_the_events_a_job_asked_for(make_store: Callable[..., Store]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = make_store(clock, webhook_progress_s=5)
     quiet, chatty = submit(store), submit(store, ALL)
     default = submit(store, url="http://hooks.example/d")
@@ -138,7 +131,7 @@ def test_webhooks_are_queued_only_for_the_events_a_job_asked_for(make_store: Cal
 
 
 def test_a_jobs_webhooks_go_out_in_order_leased_and_once_each(make_store: Callable[..., Store]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = make_store(clock, webhook_progress_s=0)
     job_id = submit(store, ("job.started", "job.progress", "job.failed"))
     store.claim("w1", "gpu", Capabilities())
@@ -226,7 +219,7 @@ def test_a_restart_makes_pending_webhooks_due_and_migrates_old_pending_ones(tmp_
             (json.dumps(JobInput(prompt="from before").model_dump(mode="json")), json.dumps(ERROR)),
         )
         db.execute("INSERT INTO webhook_attempts (job_id, attempt, at, ok) VALUES ('old-job', 1, 2, 0)")
-    clock = Clock()
+    clock = ManualClock()
     store = Store(path, lease_seconds=30, max_attempts=2, clock=clock)
     assert store.backfill_events() == 1 and store.backfill_events() == 0
     assert kinds(store, "old-job") == ["failed"]
@@ -241,7 +234,7 @@ def test_a_restart_makes_pending_webhooks_due_and_migrates_old_pending_ones(tmp_
 
 
 def test_old_events_are_pruned_but_each_final_one_kept(make_store: Callable[..., Store]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = make_store(clock)
     old, running = submit(store), submit(store)
     store.claim("w1", "gpu", Capabilities())
@@ -265,7 +258,7 @@ async def until(check: Any) -> None:
 
 def test_the_hub_reads_once_and_streams_catch_up_from_the_store(make_store: Callable[..., Store]) -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = ManualClock()
         wakeup = Wakeup()
         wakeup.bind(asyncio.get_running_loop())
         store = make_store(clock, on_event=wakeup.set)

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from support import legacy_db
+from support.clock import ManualClock
 
 from orchestrator_stub.app import create_app
 from orchestrator_stub.db import Store, UnencodableText
@@ -25,16 +26,8 @@ from worker_app_fastwan.core.protocol import Capabilities
 from worker_app_fastwan.core.schema import JobInput
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_distinct_wrong_secrets_lock_a_client_out_for_a_doubling_time() -> None:
-    clock = Clock()
+    clock = ManualClock()
     throttle = GuessThrottle(free=2, max_delay_s=8, clock=clock)
     for n in range(2):
         assert throttle.retry_after("1.2.3.4", f"guess-{n}".encode()) is None
@@ -56,14 +49,14 @@ def test_distinct_wrong_secrets_lock_a_client_out_for_a_doubling_time() -> None:
 
 def test_the_same_wrong_secret_again_is_no_guess() -> None:
     """A worker with a stale key retries it forever: that must not lock out the workers beside it."""
-    throttle = GuessThrottle(free=1, clock=Clock())
+    throttle = GuessThrottle(free=1, clock=ManualClock())
     for _ in range(100):
         throttle.failed("127.0.0.1", b"stale-key")
     assert throttle.retry_after("127.0.0.1", b"right-key") is None
 
 
 def test_a_throttle_remembers_a_bounded_number_of_clients() -> None:
-    throttle = GuessThrottle(free=0, max_clients=10, clock=Clock())
+    throttle = GuessThrottle(free=0, max_clients=10, clock=ManualClock())
     for n in range(1000):
         throttle.failed(f"10.0.{n // 256}.{n % 256}", b"x")
     assert len(throttle._clients) == 10

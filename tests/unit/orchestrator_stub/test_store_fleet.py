@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from support.clock import ManualClock
 from support.databases import Databases
 
 from orchestrator_stub.db import Store, engine
@@ -23,21 +24,13 @@ CANCELLED = {"code": "cancelled", "message": "stopped", "retryable": False}
 CAPS = Capabilities()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(10_000.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(store_factory: Callable[..., Any], clock: Clock) -> Store:
+def store(store_factory: Callable[..., Any], clock: ManualClock) -> Store:
     return store_factory(  # type: ignore[no-any-return]
         lease_seconds=30, max_attempts=5, clock=clock, retry_elsewhere_s=20, quarantine_after=2, quarantine_s=100
     )
@@ -56,7 +49,7 @@ def fail(store: Store, worker: str, error: dict[str, Any]) -> str:
     return claimed.job_id
 
 
-def test_a_failed_attempt_is_passed_over_for_its_worker_until_the_grace_ends(store: Store, clock: Clock) -> None:
+def test_a_failed_attempt_is_passed_over_for_its_worker_until_the_grace_ends(store: Store, clock: ManualClock) -> None:
     store.heartbeat("w2", HeartbeatRequest(state="idle"))  # another worker is around
     job_id = fail(store, "w1", OOM)
     answer = store.claim_for("w1", "gpu", CAPS)
@@ -75,7 +68,7 @@ def test_another_worker_takes_the_failed_job_at_once(store: Store) -> None:
     assert taken is not None and (taken.job_id, taken.attempt) == (job_id, 2)
 
 
-def test_with_no_other_worker_around_the_same_worker_retries_at_once(store: Store, clock: Clock) -> None:
+def test_with_no_other_worker_around_the_same_worker_retries_at_once(store: Store, clock: ManualClock) -> None:
     store.heartbeat("w-old", HeartbeatRequest(state="idle"))
     clock.now += 61  # heard from more than a minute ago: not around
     job_id = fail(store, "w1", OOM)
@@ -83,7 +76,7 @@ def test_with_no_other_worker_around_the_same_worker_retries_at_once(store: Stor
     assert again is not None and again.job_id == job_id
 
 
-def test_a_lease_running_out_counts_against_the_worker_and_passes_it_over(store: Store, clock: Clock) -> None:
+def test_a_lease_running_out_counts_against_the_worker_and_passes_it_over(store: Store, clock: ManualClock) -> None:
     store.heartbeat("w2", HeartbeatRequest(state="idle"))
     job_id = submit(store)
     assert store.claim("w1", "gpu", CAPS) is not None
@@ -95,7 +88,7 @@ def test_a_lease_running_out_counts_against_the_worker_and_passes_it_over(store:
     assert taken is not None and taken.job_id == job_id
 
 
-def test_failures_of_the_box_in_a_row_quarantine_it_until_it_comes_back(store: Store, clock: Clock) -> None:
+def test_failures_of_the_box_in_a_row_quarantine_it_until_it_comes_back(store: Store, clock: ManualClock) -> None:
     fail(store, "w1", BAD_INPUT)  # the job's fault
     fail(store, "w1", CANCELLED)  # nobody's
     fail(store, "w1", OOM)
@@ -135,7 +128,7 @@ def test_a_released_claim_puts_the_job_back_as_it_was(store: Store) -> None:
 
 
 def test_each_webhook_delivery_goes_to_one_replica_until_its_lease_runs_out(
-    store_factory: Callable[..., Any], databases: Databases, clock: Clock
+    store_factory: Callable[..., Any], databases: Databases, clock: ManualClock
 ) -> None:
     url = databases.fresh()
     replicas: list[Store] = [store_factory(database=url, lease_seconds=30, max_attempts=5, clock=clock) for _ in "ab"]
@@ -159,7 +152,7 @@ def test_each_webhook_delivery_goes_to_one_replica_until_its_lease_runs_out(
     assert replicas[0].due_webhooks(100, 15, 5) == [], "delivered: never again"
 
 
-def test_the_figures_count_what_the_database_holds(store: Store, clock: Clock) -> None:
+def test_the_figures_count_what_the_database_holds(store: Store, clock: ManualClock) -> None:
     first = submit(store)
     clock.now += 5
     submit(store)

@@ -7,25 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support.clock import ManualClock
 
 from orchestrator_stub.db import Store
 from worker_app_fastwan.core.protocol import Capabilities, HeartbeatRequest
 from worker_app_fastwan.core.schema import JobInput
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 StoreFactory = Callable[..., Any]
 
 
-def store(factory: StoreFactory, clock: Clock, max_attempts: int = 2) -> Store:
+def store(factory: StoreFactory, clock: ManualClock, max_attempts: int = 2) -> Store:
     return factory(lease_seconds=30, max_attempts=max_attempts, clock=clock)  # type: ignore[no-any-return]
 
 
@@ -36,7 +28,7 @@ def submit(s: Store) -> str:
 
 
 def test_a_lease_holds_until_it_runs_out_then_the_job_is_requeued(store_factory: StoreFactory) -> None:
-    clock = Clock()
+    clock = ManualClock()
     s = store(store_factory, clock)
     job_id = submit(s)
     assert (claimed := s.claim("w1", "gpu", Capabilities())) is not None and claimed.job_id == job_id
@@ -54,7 +46,7 @@ def test_a_lease_holds_until_it_runs_out_then_the_job_is_requeued(store_factory:
 
 
 def test_a_heartbeat_naming_the_job_renews_its_lease(store_factory: StoreFactory) -> None:
-    clock = Clock()
+    clock = ManualClock()
     s = store(store_factory, clock)
     job_id = submit(s)
     s.claim("w1", "gpu", Capabilities())
@@ -67,7 +59,7 @@ def test_a_heartbeat_naming_the_job_renews_its_lease(store_factory: StoreFactory
 
 
 def test_the_last_attempt_running_out_times_the_job_out(store_factory: StoreFactory) -> None:
-    clock = Clock()
+    clock = ManualClock()
     s = store(store_factory, clock, max_attempts=1)
     job_id = submit(s)
     s.claim("w1", "gpu", Capabilities())
