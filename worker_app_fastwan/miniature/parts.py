@@ -50,7 +50,7 @@ TRANSFORMER: dict[str, Any] = dict(
 # temporal compression. Production: base_dim 160, decoder_base_dim 256, num_res_blocks 2.
 VAE: dict[str, Any] = dict(
     base_dim=8,
-    decoder_base_dim=8,
+    decoder_base_dim=12,  # wider than the encoder: the decoder draws the corners that tell a square
     z_dim=48,
     in_channels=12,
     out_channels=12,

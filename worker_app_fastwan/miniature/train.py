@@ -55,20 +55,23 @@ class Plan:
     """How much of each stage; `FULL` is what the shipped weights were trained with."""
 
     vae_image_steps: int = 400
-    vae_video_steps: int = 500
+    vae_video_steps: int = 600
     vae_batch: int = 16
     vae_video_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 3e-3
     vae_kl: float = 1e-4
-    # 128x128x17: 80 tokens a clip; 256x256x33: 576. Text-to-video clips (the path centred) and image-to-video
-    # ones (anywhere in the frame: what an input image may show).
+    # 128x128x17: 80 tokens a clip; 256x256x33: 576. Text-to-video clips (one per prompt: the world fixes
+    # their size and path) and image-to-video ones (anywhere in the frame, any size: what an input image may
+    # show), at the smallest size the protocol takes and at twice that with twice the frames.
     clips: tuple[ClipSet, ...] = (
-        ClipSet(128, 17, 600, 16, 0.55),
-        ClipSet(128, 17, 400, 16, 0.45, anywhere=True),
+        ClipSet(128, 17, 120, 16, 0.35),
+        ClipSet(128, 17, 480, 16, 0.35, anywhere=True),
+        ClipSet(256, 33, 60, 2, 0.15),
+        ClipSet(256, 33, 120, 2, 0.15, anywhere=True),
     )
-    encode_batch: int = 16
-    steps: int = 3000
+    encode_batch: int = 8
+    steps: int = 4000
     lr: float = 1e-3
     i2v_share: float = 0.15  # of the text-to-video clips, also trained as image-to-video
     check_clips: int = 12  # generated through the production path at the end, for the record
@@ -98,7 +101,7 @@ def vae_crop(rng: np.random.Generator, crop: int, frames: int) -> np.ndarray:
     spec = specs[int(rng.integers(len(specs)))]
     side = 128 if rng.random() < 0.7 else 256
     length = 17 if rng.random() < 0.6 else 33
-    placement = place(spec, side, side, rng)
+    placement = place(spec, side, side, rng, anywhere=bool(rng.random() < 0.5))
     first = int(rng.integers(0, length - frames + 1))
     cx, cy = placement.centre(first / (length - 1))
     ox = int(np.clip(cx - crop / 2 + rng.uniform(-crop / 2, crop / 2), 0, side - crop))
@@ -219,7 +222,8 @@ def encode_clips(vae: Any, plan: Plan, rng: np.random.Generator, log: Log) -> tu
             side, frames, count = clip_set.side, clip_set.frames, clip_set.count
             chunks, shown = [], []
             for start in range(0, count, plan.encode_batch):
-                batch = [specs[int(rng.integers(len(specs)))] for _ in range(min(plan.encode_batch, count - start))]
+                # Every spec in turn: a text-to-video set is then the whole world, each prompt as often.
+                batch = [specs[(start + i) % len(specs)] for i in range(min(plan.encode_batch, count - start))]
                 seeds = [int(rng.integers(2**31)) for _ in batch]
                 pixels = np.stack(
                     [clip(s, side, side, frames, seed, clip_set.anywhere) for s, seed in zip(batch, seeds, strict=True)]
