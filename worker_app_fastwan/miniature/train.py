@@ -71,7 +71,7 @@ class Plan:
         ClipSet(256, 33, 120, 2, 0.15, anywhere=True),
     )
     encode_batch: int = 8
-    steps: int = 4000
+    steps: int = 3500
     lr: float = 1e-3
     i2v_share: float = 0.15  # of the text-to-video clips, also trained as image-to-video
     check_clips: int = 12  # generated through the production path at the end, for the record
