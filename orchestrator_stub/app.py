@@ -151,7 +151,9 @@ def create_app(settings: StubSettings) -> FastAPI:
     )
     app.include_router(uploads.build_router(settings.UPLOAD_DIR, limits, settings.public_url()))
     own_storage = (outputs.origin(),) if outputs is not None else ()
-    page.mount(app, store, media_origins=(*settings.storage_origins(), *own_storage))
+    page.mount(
+        app, store, media_origins=(*settings.storage_origins(), *own_storage), form_defaults=settings.STUB_FORM_DEFAULTS
+    )
     return app
 
 

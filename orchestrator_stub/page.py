@@ -1,8 +1,9 @@
 """The stub's web page: `GET /` and its assets under `/static/`, plus the two JSON routes only it needs.
 
 - `GET /v1/studio/form`: each job field's default and limits, read from `schema.JobInput` (the API's own
-  rules), so the form's spinners and presets never drift from what the API accepts. The API still judges
-  every submission: the page shows its 422 message as it is.
+  rules), so the form's spinners and presets never drift from what the API accepts; STUB_FORM_DEFAULTS, when
+  set, replaces the defaults the form starts with (`make studio`: the miniature's world), not the API's. The
+  API still judges every submission: the page shows its 422 message as it is.
 - `GET /v1/studio/changes?since=CURSOR[&after=SEQ]`: the jobs changed since the cursor of the previous answer
   (the latest `limit` changes when `since` is 0), the queue counts, the most recently heard workers with
   how long each has been quiet, and `event_id`: the event log's newest id when the answer was read, where the
@@ -21,6 +22,7 @@ Everything is served by the stub itself: plain HTML, CSS and JavaScript, no buil
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,22 @@ QUIET_AFTER_S = 15.0
 FIELD_STEPS = {"width": SIDE_MULTIPLE, "height": SIDE_MULTIPLE, "num_frames": 4}
 
 
-def mount(app: FastAPI, store: Store, media_origins: tuple[str, ...] = ()) -> None:
+def mount(
+    app: FastAPI,
+    store: Store,
+    media_origins: tuple[str, ...] = (),
+    form_defaults: Mapping[str, int | str] | None = None,
+) -> None:
     """Add the page, its assets and its routes to the stub's app; `media_origins`: where the video route may
-    redirect the player (the configured storage), besides the stub itself."""
+    redirect the player (the configured storage), besides the stub itself; `form_defaults`: what the form
+    starts with instead of the API's defaults."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(build_router(store, media_origins))
+    app.include_router(build_router(store, media_origins, form_defaults or {}))
 
 
-def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter:
+def build_router(
+    store: Store, media_origins: tuple[str, ...] = (), form_defaults: Mapping[str, int | str] | None = None
+) -> APIRouter:
     router = APIRouter(tags=["page"])
     headers = page_headers(media_origins)
 
@@ -58,7 +68,7 @@ def build_router(store: Store, media_origins: tuple[str, ...] = ()) -> APIRouter
 
     @router.get("/v1/studio/form")
     def form() -> dict[str, Any]:
-        return form_fields()
+        return form_fields(form_defaults or {})
 
     @router.get("/v1/studio/changes")
     def changes(
@@ -110,8 +120,10 @@ def page_headers(media_origins: tuple[str, ...] = ()) -> dict[str, str]:
     }
 
 
-def form_fields() -> dict[str, Any]:
-    """{field: {default, min, max, step}} for the numeric job fields, and the prompt's length limit."""
+def form_fields(defaults: Mapping[str, int | str] | None = None) -> dict[str, Any]:
+    """{field: {default, min, max, step}} for the numeric job fields, and the prompt's length limit and
+    default (none unless given); `defaults` replace the API's."""
+    defaults = defaults or {}
     props = JobInput.model_json_schema()["properties"]
     fields: dict[str, Any] = {}
     for name in ("width", "height", "num_frames", "fps", "num_inference_steps", "seed"):
@@ -119,13 +131,13 @@ def form_fields() -> dict[str, Any]:
         bounds = next((s for s in spec.get("anyOf", []) if s.get("type") == "integer"), spec)
         maximum = bounds.get("maximum", bounds.get("exclusiveMaximum", 0) - 1)
         fields[name] = {
-            "default": spec.get("default"),
+            "default": defaults.get(name, spec.get("default")),
             "min": bounds.get("minimum"),
             "max": maximum,
             "step": FIELD_STEPS.get(name, 1),
         }
     neg = next(s for s in props["negative_prompt"]["anyOf"] if s.get("type") == "string")
-    fields["prompt"] = {"max_length": neg["maxLength"]}
+    fields["prompt"] = {"max_length": neg["maxLength"], "default": defaults.get("prompt")}
     return fields
 
 

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from orchestrator_stub.db.engine import is_postgres, mask_password
+from worker_app_fastwan.core.schema import JobInput
 from worker_app_fastwan.core.storage_settings import MAX_PRESIGN_S, STORAGE_SECRETS, StorageSettings
 
 SECRETS = ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET", *STORAGE_SECRETS)
+
+
+FORM_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "seed", "prompt")
 
 
 class StubSettingsError(ValueError):
@@ -122,6 +127,9 @@ class StubSettings(StorageSettings):
 
     # Limits against strangers (orchestrator_stub/README.md, "Hardening"): every one bounds memory, disk or time.
     STUB_ALLOWED_HOSTS: str = ""  # more Host names the page and /v1 answer to, besides loopback and STUB_PUBLIC_URL's
+    # The page's form starts with these instead of the API's defaults (JSON: width, height, num_frames, fps,
+    # num_inference_steps, seed, prompt); `make studio` sets the miniature's world. The API's defaults stay.
+    STUB_FORM_DEFAULTS: Annotated[dict[str, int | str], NoDecode] = Field(default_factory=dict)
     STUB_API_DOCS: bool = False  # /docs and /redoc load their scripts from a CDN: off unless asked for
     STORAGE_ORIGINS: str = "https://*.backblazeb2.com"  # where a result's video_url may point, besides the stub
     STORAGE_PREFIX: str = Field(default="", max_length=200)  # the workers' B2_PREFIX: storage keys start with it
@@ -198,6 +206,29 @@ class StubSettings(StorageSettings):
     def _key_prefix(cls, value: str) -> str:
         if value and (not re.fullmatch(r"[A-Za-z0-9._/-]+", value) or ".." in value.split("/") or value[0] == "/"):
             raise ValueError("must be a relative key prefix of [A-Za-z0-9._/-], e.g. fastwan/")
+        return value
+
+    @field_validator("STUB_FORM_DEFAULTS", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value or "{}")
+            except ValueError:
+                raise ValueError('not JSON; e.g. {"width": 128, "height": 128, "num_frames": 17}') from None
+        return value
+
+    @field_validator("STUB_FORM_DEFAULTS")
+    @classmethod
+    def _form_defaults(cls, value: dict[str, int | str]) -> dict[str, int | str]:
+        unknown = sorted(set(value) - set(FORM_FIELDS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a form field (one of {', '.join(FORM_FIELDS)})")
+        try:  # what the form starts with must be a job the API takes
+            JobInput.model_validate({"prompt": "x", **value})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         return value
 
     @field_validator("DISPATCH_TO")

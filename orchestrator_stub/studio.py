@@ -13,6 +13,7 @@ STUB_PASSWORD, if set in the environment, is passed to the stub.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -29,6 +30,7 @@ import httpx
 
 from worker_app_fastwan.core.exit_codes import ExitCode
 
+FORM_DEFAULTS = {"width": 128, "height": 128, "num_frames": 17, "fps": 8, "prompt": "a blue circle moving right"}
 STOP_TIMEOUT_S = 90.0
 START_TIMEOUT_S = 60.0
 
@@ -99,6 +101,8 @@ def _stub_env(root: Path, key: str, port: int) -> dict[str, str]:
         "LOCAL_OUTPUT_DIR": str(root / "outputs"),
         "UPLOAD_DIR": str(root / "uploads"),
         "LEASE_SECONDS": "30",
+        # The form starts with a job of the miniature's world (docs/miniature.md), which the tiny model draws.
+        "STUB_FORM_DEFAULTS": json.dumps(FORM_DEFAULTS),
     }
     if os.environ.get("STUB_PASSWORD"):
         env["STUB_PASSWORD"] = os.environ["STUB_PASSWORD"]

@@ -32,9 +32,9 @@ import httpx
 DEMO_DIR = Path(".demo")
 # The miniature's world at the size it was trained at (docs/miniature.md).
 JOB = {"width": 128, "height": 128, "num_frames": 17, "fps": 8, "num_inference_steps": 3}
-T2V_PROMPT = "a red circle moving right"
-I2V_PROMPT = "a yellow circle moving up"
-I2V_IMAGE_SEED = 3  # where the input image puts the yellow circle
+T2V_PROMPT = "a blue circle moving right"
+I2V_PROMPT = "a green circle moving up"
+I2V_IMAGE_SEED = 3  # where the input image puts the green circle
 DEADLINE_S = 300.0
 POLL_S = 0.25
 
@@ -299,7 +299,7 @@ def image_server() -> Iterator[str]:
 
 
 def demo_png() -> bytes:
-    """A first frame of the miniature's world: the yellow circle the image-to-video prompt moves up."""
+    """A first frame of the miniature's world: the green circle the image-to-video prompt moves up."""
     from PIL import Image
 
     from worker_app_fastwan.miniature.world import first_frame, parse_prompt

@@ -60,6 +60,8 @@ async function loadFormLimits() {
       input.step = spec.step;
       if (spec.default !== null && spec.default !== undefined) input.value = spec.default;
     }
+    const prompt = fields.prompt && fields.prompt.default;
+    if (prompt && !$("prompt").value) $("prompt").value = prompt;
     syncPresetFromSize();
     showDuration();
   } catch (err) {

@@ -91,12 +91,12 @@ def test_t2v_and_i2v_jobs_are_claimed_run_and_reported(shared: Shared) -> None:
     image = world_image("a green square moving down", seed=4)
     with FileServer({"/start.png": (png_bytes(Image.fromarray(image)), "image/png")}) as images:
         # Paced a little, so that heartbeats (every 0.5 s here) come while each job is held, however fast the CPU.
-        t2v = stub.submit("a red circle moving right [tiny:pace=0.5]", seed=11, **WORLD)
+        t2v = stub.submit("a blue circle moving right [tiny:pace=0.5]", seed=11, **WORLD)
         i2v = stub.submit(
             "a green square moving down [tiny:pace=0.5]", image_url=f"{images.url}/start.png", seed=12, **WORLD
         )
         views = {job_id: wait_final(stub, job_id, 60) for job_id in (t2v, i2v)}
-    assert_shows_prompt(video_path(views[t2v]["result"]), "a red circle moving right")
+    assert_shows_prompt(video_path(views[t2v]["result"]), "a blue circle moving right")
     assert_starts_from_image_and_moves(video_path(views[i2v]["result"]), image, "a green square moving down")
 
     stage_order = ["queued", "downloading", "encoding_prompt", "denoising", "decoding", "encoding_video", "uploading"]

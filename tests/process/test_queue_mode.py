@@ -142,7 +142,7 @@ def test_a_model_that_cannot_load_makes_health_unhealthy(tmp_path):
 def test_t2v_job_returns_a_result_whose_mp4_matches(worker):
     """...the request, and the prompt: the stored MP4 shows the object and the motion asked for (a prompt and
     seed the shipped miniature gets right)."""
-    prompt = "a white circle moving up"
+    prompt = "a purple circle moving down"
     resp = post(worker["base"], {"prompt": prompt, **WORLD, "fps": 8, "seed": 3}, **{"Salad-Job-Id": "salad-t2v-1"})
     assert resp.status_code == 200, resp.text
     result = resp.json()

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/
 REFERENCE: Path = REPO / "tests" / "support" / "fixtures" / "miniature_reference.png"
 REFERENCE_MIN_PSNR_DB = 40.0  # float noise of another library version passes; a changed computation does not
 
-# What the shipped weights meet on this subset (measured: t2v colour 9/12, shape 7/12, motion 12/12; i2v motion
-# 5/5, first frame 26-31 dB). Colour and shape sit below the issue's bar (evaluate.THRESHOLDS): the model makes
-# green and some purples wrong and rounds most squares. A retrained model that does better raises these.
-SHIPPED = {"colour": 0.7, "shape": 0.5, "motion": 0.9, "i2v_motion": 0.85, "i2v_psnr_db": 22.0}
+# What the shipped weights meet on this subset (measured: t2v colour 12/12, shape 7/12, motion 10/12; i2v motion
+# 5/5, first frame 25.9-30.0 dB). Colour is held to the issue's bar (evaluate.THRESHOLDS); shape sits below it (the
+# model rounds squares' corners: BENCHMARKS.md), and motion too on this subset (two clips travel 0.18-0.19 of the
+# frame where 0.2 counts; 92.5 % over the whole world). Text-to-video does not depend on the seed (the world fixes
+# size and path), so these are the same on every run. A retrained model that does better raises them.
+SHIPPED = {"colour": 0.95, "shape": 0.5, "motion": 0.8, "i2v_motion": 0.85, "i2v_psnr_db": 22.0}
 
 COLOURS = list(PALETTE)
 # 12 text-to-video clips: each colour twice (once per shape), each motion two or three times, fixed seeds.
