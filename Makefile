@@ -59,7 +59,7 @@ bench: setup
 quality: setup
 	nice $(PY) bench/miniature_eval.py
 
-# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 2,200 CPU-seconds).
+# Retrain the miniature from nothing into worker_app_fastwan/miniature/weights (about 37 minutes on 2 quiet cores).
 train-miniature: setup
 	nice $(PY) -m worker_app_fastwan.miniature.train
 
