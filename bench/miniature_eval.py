@@ -1,7 +1,7 @@
 """Does the pipeline still make the video the prompt asks for? The miniature's accuracy over its whole world.
 
     python bench/miniature_eval.py                 # every colour x shape x motion, seeds 0 and 1, t2v and i2v
-    python bench/miniature_eval.py --seeds 0 --size 256x256x33
+    python bench/miniature_eval.py --seeds 0 --size 256x256x33 --every 6   # a sample at the larger size
 
 Generates each clip through the production path (`WanGenerator.generate`, as the `tiny` backend loads it),
 measures colour, shape and motion from the decoded frames (worker_app_fastwan/miniature/measure.py), prints
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--size", default="128x128x17", help="WIDTHxHEIGHTxFRAMES (default 128x128x17)")
+    parser.add_argument("--every", type=int, default=1, help="every Nth clip of the grid only (a sample; default 1: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--weights", type=Path, help="a model folder other than the shipped one")
     parser.add_argument(
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(np.concatenate(list(clip), axis=1)).save(REFERENCE, optimize=True)
         print(f"wrote {REFERENCE}: {REFERENCE_CASE.prompt!r}, seed {REFERENCE_CASE.seed}, {len(clip)} frames")
         return 0
-    cases = grid(args.seeds, width=width, height=height, num_frames=frames)
+    cases = grid(args.seeds, width=width, height=height, num_frames=frames)[:: max(1, args.every)]
     print(f"{len(cases)} clips at {args.size}, torch threads {torch.get_num_threads()} (model loaded in {load_s:.1f}s)")
 
     def progress(outcome: Outcome) -> None:
