@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--size", default="128x128x17", help="WIDTHxHEIGHTxFRAMES (default 128x128x17)")
-    parser.add_argument("--every", type=int, default=1, help="every Nth clip of the grid only (a sample; default 1: all)")
+    parser.add_argument("--every", type=int, default=1, help="every Nth clip of the grid (a sample; 1: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--weights", type=Path, help="a model folder other than the shipped one")
     parser.add_argument(
