@@ -33,9 +33,9 @@ lock:
 	  .lock-venv/bin/pip freeze --all --exclude worker-app-fastwan | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(CONSTRAINTS)
 	rm -rf .lock-venv
 
-# Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time on 2 cores:
-# 201-218 s; up to 255 s for a slightly heavier version while this shared machine ran 1.7x slower. -n 4
-# was slower (253 s) and late heartbeats failed a timing test; -n 2 varied more (207-320 s).
+# Three xdist workers on two cores (tests/conftest.py: the groups and their order). Test time on 2 cores,
+# 2026-12-08: 271-273 s (about 460 CPU-seconds: the cores are busy 84 % of the run). -n 4 was slower in the
+# same session (275 s, 490 CPU-seconds); earlier, -n 2 varied more (207-320 s).
 test: setup
 	$(PY) -m pytest -q -n 3 tests
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
-
 from orchestrator_stub.db.base import EVENTS_CHANNEL, QUEUED_CHANNEL, WEBHOOKS_CHANNEL, StoreBase
 from orchestrator_stub.db.schema import Queued
 
@@ -41,6 +39,8 @@ class Listener:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        import psycopg  # here, not at the top: only a PostgreSQL stub listens, and a SQLite one starts without it
+
         pause = 0.5
         while not self._stop.is_set():
             try:
@@ -55,6 +55,8 @@ class Listener:
             pause = min(pause * 2, MAX_PAUSE_S)
 
     def _listen(self) -> None:
+        import psycopg
+
         with psycopg.connect(
             self._store.db.listen_conninfo(), autocommit=True, connect_timeout=10, application_name="stub-listener"
         ) as conn:
