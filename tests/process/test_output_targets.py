@@ -35,7 +35,7 @@ from worker_app_fastwan.core.protocol import OutputTarget, UploadTarget
 from worker_app_fastwan.job.target_upload import TargetStorage
 
 BUCKET = "videos-bucket"
-SMALL = {"width": 256, "height": 256, "num_frames": 9, "num_inference_steps": 1}
+SMALL = {"width": 128, "height": 128, "num_frames": 9, "num_inference_steps": 1}
 CAN_TARGET = {"output_target": True}
 CREDENTIAL_PREFIXES = ("AWS_", "B2_", "S3_")
 
@@ -123,7 +123,7 @@ def assert_poster(data: bytes) -> None:
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        assert image.format == "JPEG" and image.size == (256, 256)
+        assert image.format == "JPEG" and image.size == (SMALL["width"], SMALL["height"])
     assert len(data) < 60_000
 
 
@@ -186,8 +186,8 @@ def _result(job_id: str, key: str, data: bytes, url: str) -> dict[str, Any]:
         "job_id": job_id,
         "video_url": url,
         "storage_key": key,
-        "width": 256,
-        "height": 256,
+        "width": 128,
+        "height": 128,
         "num_frames": 9,
         "fps": 24,
         "seed": 1,
@@ -215,7 +215,7 @@ def _claim(stub: StubProcess, worker_id: str, job_id: str, **caps: Any) -> dict[
 
 def test_a_late_attempt_cannot_replace_the_reported_video(world: World) -> None:
     stub = world.quiet
-    job_id = stub.submit("two attempts", width=256, height=256, num_frames=5)
+    job_id = stub.submit("two attempts", width=128, height=128, num_frames=5)
     first = _claim(stub, "late-1", job_id, **CAN_TARGET)
     error = {"code": "out_of_memory", "message": "test", "retryable": True}
     assert stub.status(job_id, "late-1", "failed", error=error, attempt=1).status_code == 200  # requeued
@@ -241,7 +241,7 @@ def test_a_late_attempt_cannot_replace_the_reported_video(world: World) -> None:
 @pytest.mark.parametrize("lie", ["sha256", "bytes", "nothing stored"])
 def test_a_result_that_does_not_match_the_stored_object_is_refused_and_requeued(world: World, lie: str) -> None:
     stub = world.quiet
-    job_id = stub.submit(f"a lie about {lie}", width=256, height=256, num_frames=5)
+    job_id = stub.submit(f"a lie about {lie}", width=128, height=128, num_frames=5)
     claimed = _claim(stub, "liar", job_id, **CAN_TARGET)
     target = claimed["output"]["video"]
     stored = b"what was really uploaded"
@@ -260,13 +260,13 @@ def test_a_result_that_does_not_match_the_stored_object_is_refused_and_requeued(
 
 def test_v11_and_v12_together_both_ways(world: World) -> None:
     # A v1.1 worker (no output_target) from a v1.2 stub: no target; its result on its own storage is accepted.
-    job_id = world.quiet.submit("an old worker", width=256, height=256, num_frames=5)
+    job_id = world.quiet.submit("an old worker", width=128, height=128, num_frames=5)
     claimed = _claim(world.quiet, "old-worker", job_id)
     assert claimed.get("output") is None
     body = _own_result(job_id, b"x")
     assert world.quiet.status(job_id, "old-worker", "completed", result=body, attempt=1).status_code == 200
     # A v1.2 worker from a stub without storage (as a v1.1 orchestrator): no target, it stores on its own.
-    job_id = world.quiet_plain.submit("an old orchestrator", width=256, height=256, num_frames=5)
+    job_id = world.quiet_plain.submit("an old orchestrator", width=128, height=128, num_frames=5)
     assert _claim(world.quiet_plain, "new-worker", job_id, **CAN_TARGET).get("output") is None
     body = _own_result(job_id, b"y", prefix="b2/")
     assert world.quiet_plain.status(job_id, "new-worker", "completed", result=body, attempt=1).status_code == 200

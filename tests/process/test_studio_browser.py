@@ -34,7 +34,7 @@ ARTIFACTS = REPO / "test-artifacts" / "studio"
 CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "studio-test-pässword"
 # Tiny sizes: the tiny model on a CPU takes a few seconds per job at this size.
-SMALL = {"width": "256", "height": "256", "num_frames": "5", "fps": "4", "num_inference_steps": "2"}
+SMALL = {"width": "128", "height": "128", "num_frames": "5", "fps": "4", "num_inference_steps": "2"}
 # A video long enough to play and seek in.
 # Of the miniature model's world at the size it was trained at (docs/miniature.md), so the page shows what was asked.
 WATCHABLE = {"width": "128", "height": "128", "num_frames": "17", "fps": "4", "num_inference_steps": "3"}

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.torch  # torch in this process: one xdist group (tests/
 
 
 def _job(**kw) -> JobInput:
-    base = dict(prompt="a red fox running through snow", width=256, height=256, num_frames=9, seed=7)
+    base = dict(prompt="a red fox running through snow", width=128, height=128, num_frames=9, seed=7)
     return JobInput(**{**base, **kw})
 
 
@@ -52,11 +52,11 @@ def test_low_vram_holds_one_component_per_phase_and_releases_all_after_a_job(mod
     res.record_when_running("encode image", gen.vae.encoder)
     res.record_when_running("denoise", gen.t2v.transformer.blocks[0])
     res.record_when_running("decode", gen.vae.decoder)
-    image = gradient_image(256, 256, seed=1)
+    image = gradient_image(128, 128, seed=1)
     for job, img in ((_job(image_url="http://example.com/x.png"), image), (_job(seed=8), None)):
         res.seen.clear()
         frames = np.concatenate(list(backend.generate(job, img, lambda *_: None).frames))
-        assert frames.shape == (9, 256, 256, 3)
+        assert frames.shape == (9, 128, 128, 3)
         owner = {"encode prompt": "text_encoder", "encode image": "vae", "denoise": "transformer", "decode": "vae"}
         assert res.seen, "the phases ran"
         for phase, on_gpu in res.seen:
@@ -86,7 +86,7 @@ def _one_component_per_phase(backend, res: Residency) -> None:
     res.record_when_running("decode", gen.vae.decoder)
     res.seen.clear()
     frames = np.concatenate(list(backend.generate(_job(seed=3), None, lambda *_: None).frames))
-    assert frames.shape == (9, 256, 256, 3)
+    assert frames.shape == (9, 128, 128, 3)
     owner = {"encode prompt": "text_encoder", "denoise": "transformer", "decode": "vae"}
     assert {phase for phase, _ in res.seen} == set(owner)
     for phase, on_gpu in res.seen:
@@ -279,7 +279,7 @@ def test_image_is_encoded_in_float32(cuda_like):
 
     seen = []
     cuda_like.generator.vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
-    cuda_like.generator.denoise(_job(image_url="http://example.com/x.png"), gradient_image(256, 256), lambda *_: None)
+    cuda_like.generator.denoise(_job(image_url="http://example.com/x.png"), gradient_image(128, 128), lambda *_: None)
     assert seen and set(seen) == {torch.float32}
 
 
@@ -300,7 +300,7 @@ def test_production_dtypes_make_a_video_close_to_float32(cuda_like, model_folder
     job = _job(seed=5)
     a = np.concatenate(list(cuda_like.generate(job, None, lambda *_: None).frames)).astype(int)
     b = np.concatenate(list(fp32.generate(job, None, lambda *_: None).frames)).astype(int)
-    assert a.shape == b.shape == (9, 256, 256, 3)
+    assert a.shape == b.shape == (9, 128, 128, 3)
     assert np.abs(a - b).mean() < 8, "bf16 compute changes pixels a little, not the video"
 
 
@@ -391,7 +391,7 @@ def test_attention_candidate_that_fails_its_probe_falls_back_to_native():
     backends = {block.attn1.processor._attention_backend.value for block in transformer.blocks}
     assert backends == {"native"}, "the failed candidate is not left selected"
     frames = np.concatenate(list(backend.generate(_job(), None, lambda *_: None).frames))
-    assert frames.shape == (9, 256, 256, 3)
+    assert frames.shape == (9, 128, 128, 3)
     assert choose_attention(transformer, ("_native_cudnn", "_native_math")) == "_native_math"
 
 
