@@ -34,7 +34,7 @@ TEXT_ENCODER: dict[str, Any] = dict(
 TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2),
     # 6 x 32 = 192 wide: no narrower than a latent patch (48 channels x 2 x 2). The sampler reads the output as
-    # v = noise - x0, so the model must carry the input's noise through to its output; 128 wide, a quarter of
+    # v = noise - x0, so the model must carry the input's noise through to its output; 128 wide, a third of
     # each patch's noise could not pass, and every step's x0 kept it (a loss floor near 0.5 at every sigma).
     num_attention_heads=6,
     attention_head_dim=32,
