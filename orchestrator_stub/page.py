@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from orchestrator_stub.db import Store
+from orchestrator_stub.settings import NUMERIC_FORM_FIELDS
 from orchestrator_stub.views import iso, job_view, worker_view
 from worker_app_fastwan.core.schema import SIDE_MULTIPLE, JobInput
 
@@ -53,7 +54,7 @@ def mount(
     redirect the player (the configured storage), besides the stub itself; `form_defaults`: what the form
     starts with instead of the API's defaults."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(build_router(store, media_origins, form_defaults or {}))
+    app.include_router(build_router(store, media_origins, form_defaults))
 
 
 def build_router(
@@ -68,7 +69,7 @@ def build_router(
 
     @router.get("/v1/studio/form")
     def form() -> dict[str, Any]:
-        return form_fields(form_defaults or {})
+        return form_fields(form_defaults)
 
     @router.get("/v1/studio/changes")
     def changes(
@@ -126,7 +127,7 @@ def form_fields(defaults: Mapping[str, int | str] | None = None) -> dict[str, An
     defaults = defaults or {}
     props = JobInput.model_json_schema()["properties"]
     fields: dict[str, Any] = {}
-    for name in ("width", "height", "num_frames", "fps", "num_inference_steps", "seed"):
+    for name in NUMERIC_FORM_FIELDS:
         spec = props[name]
         bounds = next((s for s in spec.get("anyOf", []) if s.get("type") == "integer"), spec)
         maximum = bounds.get("maximum", bounds.get("exclusiveMaximum", 0) - 1)

@@ -27,7 +27,9 @@ from worker_app_fastwan.core.storage_settings import MAX_PRESIGN_S, STORAGE_SECR
 SECRETS = ("INTERNAL_API_KEY", "STUB_PASSWORD", "WEBHOOK_SECRET", *STORAGE_SECRETS)
 
 
-FORM_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "seed", "prompt")
+# The job fields the page's form offers with a default (page.form_fields), and so STUB_FORM_DEFAULTS may set.
+NUMERIC_FORM_FIELDS = ("width", "height", "num_frames", "fps", "num_inference_steps", "seed")
+FORM_FIELDS = (*NUMERIC_FORM_FIELDS, "prompt")
 
 
 class StubSettingsError(ValueError):

@@ -121,28 +121,28 @@ def page(context: BrowserContext, studio: Studio) -> Iterator[Page]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-# The current frame of a <video> drawn on a canvas: its size and the spread of its red channel.
-FRAME_SPREAD_JS = """v => {
+def _on_current_frame(body: str) -> str:
+    """A function of a <video> that draws its current frame on a canvas, then runs `body` with the canvas `c`
+    and its RGBA pixels `d`."""
+    return f"""v => {{
     const c = document.createElement('canvas');
     c.width = v.videoWidth;
     c.height = v.videoHeight;
     const g = c.getContext('2d');
     g.drawImage(v, 0, 0);
     const d = g.getImageData(0, 0, c.width, c.height).data;
+{body}
+}}"""
+
+
+# The current frame's size and the spread of its red channel.
+FRAME_SPREAD_JS = _on_current_frame("""
     let lo = 255, hi = 0;
     for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
-    return [c.width, c.height, hi - lo];
-}"""
+    return [c.width, c.height, hi - lo];""")
 
-
-# Where the video's red object is in the current frame: [count of red pixels, their mean x, their mean y].
-BLUE_OBJECT_JS = """v => {
-    const c = document.createElement('canvas');
-    c.width = v.videoWidth;
-    c.height = v.videoHeight;
-    const g = c.getContext('2d');
-    g.drawImage(v, 0, 0);
-    const d = g.getImageData(0, 0, c.width, c.height).data;
+# Where the video's blue object is in the current frame: [count of blue pixels, their mean x, their mean y].
+BLUE_OBJECT_JS = _on_current_frame("""
     let n = 0, sx = 0, sy = 0;
     for (let i = 0; i < d.length; i += 4) {
         if (d[i + 2] > 150 && d[i] < 120 && d[i + 1] < 150) {
@@ -152,8 +152,7 @@ BLUE_OBJECT_JS = """v => {
             sy += Math.floor(p / c.width);
         }
     }
-    return [n, n ? sx / n : -1, n ? sy / n : -1];
-}"""
+    return [n, n ? sx / n : -1, n ? sy / n : -1];""")
 
 SEEK_JS = """(v, t) => new Promise(done => { v.addEventListener('seeked', () => done(v.currentTime), {once: true});
                                     v.currentTime = t; })"""
